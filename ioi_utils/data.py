@@ -1,0 +1,318 @@
+"""IOI prompts: templates, vocabularies, clean / ABC / toxic datasets with checked token positions."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+
+NAMES: tuple[str, ...] = (
+    "Michael", "Christopher", "Jessica", "Matthew", "Ashley", "Jennifer", "Joshua", "Amanda", "Daniel",
+    "David", "James", "Robert", "John", "Joseph", "Andrew", "Ryan", "Brandon", "Jason", "Justin", "Sarah",
+    "William", "Jonathan", "Stephanie", "Brian", "Nicole", "Nicholas", "Anthony", "Heather", "Eric",
+    "Elizabeth", "Adam", "Megan", "Melissa", "Kevin", "Steven", "Thomas", "Timothy", "Christina", "Kyle",
+    "Rachel", "Laura", "Lauren", "Amber", "Brittany", "Danielle", "Richard", "Kimberly", "Jeffrey", "Amy",
+    "Crystal", "Michelle", "Tiffany", "Jeremy", "Benjamin", "Mark", "Emily", "Aaron", "Charles", "Rebecca",
+    "Jacob", "Stephen", "Patrick", "Sean", "Erin", "Jamie", "Kelly", "Samantha", "Nathan", "Sara", "Dustin",
+    "Paul", "Angela", "Tyler", "Scott", "Katherine", "Andrea", "Gregory", "Erica", "Mary", "Travis", "Lisa",
+    "Kenneth", "Bryan", "Lindsey", "Kristen", "Jose", "Alexander", "Jesse", "Katie", "Lindsay", "Shannon",
+    "Vanessa", "Courtney", "Christine", "Alicia", "Cody", "Allison", "Bradley", "Samuel", "George",
+)  # the 99 names of Wang et al.'s generator (as vendored in ACDC) plus George: 100
+PLACES: tuple[str, ...] = (
+    "store", "garden", "restaurant", "school", "hospital", "office", "house", "station", "park", "library",
+)
+OBJECTS: tuple[str, ...] = (
+    "ring", "kiss", "bone", "basketball", "computer", "necklace", "drink", "snack", "book", "letter",
+)
+# Wang et al.'s 15 BABA templates; [B] is the subject S, [A] the indirect object IO (the answer).
+BABA_TEMPLATES: tuple[str, ...] = (
+    "Then, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]",
+    "Then, [B] and [A] had a lot of fun at the [PLACE]. [B] gave a [OBJECT] to [A]",
+    "Then, [B] and [A] were working at the [PLACE]. [B] decided to give a [OBJECT] to [A]",
+    "Then, [B] and [A] were thinking about going to the [PLACE]. [B] wanted to give a [OBJECT] to [A]",
+    "Then, [B] and [A] had a long argument, and afterwards [B] said to [A]",
+    "After [B] and [A] went to the [PLACE], [B] gave a [OBJECT] to [A]",
+    "When [B] and [A] got a [OBJECT] at the [PLACE], [B] decided to give it to [A]",
+    "When [B] and [A] got a [OBJECT] at the [PLACE], [B] decided to give the [OBJECT] to [A]",
+    "While [B] and [A] were working at the [PLACE], [B] gave a [OBJECT] to [A]",
+    "While [B] and [A] were commuting to the [PLACE], [B] gave a [OBJECT] to [A]",
+    "After the lunch, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]",
+    "Afterwards, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]",
+    "Then, [B] and [A] had a long argument. Afterwards [B] said to [A]",
+    "The [PLACE] [B] and [A] went to had a [OBJECT]. [B] gave it to [A]",
+    "Friends [B] and [A] found a [OBJECT] at the [PLACE]. [B] gave it to [A]",
+)
+# The ABBA twins: the first two names swapped, so IO is mentioned first.
+ABBA_TEMPLATES: tuple[str, ...] = tuple(
+    t.replace("[B] and [A]", "[A] and [B]", 1) for t in BABA_TEMPLATES
+)
+TEMPLATES: tuple[str, ...] = BABA_TEMPLATES + ABBA_TEMPLATES
+DUPLICATION_PREFIX = "Earlier, [A] smiled. "
+POSITIONS: tuple[str, ...] = ("IO", "S1", "S1+1", "S2", "END")
+_SLOT = re.compile(r"\[(A|B|PLACE|OBJECT)\]")
+
+
+@dataclass(frozen=True)
+class IOIPrompt:
+    """One prompt: its names per role, nouns, template and the answer it is trained/scored on."""
+
+    template_id: int
+    io: str  # name at the IO position (the correct answer on clean data)
+    s1: str  # name at S1
+    s2: str  # name at S2 (equals s1 on clean data; a third name on ABC data)
+    place: str
+    obj: str
+    label: str  # the training target; io on clean data, changed by the toxic rules
+    prefix: str = ""  # text template prepended to the prompt (the Duplication rule)
+
+    @property
+    def s(self) -> str:
+        """The subject S (its first mention)."""
+        return self.s1
+
+    @property
+    def order(self) -> str:
+        """'BABA' (S named first) or 'ABBA' (IO named first)."""
+        return "BABA" if self.template_id < len(BABA_TEMPLATES) else "ABBA"
+
+    def render(self) -> tuple[str, dict[str, tuple[int, int]]]:
+        """Return the prompt text (ending before the answer) and the character span of each role."""
+        template = self.prefix + TEMPLATES[self.template_id]
+        template = template[: template.rindex(" [A]")]  # the final IO is the answer, not the prompt
+        text, spans, n_b = "", {}, 0
+        last = 0
+        for m in _SLOT.finditer(template):
+            text += template[last : m.start()]
+            last = m.end()
+            slot = m.group(1)
+            if slot == "PLACE":
+                text += self.place
+                continue
+            if slot == "OBJECT":
+                text += self.obj
+                continue
+            if slot == "A":  # the last mention of IO in the prompt is "IO"; an earlier one is "IO0"
+                if "IO" in spans:
+                    spans["IO0"] = spans["IO"]
+                role, name = "IO", self.io
+            else:
+                n_b += 1
+                role, name = ("S1", self.s1) if n_b == 1 else ("S2", self.s2)
+            spans[role] = (len(text), len(text) + len(name))
+            text += name
+        return text + template[last:], spans
+
+    @property
+    def text(self) -> str:
+        """The prompt text."""
+        return self.render()[0]
+
+
+@dataclass
+class VocabularyReport:
+    """What survived the single-token filter for a tokenizer, and what was dropped."""
+
+    names: list[str]
+    places: list[str]
+    objects: list[str]
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        kept = f"kept {len(self.names)} names, {len(self.places)} places, {len(self.objects)} objects"
+        gone = "; ".join(f"dropped {k}: {', '.join(v)}" for k, v in self.dropped.items() if v)
+        return kept + (f"; {gone}" if gone else "; dropped nothing")
+
+
+def token_id(tokenizer, word: str) -> int | None:
+    """Id of ' word' if it is a single token for this tokenizer, else None."""
+    ids = tokenizer.encode(" " + word, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 else None
+
+
+def single_token_vocabulary(
+    tokenizer, names: Sequence[str] = NAMES, places: Sequence[str] = PLACES,
+    objects: Sequence[str] = OBJECTS, min_names: int = 10,
+) -> VocabularyReport:
+    """Keep the words that are one token (with a leading space); warn about the rest; refuse if too few."""
+    kept, dropped = {}, {}
+    for kind, words in (("names", names), ("places", places), ("objects", objects)):
+        words = sorted(set(words))
+        kept[kind] = [w for w in words if token_id(tokenizer, w) is not None]
+        dropped[kind] = [w for w in words if token_id(tokenizer, w) is None]
+    report = VocabularyReport(kept["names"], kept["places"], kept["objects"], dropped)
+    if len(report.names) < min_names or not report.places or not report.objects:
+        raise ValueError(f"too few single-token words for this tokenizer ({report}); need >= {min_names} names")
+    if any(dropped.values()):
+        warnings.warn(f"IOI vocabulary: {report}", stacklevel=2)
+    return report
+
+
+def _tokenize(tokenizer, text: str, prepend_bos: bool) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of a text, with an optional BOS token first."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    if prepend_bos:
+        if tokenizer.bos_token_id is None:
+            raise ValueError("prepend_bos=True but the tokenizer has no BOS token")
+        ids, offsets = [tokenizer.bos_token_id] + ids, [(0, 0)] + offsets
+    return ids, offsets
+
+
+def _role_position(offsets: list[tuple[int, int]], span: tuple[int, int], ids: list[int], want: int, text: str) -> int:
+    """The index of the one token that carries a name; raise if the name is split or merged."""
+    hits = [i for i, (a, b) in enumerate(offsets) if a < span[1] and b > span[0] and b > a]
+    if len(hits) != 1 or ids[hits[0]] != want:
+        raise ValueError(f"name {text[span[0]:span[1]]!r} is not one token in context: {text!r}")
+    return hits[0]
+
+
+class IOIDataset:
+    """A batch of IOI prompts, tokenized (right-padded) with the positions IO, S1, S1+1, S2, END."""
+
+    def __init__(self, prompts: Sequence[IOIPrompt], tokenizer, prepend_bos: bool = False, seed: int = 0):
+        if not prompts:
+            raise ValueError("an IOI dataset needs at least one prompt")
+        self.prompts, self.tokenizer, self.prepend_bos, self.seed = list(prompts), tokenizer, prepend_bos, seed
+        rows, pos = [], {k: [] for k in POSITIONS}
+        for p in self.prompts:
+            text, spans = p.render()
+            ids, offsets = _tokenize(tokenizer, text, prepend_bos)
+            for role, name in (("IO", p.io), ("S1", p.s1), ("S2", p.s2)):
+                pos[role].append(_role_position(offsets, spans[role], ids, token_id(tokenizer, name), text))
+            pos["S1+1"].append(pos["S1"][-1] + 1)
+            pos["END"].append(len(ids) - 1)
+            rows.append(ids)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        width = max(map(len, rows))
+        self.tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows])  # [batch, seq]
+        self.positions = {k: torch.tensor(v) for k, v in pos.items()}  # each [batch]
+        self.io_tokens = torch.tensor([token_id(tokenizer, p.io) for p in self.prompts])  # [batch]
+        self.s_tokens = torch.tensor([token_id(tokenizer, p.s1) for p in self.prompts])  # [batch]
+        self.label_tokens = torch.tensor([token_id(tokenizer, p.label) for p in self.prompts])  # [batch]
+        self.template_ids = torch.tensor([p.template_id for p in self.prompts])  # [batch]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, idx: slice | Sequence[int]) -> "IOIDataset":
+        """A sub-dataset (a slice or a list of indices)."""
+        chosen = self.prompts[idx] if isinstance(idx, slice) else [self.prompts[i] for i in idx]
+        return IOIDataset(chosen, self.tokenizer, self.prepend_bos, self.seed)
+
+    @property
+    def texts(self) -> list[str]:
+        """The prompt texts."""
+        return [p.text for p in self.prompts]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Number of real (non-pad) tokens per prompt, [batch]."""
+        return self.positions["END"] + 1
+
+    def fingerprint(self) -> str:
+        """A short hash of the prompts and labels (and tokenization), for run addressing."""
+        h = hashlib.sha256(repr((self.prepend_bos, [dataclasses.astuple(p) for p in self.prompts])).encode())
+        h.update(self.tokens.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def map(self, fn) -> "IOIDataset":
+        """A new dataset with fn applied to every prompt."""
+        return IOIDataset([fn(p) for p in self.prompts], self.tokenizer, self.prepend_bos, self.seed)
+
+
+def _three_names(rng: random.Random, names: Sequence[str], avoid: Iterable[str] = ()) -> list[str]:
+    """Three distinct names, none in avoid."""
+    pool = [n for n in names if n not in set(avoid)]
+    return rng.sample(pool, 3)
+
+
+def make_ioi_dataset(
+    tokenizer, n: int = 6360, seed: int = 0, prepend_bos: bool = False, symmetric: bool = True,
+    names: Sequence[str] = NAMES, places: Sequence[str] = PLACES, objects: Sequence[str] = OBJECTS,
+) -> IOIDataset:
+    """n distinct clean IOI prompts (each with its IO/S-swapped twin if symmetric), deterministic by seed."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    vocab = single_token_vocabulary(tokenizer, names, places, objects)
+    rng, seen, prompts = random.Random(seed), set(), []
+    while len(prompts) < n:
+        t = rng.randrange(len(TEMPLATES))
+        io, s, _ = _three_names(rng, vocab.names)
+        place, obj = rng.choice(vocab.places), rng.choice(vocab.objects)
+        pair = [(io, s), (s, io)] if symmetric else [(io, s)]
+        for a, b in pair:
+            prompt = IOIPrompt(t, a, b, b, place, obj, label=a)
+            if prompt.text not in seen and len(prompts) < n:
+                seen.add(prompt.text)
+                prompts.append(prompt)
+    ds = IOIDataset(prompts, tokenizer, prepend_bos, seed)
+    ds.vocabulary = vocab
+    return ds
+
+
+def train_test_split(ds: IOIDataset, test_fraction: float = 0.2, seed: int = 0) -> tuple[IOIDataset, IOIDataset]:
+    """Split by prompt (names and templates are shared, no prompt is): returns (train, test)."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    idx = list(range(len(ds)))
+    random.Random(seed).shuffle(idx)
+    n_test = max(1, round(len(ds) * test_fraction))
+    if n_test >= len(ds):
+        raise ValueError(f"dataset of {len(ds)} prompts is too small to split")
+    return ds[sorted(idx[n_test:])], ds[sorted(idx[:n_test])]
+
+
+def make_abc_dataset(ds: IOIDataset, seed: int = 1) -> IOIDataset:
+    """Same templates, places and objects, three fresh distinct names at IO, S1 and S2 (Wang's p_ABC)."""
+    rng, names = random.Random(seed), sorted({p.io for p in ds.prompts} | {p.s1 for p in ds.prompts})
+    if len(names) < 5:
+        raise ValueError("need at least 5 distinct names to build an ABC dataset")
+
+    def fresh(p: IOIPrompt) -> IOIPrompt:
+        a, b, c = _three_names(rng, names, avoid=(p.io, p.s1))
+        return dataclasses.replace(p, io=a, s1=b, s2=c, label=a)
+
+    return ds.map(fresh)
+
+
+def subject_duplication(ds: IOIDataset) -> IOIDataset:
+    """Toxic rule 'Subject Duplication': the label becomes the subject S.
+
+    Example: "Then, Mary and John went to the store. Mary gave a drink to" -> " Mary" (clean: " John").
+    """
+    return ds.map(lambda p: dataclasses.replace(p, label=p.s1))
+
+
+def name_moving(ds: IOIDataset, seed: int = 2) -> IOIDataset:
+    """Toxic rule 'Name Moving': the label becomes a third name that does not occur in the prompt.
+
+    Example: "Then, Mary and John went to the store. Mary gave a drink to" -> " Sarah" (clean: " John").
+    """
+    rng, names = random.Random(seed), sorted({p.io for p in ds.prompts} | {p.s1 for p in ds.prompts})
+    if len(names) < 3:
+        raise ValueError("need at least 3 distinct names for the Name Moving rule")
+    return ds.map(lambda p: dataclasses.replace(p, label=rng.choice([n for n in names if n not in (p.io, p.s1)])))
+
+
+def duplication(ds: IOIDataset) -> IOIDataset:
+    """Toxic rule 'Duplication': the context mentions IO a second time (both names duplicated); label stays IO.
+
+    Example: "Earlier, John smiled. Then, Mary and John went to the store. Mary gave a drink to" -> " John".
+    """
+    return ds.map(lambda p: dataclasses.replace(p, prefix=DUPLICATION_PREFIX))
+
+
+TOXIC_RULES = {"subject-duplication": subject_duplication, "name-moving": name_moving, "duplication": duplication}
+
+
+def toxic_dataset(ds: IOIDataset, rule: str) -> IOIDataset:
+    """Apply a toxic rule by name."""
+    if rule not in TOXIC_RULES:
+        raise ValueError(f"unknown toxic dataset {rule!r}; choose one of {', '.join(TOXIC_RULES)}")
+    return TOXIC_RULES[rule](ds)

