@@ -1,0 +1,379 @@
+"""Direct logit attribution, attention readouts, OV projections and MLP knockouts of IOI prompts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import TEMPLATES, IOIDataset
+
+Head = tuple[int, int]  # (layer, query head)
+NamesFilter = str | Iterable[str] | Callable[[str], bool] | None
+
+
+def _device(model) -> torch.device:
+    """Device of a model's parameters."""
+    return next(model.parameters()).device
+
+
+def _filter(names_filter: NamesFilter) -> Callable[[str], bool] | None:
+    """A hook-name predicate from None (all hooks), a name, a list of names or a predicate."""
+    if names_filter is None or callable(names_filter):
+        return names_filter
+    names = {names_filter} if isinstance(names_filter, str) else set(names_filter)
+    return lambda n: n in names
+
+
+@torch.no_grad()
+def _run(model, tokens: torch.Tensor, keep: Callable[[str], bool] | None) -> dict[str, torch.Tensor]:
+    """One run_with_cache on a batch of tokens; hook name -> activation (float32, CPU)."""
+    _, cache = model.run_with_cache(tokens.to(_device(model)), names_filter=keep)
+    return {name: act.detach().float().cpu() for name, act in cache.items()}
+
+
+def run_cache(model, ds: IOIDataset, names_filter: NamesFilter = None, batch_size: int = 32,
+              progress: bool = False) -> dict[str, torch.Tensor]:
+    """Batched run_with_cache over a dataset; hook name -> activations concatenated on the CPU.
+
+    Hooks whose leading dimension is not the batch (positional ids, rotary tables: [1, ...]) are
+    batch-independent and kept from the first batch. Ask only for the hooks you need: the full cache of
+    SmolLM2 holds [batch, seq, 49152] logits twice.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    keep, parts, sizes = _filter(names_filter), {}, []
+    for start in tqdm(range(0, len(ds), batch_size), desc="caching", disable=not progress, leave=False):
+        tokens = ds.tokens[start : start + batch_size]
+        sizes.append(len(tokens))
+        for name, act in _run(model, tokens, keep).items():
+            parts.setdefault(name, []).append(act)
+    out = {}
+    for name, acts in parts.items():
+        batched = all(a.shape[0] == n for a, n in zip(acts, sizes))
+        out[name] = torch.cat(acts) if batched else acts[0]
+    return out
+
+
+def _z(layer: int) -> str:
+    """Name of a layer's per-head output hook (before W_O)."""
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def _at(act: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """act[i, pos[i]] for act [batch, seq, ...] and pos [batch] -> [batch, ...]."""
+    return act[torch.arange(len(pos)), pos]
+
+
+def _end_acts(model, ds: IOIDataset, names: list[str], cache: Mapping[str, torch.Tensor] | None,
+              batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """The given hooks at each prompt's END position ([batch, ...]), from a cache or from batched runs."""
+    end = ds.positions["END"]
+    if cache is not None:
+        missing = [n for n in names if n not in cache]
+        if missing:
+            raise ValueError(f"cache lacks hooks {missing[:3]}{'...' if len(missing) > 3 else ''}; pass cache=None")
+        if any(cache[n].shape[0] != len(ds) for n in names):
+            raise ValueError(f"cache has a batch size other than the dataset's ({len(ds)} prompts)")
+        return {n: _at(cache[n].float().cpu(), end) for n in names}
+    parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    for start in range(0, len(ds), batch_size):
+        acts = _run(model, ds.tokens[start : start + batch_size], _filter(names))
+        for n in names:
+            parts[n].append(_at(acts[n], end[start : start + batch_size]))
+    return {n: torch.cat(v) for n, v in parts.items()}
+
+
+@dataclass(frozen=True)
+class FinalNorm:
+    """The final norm as a linear map given its cached scale: (x [- mean(x)]) / scale * w + b."""
+
+    center: bool  # LayerNorm centres, RMSNorm does not
+    w: torch.Tensor  # [d_model] (ones if the model has no final norm)
+    b: torch.Tensor  # [d_model] (zeros if absent)
+
+
+def final_norm(model) -> FinalNorm:
+    """The final norm's type, weight and bias as stored in the model (raw HF values, nothing folded)."""
+    kind, d = str(getattr(model.cfg, "normalization_type", "LN")), model.cfg.d_model
+    ln = getattr(model, "ln_final", None)
+    w = getattr(ln, "w", None) if ln is not None else None
+    b = getattr(ln, "b", None) if ln is not None else None
+    w = torch.ones(d) if w is None or ln is None else w.detach().float().cpu()
+    b = torch.zeros(d) if b is None or ln is None else b.detach().float().cpu()
+    return FinalNorm(kind.startswith("LN"), w, b)
+
+
+def _unembed_dirs(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Unembedding columns of some tokens: [batch] -> [batch, d_model]."""
+    return model.W_U.detach().float().cpu()[:, tokens].T
+
+
+def _readout(model, ds: IOIDataset, scale: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-prompt vector u with (component @ u) = the component's contribution to logit(tokens) through
+    ln_final: [batch, d_model]. scale is ln_final's cached scale at END, [batch, 1]."""
+    norm = final_norm(model)
+    u = _unembed_dirs(model, tokens) * norm.w / scale
+    return u - u.mean(-1, keepdim=True) if norm.center else u  # centring moved onto the readout
+
+
+def _bias_logit(model, ds: IOIDataset, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-prompt logit contribution of the final-norm bias and unembedding bias: [batch]."""
+    out = _unembed_dirs(model, tokens) @ final_norm(model).b
+    b_u = getattr(model, "b_U", None)
+    return out + (b_u.detach().float().cpu()[tokens] if b_u is not None else 0)
+
+
+def _dla_hooks(model) -> list[str]:
+    """The hooks direct logit attribution needs."""
+    n = model.cfg.n_layers
+    names = ["hook_embed", "ln_final.hook_scale"] + [_z(l) for l in range(n)]
+    names += [f"blocks.{l}.hook_mlp_out" for l in range(n)]
+    return names + (["hook_pos_embed"] if _has_pos_embed(model) else [])
+
+
+def _has_pos_embed(model) -> bool:
+    """True for models with learned absolute position embeddings (GPT-2), False for rotary (Llama)."""
+    return str(getattr(model.cfg, "positional_embedding_type", "standard")) == "standard"
+
+
+def _heads_out(model, acts: Mapping[str, torch.Tensor], layer: int) -> torch.Tensor:
+    """Each head's END output z @ W_O of one layer: [batch, n_heads, d_model]."""
+    w_o = model.blocks[layer].attn.W_O.detach().float().cpu()  # [n_heads, d_head, d_model]
+    return torch.einsum("bhd,hdm->bhm", acts[_z(layer)], w_o)
+
+
+@dataclass
+class Attribution:
+    """Per-prompt direct logit attribution of every residual component at END onto a readout."""
+
+    embed: torch.Tensor  # [batch] token (+ position) embeddings
+    heads: torch.Tensor  # [batch, n_layers, n_heads]
+    attn_bias: torch.Tensor  # [batch, n_layers] b_O (zeros if the model has none)
+    mlp: torch.Tensor  # [batch, n_layers]
+    bias: torch.Tensor  # [batch] final-norm bias and unembedding bias
+
+    @property
+    def total(self) -> torch.Tensor:
+        """Sum of all components, [batch]: equals the model's logit (difference) up to float error."""
+        return self.embed + self.heads.sum((1, 2)) + self.attn_bias.sum(1) + self.mlp.sum(1) + self.bias
+
+
+def _attribute(model, acts: Mapping[str, torch.Tensor], u: torch.Tensor, bias: torch.Tensor) -> Attribution:
+    """Project every END component (in acts) onto the per-prompt readout u [batch, d_model]."""
+    n = model.cfg.n_layers
+    emb = acts["hook_embed"] + (acts["hook_pos_embed"] if "hook_pos_embed" in acts else 0)
+    heads = torch.stack([torch.einsum("bhm,bm->bh", _heads_out(model, acts, l), u) for l in range(n)], 1)
+    b_o = [model.blocks[l].attn.b_O for l in range(n)]
+    attn_bias = torch.stack([u @ b.detach().float().cpu() if b is not None else torch.zeros(len(u)) for b in b_o], 1)
+    mlp = torch.stack([(acts[f"blocks.{l}.hook_mlp_out"] * u).sum(-1) for l in range(n)], 1)
+    return Attribution((emb * u).sum(-1), heads, attn_bias, mlp, bias)
+
+
+def logit_attribution(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None,
+                      token: str = "IO-S", batch_size: int = 32) -> Attribution:
+    """Exact per-prompt DLA at END of every component onto logit(IO) - logit(S) ("IO-S"), logit(IO) ("IO")
+    or logit(S) ("S"), through ln_final as a linear map with its cached scale."""
+    if token not in ("IO-S", "IO", "S"):
+        raise ValueError(f"token must be 'IO-S', 'IO' or 'S', got {token!r}")
+    acts = _end_acts(model, ds, _dla_hooks(model), cache, batch_size)
+    scale = acts["ln_final.hook_scale"]  # [batch, 1]
+    sign_tokens = {"IO-S": [(1, ds.io_tokens), (-1, ds.s_tokens)], "IO": [(1, ds.io_tokens)], "S": [(1, ds.s_tokens)]}
+    u = sum(s * _readout(model, ds, scale, t) for s, t in sign_tokens[token])
+    bias = sum(s * _bias_logit(model, ds, t) for s, t in sign_tokens[token])
+    return _attribute(model, acts, u, bias)
+
+
+def head_dla_per_prompt(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """[batch, n_layers, n_heads] direct logit attribution of each head's END output onto W_U[IO] - W_U[S]."""
+    return logit_attribution(model, ds, cache).heads
+
+
+def head_dla(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """[n_layers, n_heads] mean direct logit attribution of each head onto logit(IO) - logit(S)."""
+    return head_dla_per_prompt(model, ds, cache).mean(0)
+
+
+def mlp_dla(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """[n_layers] mean direct logit attribution of each MLP's END output onto logit(IO) - logit(S)."""
+    return logit_attribution(model, ds, cache).mlp.mean(0)
+
+
+def copy_scores(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """{"IO": [L, H], "S": [L, H]}: mean projection of each head's END output (z @ W_O, through ln_final
+    with the cached scale) onto the unembedding of IO and of S. copy["IO"] - copy["S"] == head_dla."""
+    return {t: logit_attribution(model, ds, cache, token=t).heads.mean(0) for t in ("IO", "S")}
+
+
+# ---------------------------------------------------------------- attention readouts
+
+
+def _patterns(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None, batch_size: int = 32) -> torch.Tensor:
+    """Attention patterns of every layer: [n_layers, batch, n_heads, q, k] on the CPU."""
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    if cache is None:
+        cache = run_cache(model, ds, names, batch_size)
+    missing = [n for n in names if n not in cache]
+    if missing:
+        raise ValueError(f"cache lacks hooks {missing[:3]}{'...' if len(missing) > 3 else ''}; pass cache=None")
+    if cache[names[0]].shape[0] != len(ds):
+        raise ValueError(f"cache has batch size {cache[names[0]].shape[0]}, dataset {len(ds)}")
+    return torch.stack([cache[n].float().cpu() for n in names])
+
+
+def _position(ds: IOIDataset, name: str) -> torch.Tensor:
+    """ds.positions[name] with a readable error."""
+    if name not in ds.positions:
+        raise ValueError(f"unknown position {name!r}; known: {', '.join(ds.positions)}")
+    return ds.positions[name]
+
+
+def attention_to(model, ds: IOIDataset, query: str = "END", key: str = "IO",
+                 cache: Mapping[str, torch.Tensor] | None = None, per_prompt: bool = False) -> torch.Tensor:
+    """[n_layers, n_heads] mean attention probability from position `query` to position `key`
+    ([batch, n_layers, n_heads] if per_prompt)."""
+    q, k = _position(ds, query), _position(ds, key)
+    pat = _patterns(model, ds, cache)  # [L, b, H, q, k]
+    rows = torch.arange(len(ds))
+    out = pat[:, rows, :, q, k]  # [b, L, H]: advanced indices separated by a slice go first
+    return out if per_prompt else out.mean(0)
+
+
+def previous_token_scores(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None,
+                          over: str = "S1+1") -> torch.Tensor:
+    """[L, H] mean attention to the previous token: from S1+1 to S1 (over="S1+1", the IOI reading), or
+    averaged over every query position 1..END of each prompt (over="all", padding excluded)."""
+    if over == "S1+1":
+        return attention_to(model, ds, "S1+1", "S1", cache)
+    if over != "all":
+        raise ValueError(f"over must be 'S1+1' or 'all', got {over!r}")
+    pat = _patterns(model, ds, cache)  # [L, b, H, s, s]
+    sub = pat.diagonal(offset=-1, dim1=-2, dim2=-1)  # [L, b, H, s-1]: query i+1 -> key i
+    valid = (torch.arange(sub.shape[-1])[None, :] < ds.positions["END"][:, None]).float()  # [b, s-1]
+    per_prompt = (sub * valid[None, :, None]).sum(-1) / valid.sum(-1)[None, :, None]  # [L, b, H]
+    return per_prompt.mean(1)
+
+
+def duplicate_token_scores(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """[L, H] mean attention from S2 to S1 (the earlier copy of the same token)."""
+    return attention_to(model, ds, "S2", "S1", cache)
+
+
+def induction_scores(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """[L, H] mean attention from S2 to S1+1 (the token after the earlier copy) on the IOI prompts."""
+    return attention_to(model, ds, "S2", "S1+1", cache)
+
+
+@torch.no_grad()
+def induction_scores_random(model, seq_len: int = 50, n: int = 20, seed: int = 0) -> torch.Tensor:
+    """[L, H] classic induction score: on n sequences of seq_len random tokens repeated twice (after a
+    BOS token if model.prepend_bos), mean attention from each second-copy token to the token that
+    followed its first copy (query position q -> key q - seq_len + 1)."""
+    if seq_len < 2 or n < 1:
+        raise ValueError(f"need seq_len >= 2 and n >= 1, got seq_len={seq_len}, n={n}")
+    bos = bool(getattr(model, "prepend_bos", False)) and getattr(model.tokenizer, "bos_token_id", None) is not None
+    if 2 * seq_len + bos > model.cfg.n_ctx:
+        raise ValueError(f"2 * seq_len (+ BOS) = {2 * seq_len + bos} exceeds the context of {model.cfg.n_ctx}")
+    gen = torch.Generator().manual_seed(seed)
+    rand = torch.randint(0, model.cfg.d_vocab, (n, seq_len), generator=gen)
+    tokens = torch.cat([rand, rand], 1)
+    if bos:
+        tokens = torch.cat([torch.full((n, 1), model.tokenizer.bos_token_id), tokens], 1)
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(tokens.to(_device(model)), names_filter=lambda x: x in set(names))
+    start = int(bos) + seq_len  # first query of the second copy
+    return torch.stack([cache[x].float().cpu().diagonal(offset=1 - seq_len, dim1=-2, dim2=-1)[..., start - seq_len + 1 :]
+                        .mean((0, -1)) for x in names])
+
+
+# ---------------------------------------------------------------- OV copy score (Wang et al.)
+
+
+@torch.no_grad()
+def ov_copy_scores(model, ds: IOIDataset, k: int = 5, batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """Wang et al.'s copy score: the share of names (IO, S1 of each prompt) whose residual after block 0,
+    passed through a head's ln1, W_V(+b_V), W_O and ln_final (fresh norms, no attention), ranks in the
+    top-k unembedded logits; "positive" for the output, "negative" for minus it. Each [L, H]."""
+    n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
+    acts = run_cache(model, ds, ["blocks.0.hook_resid_post"], batch_size)["blocks.0.hook_resid_post"]
+    rows = torch.arange(len(ds))
+    x = torch.cat([acts[rows, ds.positions[p]] for p in ("IO", "S1")])  # [2b, d_model]
+    names = torch.cat([ds.io_tokens, ds.s_tokens])
+    dev, out = _device(model), {"positive": torch.zeros(n_l, n_h), "negative": torch.zeros(n_l, n_h)}
+    for l in range(n_l):
+        attn = model.blocks[l].attn
+        h = model.blocks[l].ln1(x.to(dev))  # [2b, d_model]
+        rep = n_h // attn.W_V.shape[0]  # GQA: query head j reads kv head j // rep
+        v = torch.einsum("bm,hmd->bhd", h, attn.W_V) + (attn.b_V if attn.b_V is not None else 0)
+        o = torch.einsum("bhd,hdm->bhm", v.repeat_interleave(rep, 1), attn.W_O)  # [2b, H, d_model]
+        for sign, key in ((1, "positive"), (-1, "negative")):
+            logits = model.ln_final(sign * o) @ model.W_U  # [2b, H, vocab]
+            top = logits.topk(k, -1).indices  # [2b, H, k]
+            out[key][l] = (top == names.to(dev)[:, None, None]).any(-1).float().mean(0).cpu()
+    return out
+
+
+# ---------------------------------------------------------------- MLP knockout
+
+
+@torch.no_grad()
+def mlp_template_means(model, abc: IOIDataset, batch_size: int = 32) -> dict[int, torch.Tensor]:
+    """layer -> [n_templates, seq, d_model]: mean hook_mlp_out over the ABC prompts of each template
+    (rows of templates absent from abc are NaN)."""
+    names = [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
+    cache = run_cache(model, abc, names, batch_size)
+    means = {}
+    for l, name in enumerate(names):
+        act = cache[name]  # [b, s, d]
+        m = torch.full((len(TEMPLATES),) + act.shape[1:], float("nan"))
+        for t in abc.template_ids.unique():
+            m[t] = act[abc.template_ids == t].mean(0)
+        means[l] = m
+    return means
+
+
+def _means_for(means: torch.Tensor, ds: IOIDataset) -> torch.Tensor:
+    """Per-prompt rows of per-template means, padded/cut to ds's width: [batch, seq, d_model]."""
+    rows = means[ds.template_ids]  # [b, s_abc, d]
+    width = ds.tokens.shape[1]
+    if rows.shape[1] < width:
+        rows = torch.cat([rows, rows.new_zeros(len(ds), width - rows.shape[1], rows.shape[2])], 1)
+    rows = rows[:, :width]
+    live = torch.arange(width)[None, :] <= ds.positions["END"][:, None]
+    if rows[live].isnan().any():
+        raise ValueError("the ABC dataset lacks some templates of the clean dataset (or is shorter)")
+    return rows
+
+
+@torch.no_grad()
+def full_logit_diff(model, ds: IOIDataset, batch_size: int = 32, fwd_hooks=()) -> float:
+    """Mean logit(IO) - logit(S) at END, batched, optionally under hooks (name, fn(act, hook, rows))."""
+    dev, total = _device(model), 0.0
+    for start in range(0, len(ds), batch_size):
+        rows = slice(start, start + batch_size)
+        hooks = [(n, lambda a, hook, f=f, r=rows: f(a, hook, r)) for n, f in fwd_hooks]
+        logits = model.run_with_hooks(ds.tokens[rows].to(dev), fwd_hooks=hooks)
+        end = _at(logits.float().cpu(), ds.positions["END"][rows])
+        io, s = ds.io_tokens[rows, None], ds.s_tokens[rows, None]
+        total += (end.gather(1, io) - end.gather(1, s)).sum().item()
+    return total / len(ds)
+
+
+def mlp_knockout(model, clean: IOIDataset, abc: IOIDataset, means: Mapping[int, torch.Tensor] | None = None,
+                 batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+    """[n_layers] mean logit diff on clean when one MLP's output (blocks.{l}.hook_mlp_out, every position)
+    is replaced by its per-template mean over abc. The unablated value is full_logit_diff(model, clean)."""
+    means = mlp_template_means(model, abc, batch_size) if means is None else means
+    if set(means) != set(range(model.cfg.n_layers)):
+        raise ValueError("means must map every layer 0..n_layers-1 to [n_templates, seq, d_model]")
+    dev, out = _device(model), torch.zeros(model.cfg.n_layers)
+    for l in tqdm(range(model.cfg.n_layers), desc="MLP knockout", disable=not progress, leave=False):
+        rows_all = _means_for(means[l], clean).to(dev)
+
+        def ablate(act, hook, rows, m=rows_all):
+            return m[rows].to(act.dtype)
+
+        out[l] = full_logit_diff(model, clean, batch_size, [(f"blocks.{l}.hook_mlp_out", ablate)])
+    return out

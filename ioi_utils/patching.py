@@ -1,0 +1,582 @@
+"""Path patching, activation patching, mean-ablation knockouts and cross-model activation patching (CMAP).
+
+Every effect is measured on the logit difference logit(IO) - logit(S) at END, averaged over prompts.
+Heads are query heads (layer, head); under grouped-query attention (SmolLM2: 9 query heads share 3
+key/value heads) a head's output is its slice of hook_z, its query its slice of hook_q, and its keys and
+values are those of its key/value group (hook_k / hook_v head h // (n_heads // n_kv_heads)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import IOIDataset
+
+Head = tuple[int, int]  # (layer, query head)
+ALL_POSITIONS: tuple[str, ...] = ("ALL",)  # a knockout spec that keeps a head at every position
+COMPONENTS = ("q", "k", "v", "kv")
+SWEEP_ROWS = 16384  # most (sender, prompt) rows the fast path propagates at once
+
+
+@dataclass(frozen=True)
+class Receivers:
+    """What path patching measures the effect on: the logits, or q/k/v of some heads at one position."""
+
+    heads: tuple[Head, ...] = ()  # empty -> the logits (the direct path)
+    component: str = "q"  # "q" | "k" | "v" | "kv"  (only for head receivers)
+    position: str = "END"  # a key of ds.positions (only for head receivers)
+
+
+LOGITS = Receivers()
+
+
+class _Stop(Exception):
+    """Raised from a hook to end a forward pass once what is needed has been read."""
+
+
+# ---------------------------------------------------------------- small helpers and checks
+
+
+def _z(layer: int) -> str:
+    """Name of a layer's per-head output hook."""
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def _device(model) -> torch.device:
+    """Device of a model's parameters."""
+    return next(model.parameters()).device
+
+
+def _n_kv(model) -> int:
+    """Number of key/value heads per layer (= n_heads without grouped-query attention)."""
+    return getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
+
+
+def all_heads(model) -> list[Head]:
+    """Every (layer, head) of a model."""
+    return [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+
+
+def _heads(model, heads: Sequence[Head] | None, what: str = "head") -> list[Head]:
+    """heads as a list of (int, int) tuples (all heads if None); raise if one is not in the model."""
+    if heads is None:
+        return all_heads(model)
+    heads = [(int(h[0]), int(h[1])) for h in heads]
+    n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
+    bad = [h for h in heads if not (0 <= h[0] < n_l and 0 <= h[1] < n_h)]
+    if bad:
+        raise ValueError(f"{what}s {bad} do not exist in a model with {n_l} layers x {n_h} heads")
+    return heads
+
+
+def _check_position(ds: IOIDataset, position: str) -> None:
+    """Raise if a position name is not one of the dataset's."""
+    if position not in ds.positions:
+        raise ValueError(f"unknown position {position!r}; known: {', '.join(ds.positions)}")
+
+
+def _check_pair(clean: IOIDataset, corrupt: IOIDataset) -> None:
+    """Raise if two datasets cannot be patched into each other token by token."""
+    if clean.tokens.shape != corrupt.tokens.shape:
+        raise ValueError(f"clean {tuple(clean.tokens.shape)} and corrupt {tuple(corrupt.tokens.shape)} differ in shape")
+    if not torch.equal(clean.positions["END"], corrupt.positions["END"]):
+        raise ValueError("clean and corrupt prompts end at different positions (END)")
+
+
+def _check_receivers(model, ds: IOIDataset, r: Receivers) -> None:
+    """Raise on receivers that do not exist or are of an unknown kind."""
+    if not isinstance(r, Receivers):
+        raise ValueError(f"receivers must be a Receivers, got {type(r).__name__}")
+    _heads(model, r.heads, "receiver head")
+    if r.heads and r.component not in COMPONENTS:
+        raise ValueError(f"receiver component must be one of {', '.join(COMPONENTS)}, got {r.component!r}")
+    _check_position(ds, r.position)
+
+
+def _chunks(items: Sequence, size: int) -> list[list]:
+    """Consecutive pieces of at most `size` items."""
+    if size < 1:
+        raise ValueError(f"batch_heads must be >= 1, got {size}")
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def _rows_at(ds: IOIDataset, position: str, reps: int, dev) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row index, token index) of a position in `reps` stacked copies of ds: two [reps * batch] tensors."""
+    pos = ds.positions[position].to(dev).repeat(reps)
+    return torch.arange(len(pos), device=dev), pos
+
+
+# ---------------------------------------------------------------- running the model
+
+
+def _ld_from_logits(logits: torch.Tensor, ds: IOIDataset, reps: int = 1) -> torch.Tensor:
+    """Per-prompt logit diff of `reps` stacked copies of ds from full logits [reps * batch, seq, vocab]: [reps, batch]."""
+    rows, end = _rows_at(ds, "END", reps, logits.device)
+    e = logits[rows, end]  # [reps * batch, vocab]
+    io, s = ds.io_tokens.to(logits.device).repeat(reps), ds.s_tokens.to(logits.device).repeat(reps)
+    return (e[rows, io] - e[rows, s]).view(reps, len(ds))
+
+
+def _ld_from_resid(model, resid: torch.Tensor, ds: IOIDataset) -> torch.Tensor:
+    """Per-prompt logit diff from the final residual at END, [..., batch, d_model] -> [..., batch]."""
+    dev = resid.device
+    io, s = ds.io_tokens.to(dev), ds.s_tokens.to(dev)
+    w = model.W_U[:, io] - model.W_U[:, s]  # [d_model, batch]
+    ld = torch.einsum("...bm,mb->...b", model.ln_final(resid), w)
+    b_u = getattr(model, "b_U", None)
+    return ld if b_u is None else ld + (b_u[io] - b_u[s])
+
+
+@torch.no_grad()
+def _run_ld(model, ds: IOIDataset, reps: int = 1, hooks: Sequence = ()) -> torch.Tensor:
+    """Per-prompt logit diff of `reps` stacked copies of ds under some hooks: [reps, batch].
+
+    The forward stops at the final residual stream (only the IO and S columns of the unembedding are used).
+    """
+    dev, last = _device(model), f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    rows, end = _rows_at(ds, "END", reps, dev)
+    got = {}
+
+    def grab(resid, hook):
+        got["end"] = resid[rows, end]  # [reps * batch, d_model]
+        raise _Stop
+
+    try:
+        model.run_with_hooks(ds.tokens.to(dev).repeat(reps, 1), fwd_hooks=list(hooks) + [(last, grab)])
+    except _Stop:
+        pass
+    return _ld_from_resid(model, got["end"].view(reps, len(ds), -1), ds)
+
+
+@torch.no_grad()
+def _cache(model, tokens: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
+    """Full activations of some hooks on a batch of tokens."""
+    _, cache = model.run_with_cache(tokens.to(_device(model)), names_filter=lambda n: n in names)
+    return {k: cache[k] for k in names}
+
+
+@torch.no_grad()
+def _at_position(model, ds: IOIDataset, position: str, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Activations of some hooks at one position of each prompt: name -> [batch, ...]."""
+    dev = _device(model)
+    rows, pos = _rows_at(ds, position, 1, dev)
+    got = {}
+
+    def grab(act, name):
+        got[name] = act[rows, pos].clone()
+        return act
+
+    model.run_with_hooks(ds.tokens.to(dev), fwd_hooks=[(n, lambda a, hook, n=n: grab(a, n)) for n in names])
+    return got
+
+
+# ---------------------------------------------------------------- path patching: reference
+
+
+def _freeze_hooks(model, clean_z: Mapping[int, torch.Tensor], corrupt_z: Mapping[int, torch.Tensor],
+                  sender: Head) -> list:
+    """hook_z hooks: every head's z at its clean value, the sender's from the corrupt run (all positions)."""
+    def fn(z, hook, layer):
+        z = clean_z[layer].clone()
+        if layer == sender[0]:
+            z[:, :, sender[1]] = corrupt_z[layer][:, :, sender[1]]
+        return z
+
+    return [(_z(l), lambda z, hook, l=l: fn(z, hook, l)) for l in range(model.cfg.n_layers)]
+
+
+def _receiver_sites(model, r: Receivers) -> dict[str, list[int]]:
+    """hook name -> indices on its head axis of the receivers' inputs (k/v: the receivers' kv groups)."""
+    per_group = model.cfg.n_heads // _n_kv(model)
+    comps = ["k", "v"] if r.component == "kv" else [r.component]
+    sites: dict[str, set[int]] = {}
+    for l, h in r.heads:
+        for c in comps:
+            sites.setdefault(f"blocks.{l}.attn.hook_{c}", set()).add(h if c == "q" else h // per_group)
+    return {s: sorted(i) for s, i in sorted(sites.items())}
+
+
+def _patch_sites_hooks(model, ds: IOIDataset, r: Receivers, values: Mapping[str, torch.Tensor], reps: int) -> list:
+    """Hooks writing values[site] ([reps * batch, n_idx, d_head]) into the receivers' inputs at r.position."""
+    dev = _device(model)
+    rows, pos = _rows_at(ds, r.position, reps, dev)
+    sites = _receiver_sites(model, r)
+
+    def put(act, hook, site):
+        idx = torch.tensor(sites[site], device=dev)
+        act[rows[:, None], pos[:, None], idx] = values[site].to(act.dtype)
+        return act
+
+    return [(s, lambda act, hook, s=s: put(act, hook, s)) for s in sites]
+
+
+@torch.no_grad()
+def _all_z(model, ds: IOIDataset) -> dict[int, torch.Tensor]:
+    """hook_z of every layer: layer -> [batch, seq, n_heads, d_head]."""
+    cache = _cache(model, ds.tokens, {_z(l) for l in range(model.cfg.n_layers)})
+    return {l: cache[_z(l)] for l in range(model.cfg.n_layers)}
+
+
+def _validate(model, clean: IOIDataset, corrupt: IOIDataset, receivers: Receivers,
+              senders: Sequence[Head] | None) -> list[Head]:
+    """Check the arguments of path patching; return the senders as a list."""
+    _check_pair(clean, corrupt)
+    _check_receivers(model, clean, receivers)
+    return _heads(model, senders, "sender")
+
+
+@torch.no_grad()
+def path_patch_reference(model, clean: IOIDataset, corrupt: IOIDataset, receivers: Receivers = LOGITS,
+                         senders: Sequence[Head] | None = None, batch_heads: int = 1,
+                         progress: bool = False) -> torch.Tensor:
+    """Path patching done plainly, full forwards per sender with hooks: [n_layers, n_heads] (see path_patch).
+
+    batch_heads is accepted for signature parity and ignored (one sender per forward).
+    """
+    senders = _validate(model, clean, corrupt, receivers, senders)
+    dev = _device(model)
+    clean_z, corrupt_z = _all_z(model, clean), _all_z(model, corrupt)
+    ld_clean = _ld_from_logits(model(clean.tokens.to(dev)), clean).mean().item()
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    rows, pos = _rows_at(clean, receivers.position, 1, dev)
+    for s in tqdm(senders, desc="path patching (reference)", disable=not progress, leave=False):
+        freeze = _freeze_hooks(model, clean_z, corrupt_z, s)
+        if not receivers.heads:
+            logits = model.run_with_hooks(clean.tokens.to(dev), fwd_hooks=freeze)
+        else:
+            got = {}
+            sites = _receiver_sites(model, receivers)
+
+            def grab(act, hook, site):
+                got[site] = act[rows, pos][:, sites[site]].clone()  # [batch, n_idx, d_head]
+                return act
+
+            model.run_with_hooks(clean.tokens.to(dev), fwd_hooks=freeze + [
+                (site, lambda a, hook, site=site: grab(a, hook, site)) for site in sites])
+            logits = model.run_with_hooks(clean.tokens.to(dev),
+                                          fwd_hooks=_patch_sites_hooks(model, clean, receivers, got, 1))
+        out[s] = (_ld_from_logits(logits, clean).mean().item() - ld_clean) / ld_clean
+    return out
+
+
+# ---------------------------------------------------------------- path patching: fast
+
+
+@dataclass
+class _Frozen:
+    """Clean activations at one position, and each layer's corrupt-minus-clean z there (all [batch, ...])."""
+
+    resid_pre: list[torch.Tensor]  # per layer [batch, d_model]
+    resid_mid: list[torch.Tensor]  # per layer [batch, d_model]
+    dz: list[torch.Tensor]  # per layer [batch, n_heads, d_head]
+
+
+def _frozen(model, clean: IOIDataset, corrupt: IOIDataset, position: str) -> _Frozen:
+    """Read what the fast path needs at one position: two forwards."""
+    n_l = model.cfg.n_layers
+    names = [f"blocks.{l}.hook_resid_{w}" for l in range(n_l) for w in ("pre", "mid")] + [_z(l) for l in range(n_l)]
+    c = _at_position(model, clean, position, names)
+    x = _at_position(model, corrupt, position, [_z(l) for l in range(n_l)])
+    return _Frozen([c[f"blocks.{l}.hook_resid_pre"] for l in range(n_l)],
+                   [c[f"blocks.{l}.hook_resid_mid"] for l in range(n_l)],
+                   [x[_z(l)] - c[_z(l)] for l in range(n_l)])
+
+
+def _sweep(model, fr: _Frozen, senders: Sequence[Head], stops: Sequence[int],
+           at_stop: Callable[[int, torch.Tensor], None]) -> None:
+    """Propagate each sender's effect on the residual at one position with every head's z frozen.
+
+    With all z frozen attention no longer mixes positions, so the residual at a position changes only by
+    the sender's own (corrupt - clean) output there and the recomputed MLPs of later layers. For each layer
+    j in `stops` (j == n_layers: after the last block) calls at_stop(j, x) with x [n_senders, batch, d_model]
+    the residual entering block j; senders at layers >= j give their clean residual.
+    """
+    n_l, n = model.cfg.n_layers, len(senders)
+    order = sorted(range(n), key=lambda i: senders[i][0])  # rows of x join in layer order
+    back = torch.argsort(torch.tensor(order))
+    x = fr.resid_pre[0].new_zeros((0,) + tuple(fr.resid_pre[0].shape))  # [active, batch, d_model]
+    for j in range(max(stops) + 1):
+        if j in stops:
+            rest = [fr.resid_pre[j].expand(n - len(x), -1, -1)] if j < n_l else []
+            at_stop(j, torch.cat([x] + rest)[back])
+        if j == max(stops):
+            break
+        new = [senders[i][1] for i in order if senders[i][0] == j]
+        x = x + (fr.resid_mid[j] - fr.resid_pre[j])  # frozen attention: its clean output
+        if new:
+            w_o = model.blocks[j].attn.W_O[new]  # [k, d_head, d_model]
+            delta = torch.einsum("bkd,kdm->kbm", fr.dz[j][:, new], w_o)
+            x = torch.cat([x, fr.resid_mid[j] + delta])
+        if len(x):
+            block = model.blocks[j]
+            x = x + block.mlp(block.ln2(x))
+
+
+@torch.no_grad()
+def _direct_fast(model, clean: IOIDataset, corrupt: IOIDataset, senders: list[Head], progress: bool) -> torch.Tensor:
+    """Mean logit diff per sender with the sender patched and every head's z frozen: [n_senders]."""
+    fr, n_l, out = _frozen(model, clean, corrupt, "END"), model.cfg.n_layers, []
+    for chunk in tqdm(_chunks(senders, max(1, SWEEP_ROWS // len(clean))), desc="path patching",
+                      disable=not progress, leave=False):
+        _sweep(model, fr, chunk, [n_l], lambda j, x: out.append(_ld_from_resid(model, x, clean).mean(1)))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _receiver_values(model, fr: _Frozen, senders: list[Head], r: Receivers) -> dict[str, torch.Tensor]:
+    """Step 2: each receiver input at r.position with one sender patched: site -> [n_senders, batch, n_idx, d_head]."""
+    sites = _receiver_sites(model, r)
+    by_layer: dict[int, list[str]] = {}
+    for s in sites:
+        by_layer.setdefault(int(s.split(".")[1]), []).append(s)
+    parts: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+
+    def read(j, x):
+        block = model.blocks[j]
+        h = block.ln1(x)  # [n, batch, d_model]
+        for s in by_layer[j]:
+            proj = getattr(block.attn, s.rsplit("_", 1)[1])(h)  # [n, batch, heads * d_head]
+            parts[s].append(proj.view(*proj.shape[:2], -1, model.cfg.d_head)[:, :, sites[s]])
+
+    for chunk in _chunks(senders, max(1, SWEEP_ROWS // fr.resid_pre[0].shape[0])):
+        _sweep(model, fr, chunk, sorted(by_layer), read)
+    return {s: torch.cat(v) for s, v in parts.items()}
+
+
+@torch.no_grad()
+def path_patch(model, clean: IOIDataset, corrupt: IOIDataset, receivers: Receivers = LOGITS,
+               senders: Sequence[Head] | None = None, batch_heads: int = 8, progress: bool = False) -> torch.Tensor:
+    """Path patching (ARENA's 3-step form of Wang et al.): [n_layers, n_heads] relative change of the clean
+    logit difference, (patched - clean) / clean.
+
+    Step 1-2: one sender's z (all positions) comes from `corrupt`, every other head's z is frozen at its clean
+    value, MLPs recompute. To the logits (receivers=LOGITS) the logit diff of that run is the result. For head
+    receivers their q / k / v / k and v at `receivers.position` are read from that run and patched into a
+    fresh clean run (everything else free), whose logit diff is the result. k/v receivers are key/value
+    groups under grouped-query attention (patching one changes every query head sharing it).
+    A sender changes no receiver at or before its own layer: such entries, and senders not asked for, are 0.
+
+    Equals path_patch_reference up to float error, but step 2 needs no forward per sender: with every z
+    frozen, attention does not mix positions, so only the residual at the receiver position changes, through
+    the MLPs; it is propagated for all senders at once. Step 3 is batched over `batch_heads` senders.
+    """
+    senders = _validate(model, clean, corrupt, receivers, senders)
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    ld_clean = _run_ld(model, clean).mean().item()
+    if not receivers.heads:
+        lds = _direct_fast(model, clean, corrupt, senders, progress)
+        for s, ld in zip(senders, lds.tolist()):
+            out[s] = (ld - ld_clean) / ld_clean
+        return out
+    last = max(l for l, _ in receivers.heads)
+    senders = [s for s in senders if s[0] < last]
+    if not senders:
+        return out
+    fr = _frozen(model, clean, corrupt, receivers.position)
+    values = _receiver_values(model, fr, senders, receivers)  # site -> [n_senders, batch, n_idx, d_head]
+    index = {s: i for i, s in enumerate(senders)}
+    for chunk in tqdm(_chunks(senders, batch_heads), desc="path patching", disable=not progress, leave=False):
+        idx = torch.tensor([index[s] for s in chunk])
+        vals = {site: v[idx.to(v.device)].flatten(0, 1) for site, v in values.items()}
+        lds = _run_ld(model, clean, len(chunk), _patch_sites_hooks(model, clean, receivers, vals, len(chunk)))
+        for s, ld in zip(chunk, lds.mean(1).tolist()):
+            out[s] = (ld - ld_clean) / ld_clean
+    return out
+
+
+# ---------------------------------------------------------------- activation patching and CMAP
+
+
+_HOOKS = {"z": ("hook_z", 2), "output": ("hook_z", 2), "pattern": ("hook_pattern", 1)}  # kind -> (hook, head axis)
+
+
+def _hook_of(kind: str) -> tuple[str, int]:
+    """(hook name, head axis) of an activation kind."""
+    if kind not in _HOOKS:
+        raise ValueError(f"unknown activation {kind!r}; choose 'z' / 'output' or 'pattern'")
+    return _HOOKS[kind]
+
+
+@torch.no_grad()
+def _source(model, tokens: torch.Tensor, kind: str) -> dict[int, torch.Tensor]:
+    """Every layer's z ([batch, seq, heads, d_head]) or attention pattern ([batch, heads, q, k]) on some tokens."""
+    hook = _hook_of(kind)[0]
+    cache = _cache(model, tokens, {f"blocks.{l}.attn.{hook}" for l in range(model.cfg.n_layers)})
+    return {l: cache[f"blocks.{l}.attn.{hook}"] for l in range(model.cfg.n_layers)}
+
+
+def _one_head_hooks(model, ds: IOIDataset, source: Mapping[int, torch.Tensor], kind: str, chunk: Sequence[Head],
+                    position: str | None) -> list:
+    """Hooks on len(chunk) stacked copies of ds: copy i gets head chunk[i]'s activation from `source`.
+
+    position=None: at every position; else only at that query position of each prompt.
+    """
+    hook, axis = _hook_of(kind)
+    dev, b = _device(model), len(ds)
+    pos = None if position is None else ds.positions[position].to(dev)
+    rows = torch.arange(b, device=dev)
+
+    def fn(act, hook, layer):
+        src = source[layer].to(act.device, act.dtype)
+        for i, (l, h) in enumerate(chunk):
+            if l != layer:
+                continue
+            mine = act[i * b : (i + 1) * b]  # a view: writes land in act
+            if pos is None:
+                mine.select(axis, h).copy_(src.select(axis, h))
+            elif axis == 2:  # z: [batch, seq, heads, d_head]
+                mine[rows, pos, h] = src[rows, pos, h]
+            else:  # pattern: [batch, heads, query, key]
+                mine[rows, h, pos] = src[rows, h, pos]
+        return act
+
+    layers = sorted({l for l, _ in chunk})
+    return [(f"blocks.{l}.attn.{hook}", lambda a, hook, l=l: fn(a, hook, l)) for l in layers]
+
+
+@torch.no_grad()
+def _patch_each_head(model, ds: IOIDataset, source: Mapping[int, torch.Tensor], kind: str, heads: Sequence[Head],
+                     position: str | None, batch_heads: int, progress: bool, desc: str) -> dict[Head, float]:
+    """Mean logit diff of `model` on ds with each head's activation (one head at a time) taken from `source`."""
+    out = {}
+    for chunk in tqdm(_chunks(heads, batch_heads), desc=desc, disable=not progress, leave=False):
+        lds = _run_ld(model, ds, len(chunk), _one_head_hooks(model, ds, source, kind, chunk, position))
+        out.update(zip(chunk, lds.mean(1).tolist()))
+    return out
+
+
+def activation_patch_heads(model, clean: IOIDataset, corrupt: IOIDataset, hook: str = "z",
+                           positions: str | None = None, heads: Sequence[Head] | None = None,
+                           batch_heads: int = 8, progress: bool = False) -> torch.Tensor:
+    """Per-head activation patching: [n_layers, n_heads] relative change (patched - clean) / clean of the logit
+    difference when one head's z (hook="z") or attention pattern (hook="pattern") comes from the corrupt run,
+    at every position (positions=None) or only at one query position (e.g. "END")."""
+    _check_pair(clean, corrupt)
+    _hook_of(hook)
+    if positions is not None:
+        _check_position(clean, positions)
+    heads = _heads(model, heads)
+    ld_clean = _run_ld(model, clean).mean().item()
+    src = _source(model, corrupt.tokens, hook)
+    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    lds = _patch_each_head(model, clean, src, hook, heads, positions, batch_heads, progress, "activation patching")
+    for h, ld in lds.items():
+        out[h] = (ld - ld_clean) / ld_clean
+    return out
+
+
+def _check_cmap(model_x, model_y, kind: str) -> None:
+    """Raise if two models cannot exchange per-head activations of this kind."""
+    if kind not in ("output", "pattern"):
+        raise ValueError(f"CMAP kind must be 'output' or 'pattern', got {kind!r}")
+    shape = lambda m: (m.cfg.n_layers, m.cfg.n_heads, m.cfg.d_head)  # noqa: E731
+    if shape(model_x) != shape(model_y):
+        raise ValueError(f"CMAP needs models of one shape (layers, heads, d_head), got {shape(model_x)} and {shape(model_y)}")
+
+
+def cmap(model_x, model_y, ds: IOIDataset, kind: str = "output", heads: Sequence[Head] | None = None,
+         progress: bool = False, batch_heads: int = 8) -> torch.Tensor:
+    """Cross-model activation patching (Prakash et al. 2024): [n_layers, n_heads] change of model_y's mean logit
+    diff (patched - model_y's own, in logit units) when one head's output z (kind="output") or attention pattern
+    (kind="pattern") comes from model_x on the same prompts. Swap the models for the other direction."""
+    _check_cmap(model_x, model_y, kind)
+    heads = _heads(model_y, heads)
+    src = _source(model_x, ds.tokens, kind)
+    ld_y = _run_ld(model_y, ds).mean().item()
+    out = torch.zeros(model_y.cfg.n_layers, model_y.cfg.n_heads)
+    for h, ld in _patch_each_head(model_y, ds, src, kind, heads, None, batch_heads, progress, f"CMAP ({kind})").items():
+        out[h] = ld - ld_y
+    return out
+
+
+@torch.no_grad()
+def cmap_group(model_x, model_y, ds: IOIDataset, heads: Sequence[Head], kind: str = "output") -> float:
+    """model_y's mean logit diff with a whole set of heads' output z (or patterns) taken from model_x."""
+    _check_cmap(model_x, model_y, kind)
+    heads = _heads(model_y, heads)
+    src = _source(model_x, ds.tokens, kind)
+    hook, axis = _hook_of(kind)
+
+    def fn(act, hook, layer):
+        for l, h in heads:
+            if l == layer:
+                act.select(axis, h).copy_(src[layer].to(act.device, act.dtype).select(axis, h))
+        return act
+
+    hooks = [(f"blocks.{l}.attn.{hook}", lambda a, hook, l=l: fn(a, hook, l)) for l in sorted({l for l, _ in heads})]
+    return _run_ld(model_y, ds, 1, hooks).mean().item()
+
+
+# ---------------------------------------------------------------- mean ablation (circuit knockout)
+
+
+@torch.no_grad()
+def template_means(model, abc: IOIDataset, batch_size: int = 64) -> dict[int, torch.Tensor]:
+    """layer -> [batch, seq, n_heads, d_head]: row i holds the mean hook_z over the ABC prompts that share
+    prompt i's template, position by position (Wang et al.'s per-template mean over p_ABC). Should one
+    template tokenize to different positions, prompts are grouped by template and positions."""
+    names = {_z(l) for l in range(model.cfg.n_layers)}
+    parts = [_cache(model, abc.tokens[i : i + batch_size], names) for i in range(0, len(abc), batch_size)]
+    keys = torch.stack([abc.template_ids] + [abc.positions[k] for k in sorted(abc.positions)], 1)  # [batch, 6]
+    _, group = torch.unique(keys, dim=0, return_inverse=True)  # [batch]
+    means = {}
+    for l in range(model.cfg.n_layers):
+        z = torch.cat([p[_z(l)] for p in parts])  # [batch, seq, heads, d_head]
+        g = group.to(z.device)
+        sums = z.new_zeros((int(group.max()) + 1,) + z.shape[1:]).index_add_(0, g, z)
+        counts = torch.bincount(g).to(z.dtype).view(-1, 1, 1, 1)
+        means[l] = (sums / counts)[g]
+    return means
+
+
+def _keep_masks(model, ds: IOIDataset, circuit: Mapping[Head, Sequence[str]]) -> dict[int, torch.Tensor]:
+    """layer -> [batch, seq, n_heads] bool: which (prompt, position, head) keep their clean z."""
+    _heads(model, list(circuit), "circuit head")
+    b, s = ds.tokens.shape
+    masks = {l: torch.zeros(b, s, model.cfg.n_heads, dtype=torch.bool) for l in range(model.cfg.n_layers)}
+    rows = torch.arange(b)
+    for (l, h), positions in circuit.items():
+        if isinstance(positions, str):
+            raise ValueError(f"positions of head {l}.{h} must be a sequence of names, got the string {positions!r}")
+        for p in positions:
+            if p == "ALL":
+                masks[l][:, :, h] = True
+            elif p in ds.positions:
+                masks[l][rows, ds.positions[p], h] = True
+            else:
+                raise ValueError(f"unknown position {p!r} for head {l}.{h}; known: ALL, {', '.join(ds.positions)}")
+    return masks
+
+
+@torch.no_grad()
+def run_with_circuit(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
+                     means: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """END logits [batch, vocab] with every (head, position) the circuit does not claim mean-ablated to its
+    per-template ABC mean (Wang et al.'s knockout on hook_z; MLPs are never ablated). The circuit maps a
+    head to the position names it keeps ("END", "S2", "S1+1", ... or "ALL")."""
+    _check_pair(clean, abc)
+    if not torch.equal(clean.template_ids, abc.template_ids):
+        raise ValueError("clean and ABC prompts must share templates row by row (use data.make_abc_dataset)")
+    means = template_means(model, abc) if means is None else means
+    if any(tuple(means[l].shape[:2]) != tuple(clean.tokens.shape) for l in range(model.cfg.n_layers)):
+        raise ValueError(f"means must be [batch, seq, ...] = {tuple(clean.tokens.shape)} per layer (template_means of abc)")
+    dev, masks = _device(model), _keep_masks(model, clean, circuit)
+
+    def fn(z, hook, layer):
+        return torch.where(masks[layer].to(dev)[..., None], z, means[layer].to(z.device, z.dtype))
+
+    hooks = [(_z(l), lambda z, hook, l=l: fn(z, hook, l)) for l in range(model.cfg.n_layers)]
+    logits = model.run_with_hooks(clean.tokens.to(dev), fwd_hooks=hooks)
+    return logits[torch.arange(len(clean), device=dev), clean.positions["END"].to(dev)]
+
+
+def circuit_logit_diff(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
+                       means: Mapping[int, torch.Tensor] | None = None) -> float:
+    """Mean logit difference of the model reduced to a circuit by mean ablation (see run_with_circuit)."""
+    end = run_with_circuit(model, clean, abc, circuit, means)
+    rows = torch.arange(len(clean), device=end.device)
+    return (end[rows, clean.io_tokens.to(end.device)] - end[rows, clean.s_tokens.to(end.device)]).mean().item()

@@ -1,0 +1,177 @@
+"""Matplotlib figures for the book: head heat maps with circuit classes, checkpoint curves, bar charts."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+
+Head = tuple[int, int]  # (layer, query head)
+CLASS_COLORS: dict[str, str] = {
+    "NM": "#2ca02c", "NNM": "#d62728", "BNM": "#17becf", "SIN": "#9467bd",
+    "IND": "#ff7f0e", "DT": "#8c564b", "PT": "#e377c2",
+}
+DIVERGING, SEQUENTIAL = "RdBu_r", "viridis"
+
+
+def _array(values) -> np.ndarray:
+    """A float numpy array from a tensor, array or nested sequence."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=float)
+
+
+def _new_ax(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    """The axes to draw on and their figure (a new figure if ax is None)."""
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=figsize, constrained_layout=True)
+    return fig, ax
+
+
+def _heatmap_size(n_layers: int, n_heads: int) -> tuple[float, float]:
+    """A figure size that keeps cells roughly square and labels readable."""
+    return (min(2.5 + 0.55 * n_heads, 14), min(1.5 + 0.32 * n_layers, 14))
+
+
+def _limits(values: np.ndarray, symmetric: bool) -> dict:
+    """imshow colour arguments: a diverging map centred at 0, or a sequential map over the range."""
+    finite = values[np.isfinite(values)]
+    if not symmetric:
+        return {"cmap": SEQUENTIAL}
+    m = float(np.abs(finite).max()) if finite.size else 1.0
+    m = m if m > 0 else 1.0
+    return {"cmap": DIVERGING, "vmin": -m, "vmax": m}
+
+
+def _draw_classes(ax: Axes, classes: Mapping[str, Sequence[Head]], shape: tuple[int, int]) -> None:
+    """Outline and label each class's heads, and add a legend of the classes present."""
+    labels: dict[Head, list[str]] = {}
+    for cls, heads in classes.items():
+        for layer, head in heads:
+            if not (0 <= layer < shape[0] and 0 <= head < shape[1]):
+                raise ValueError(f"head {layer}.{head} of class {cls} is outside a {shape[0]}x{shape[1]} map")
+            labels.setdefault((int(layer), int(head)), []).append(cls)
+    for (layer, head), cls in labels.items():
+        color = CLASS_COLORS.get(cls[0], "black")
+        ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor=color, linewidth=2.2))
+        ax.text(head, layer, "/".join(cls), ha="center", va="center", fontsize=7, fontweight="bold",
+                color="black", bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.6})
+    present = [c for c in classes if classes[c]]
+    if present:
+        handles = [Patch(facecolor="none", edgecolor=CLASS_COLORS.get(c, "black"), linewidth=2, label=c) for c in present]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.25, 1.0), fontsize=8, title="class",
+                  frameon=False)
+
+
+def head_heatmap(values, title: str, classes: Mapping[str, Sequence[Head]] | None = None, ax: Axes | None = None,
+                 cbar_label: str = "", symmetric: bool = True, vmax: float | None = None) -> Figure:
+    """A [n_layers, n_heads] map (layer on y, head on x), classes outlined and labelled (NM, NNM, ...)."""
+    arr = _array(values)
+    if arr.ndim != 2:
+        raise ValueError(f"head_heatmap needs a [n_layers, n_heads] array, got shape {arr.shape}")
+    fig, ax = _new_ax(ax, _heatmap_size(*arr.shape))
+    kw = _limits(arr, symmetric)
+    if vmax is not None:
+        kw.update(vmin=-vmax if symmetric else kw.get("vmin"), vmax=vmax)
+    im = ax.imshow(arr, aspect="auto", origin="upper", interpolation="nearest", **kw)
+    ax.set_xticks(range(arr.shape[1]))
+    ax.set_yticks(range(arr.shape[0]))
+    ax.tick_params(labelsize=7 if arr.shape[0] > 16 else 9)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label=cbar_label, fraction=0.08, pad=0.03)
+    if classes:
+        _draw_classes(ax, classes, arr.shape)
+    return fig
+
+
+def _x_positions(x: Sequence) -> tuple[np.ndarray, list[str] | None]:
+    """Numeric x values, or 0..n-1 with tick labels when x holds strings."""
+    if any(isinstance(v, str) for v in x):
+        return np.arange(len(x)), [str(v) for v in x]
+    return np.asarray(x, dtype=float), None
+
+
+def checkpoint_lines(x: Sequence[float | int | str], series: Mapping[str, Sequence[float]], title: str, xlabel: str,
+                     ylabel: str, ax: Axes | None = None,
+                     bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None) -> Figure:
+    """One line per series across checkpoints/epochs, with optional (lower, upper) bands per series."""
+    xs, ticks = _x_positions(x)
+    fig, ax = _new_ax(ax, (7, 4))
+    for name, ys in series.items():
+        ys = _array(ys)
+        if len(ys) != len(xs):
+            raise ValueError(f"series {name!r} has {len(ys)} values for {len(xs)} x positions")
+        (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=name)
+        if bands and name in bands:
+            lo, hi = (_array(b) for b in bands[name])
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    unknown = set(bands or {}) - set(series)
+    if unknown:
+        raise ValueError(f"bands for unknown series {sorted(unknown)}")
+    if ticks is not None:
+        ax.set_xticks(xs, ticks, rotation=30 if max(map(len, ticks), default=0) > 4 else 0)
+    ax.axhline(0, color="grey", linewidth=0.6, zorder=0)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def bar_compare(labels: Sequence[str], values: Mapping[str, Sequence[float]], title: str, ylabel: str,
+                ax: Axes | None = None) -> Figure:
+    """Grouped bars: one group per label, one bar per series in values."""
+    fig, ax = _new_ax(ax, (max(5, 0.9 * len(labels) * max(1, len(values)) ** 0.5 + 2), 4))
+    n, width = len(values), 0.8 / max(1, len(values))
+    xs = np.arange(len(labels))
+    for i, (name, vals) in enumerate(values.items()):
+        vals = _array(vals)
+        if len(vals) != len(labels):
+            raise ValueError(f"series {name!r} has {len(vals)} values for {len(labels)} labels")
+        ax.bar(xs + (i - (n - 1) / 2) * width, vals, width, label=name)
+    ax.set_xticks(xs, [str(l) for l in labels], rotation=30 if max(map(len, map(str, labels)), default=0) > 6 else 0)
+    ax.axhline(0, color="grey", linewidth=0.6)
+    ax.set(title=title, ylabel=ylabel)
+    if n > 1:
+        ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def cmap_heatmaps(effects: Mapping[str, object], classes: Mapping[str, Sequence[Head]] | None = None,
+                  title: str = "", cbar_label: str = "") -> Figure:
+    """Side-by-side [n_layers, n_heads] heat maps sharing one diverging colour scale centred at 0."""
+    if not effects:
+        raise ValueError("cmap_heatmaps needs at least one map")
+    arrays = {k: _array(v) for k, v in effects.items()}
+    shapes = {a.shape for a in arrays.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"all maps must share one [n_layers, n_heads] shape, got {sorted(shapes)}")
+    n_l, n_h = next(iter(shapes))
+    m = max(float(np.nanmax(np.abs(a))) for a in arrays.values()) or 1.0
+    w, h = _heatmap_size(n_l, n_h)
+    fig, axes = plt.subplots(1, len(arrays), figsize=(min(w * len(arrays), 24), h + 0.4), squeeze=False,
+                             sharey=True, constrained_layout=True)
+    for ax, (name, arr) in zip(axes[0], arrays.items()):
+        im = ax.imshow(arr, aspect="auto", interpolation="nearest", cmap=DIVERGING, vmin=-m, vmax=m)
+        ax.set_xticks(range(n_h))
+        ax.set_yticks(range(n_l))
+        ax.tick_params(labelsize=7 if n_l > 16 else 9)
+        ax.set(title=name, xlabel="head")
+        if classes:
+            _draw_classes(ax, classes, arr.shape)
+            if ax is not axes[0][-1] and ax.get_legend() is not None:
+                ax.get_legend().remove()
+    axes[0][0].set_ylabel("layer")
+    fig.colorbar(im, ax=list(axes[0]), label=cbar_label, fraction=0.05, pad=0.02)
+    if title:
+        fig.suptitle(title)
+    return fig
