@@ -22,10 +22,9 @@ class Claim:
         return f"[{mark}] {self.statement} ({self.evidence})"
 
 
-def check(statement: str, holds: bool, evidence: str = "", enforce: bool = True) -> Claim:
+def check(statement: str, holds: bool, evidence: str = "", enforce: bool = True) -> None:
     """Print a claim's verdict; raise ClaimFailed if it does not hold and is enforced."""
     claim = Claim(statement, bool(holds), evidence)
     print(claim)
     if enforce and not claim.holds:
         raise ClaimFailed(str(claim))
-    return claim

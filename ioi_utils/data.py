@@ -268,11 +268,14 @@ def train_test_split(ds: IOIDataset, test_fraction: float = 0.2, seed: int = 0) 
     return ds[sorted(idx[n_test:])], ds[sorted(idx[:n_test])]
 
 
+def vocabulary_names(tokenizer) -> list[str]:
+    """The names of NAMES that are one token for this tokenizer, sorted."""
+    return sorted(n for n in NAMES if token_id(tokenizer, n) is not None)
+
+
 def make_abc_dataset(ds: IOIDataset, seed: int = 1) -> IOIDataset:
     """Same templates, places and objects, three fresh distinct names at IO, S1 and S2 (Wang's p_ABC)."""
-    rng, names = random.Random(seed), sorted({p.io for p in ds.prompts} | {p.s1 for p in ds.prompts})
-    if len(names) < 5:
-        raise ValueError("need at least 5 distinct names to build an ABC dataset")
+    rng, names = random.Random(seed), vocabulary_names(ds.tokenizer)
 
     def fresh(p: IOIPrompt) -> IOIPrompt:
         a, b, c = _three_names(rng, names, avoid=(p.io, p.s1))
@@ -294,9 +297,7 @@ def name_moving(ds: IOIDataset, seed: int = 2) -> IOIDataset:
 
     Example: "Then, Mary and John went to the store. Mary gave a drink to" -> " Sarah" (clean: " John").
     """
-    rng, names = random.Random(seed), sorted({p.io for p in ds.prompts} | {p.s1 for p in ds.prompts})
-    if len(names) < 3:
-        raise ValueError("need at least 3 distinct names for the Name Moving rule")
+    rng, names = random.Random(seed), vocabulary_names(ds.tokenizer)
     return ds.map(lambda p: dataclasses.replace(p, label=rng.choice([n for n in names if n not in (p.io, p.s1)])))
 
 

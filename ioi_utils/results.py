@@ -48,13 +48,12 @@ def memo(name: str, fn: Callable[[], Any], **key: Any) -> Any:
     return value
 
 
-def record(profile: str, chapter: str, values: dict[str, Any]) -> Path:
+def record(profile: str, chapter: str, values: dict[str, Any]) -> None:
     """Store a chapter's headline numbers (merged with what it stored before) for the summary."""
     path = results_root() / profile / f"{chapter}.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     old.update(values)
     atomic_write_bytes(path, json.dumps(old, indent=1, sort_keys=True, default=float).encode())
-    return path
 
 
 def load(profile: str) -> dict[str, dict[str, Any]]:
