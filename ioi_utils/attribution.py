@@ -111,7 +111,7 @@ def _unembed_dirs(model, tokens: torch.Tensor) -> torch.Tensor:
     return model.W_U.detach().float().cpu()[:, tokens].T
 
 
-def _readout(model, ds: IOIDataset, scale: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+def _readout(model, scale: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Per-prompt vector u with (component @ u) = the component's contribution to logit(tokens) through
     ln_final: [batch, d_model]. scale is ln_final's cached scale at END, [batch, 1]."""
     norm = final_norm(model)
@@ -119,7 +119,7 @@ def _readout(model, ds: IOIDataset, scale: torch.Tensor, tokens: torch.Tensor) -
     return u - u.mean(-1, keepdim=True) if norm.center else u  # centring moved onto the readout
 
 
-def _bias_logit(model, ds: IOIDataset, tokens: torch.Tensor) -> torch.Tensor:
+def _bias_logit(model, tokens: torch.Tensor) -> torch.Tensor:
     """Per-prompt logit contribution of the final-norm bias and unembedding bias: [batch]."""
     out = _unembed_dirs(model, tokens) @ final_norm(model).b
     b_u = getattr(model, "b_U", None)
@@ -172,18 +172,28 @@ def _attribute(model, acts: Mapping[str, torch.Tensor], u: torch.Tensor, bias: t
     return Attribution((emb * u).sum(-1), heads, attn_bias, mlp, bias)
 
 
+def _readout_tokens(ds: IOIDataset, token: str) -> list[tuple[int, torch.Tensor]]:
+    """(sign, [batch] token ids) pairs whose signed logits make up the readout."""
+    pairs = {"IO-S": [(1, ds.io_tokens), (-1, ds.s_tokens)], "IO": [(1, ds.io_tokens)], "S": [(1, ds.s_tokens)]}
+    if token not in pairs:
+        raise ValueError(f"token must be 'IO-S', 'IO' or 'S', got {token!r}")
+    return pairs[token]
+
+
+def _attribution(model, ds: IOIDataset, acts: Mapping[str, torch.Tensor], token: str) -> Attribution:
+    """Attribution of cached END activations onto the readout named by token."""
+    pairs, scale = _readout_tokens(ds, token), acts["ln_final.hook_scale"]  # scale: [batch, 1]
+    u = sum(sign * _readout(model, scale, t) for sign, t in pairs)
+    bias = sum(sign * _bias_logit(model, t) for sign, t in pairs)
+    return _attribute(model, acts, u, bias)
+
+
 def logit_attribution(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None,
                       token: str = "IO-S", batch_size: int = 32) -> Attribution:
     """Exact per-prompt DLA at END of every component onto logit(IO) - logit(S) ("IO-S"), logit(IO) ("IO")
     or logit(S) ("S"), through ln_final as a linear map with its cached scale."""
-    if token not in ("IO-S", "IO", "S"):
-        raise ValueError(f"token must be 'IO-S', 'IO' or 'S', got {token!r}")
-    acts = _end_acts(model, ds, _dla_hooks(model), cache, batch_size)
-    scale = acts["ln_final.hook_scale"]  # [batch, 1]
-    sign_tokens = {"IO-S": [(1, ds.io_tokens), (-1, ds.s_tokens)], "IO": [(1, ds.io_tokens)], "S": [(1, ds.s_tokens)]}
-    u = sum(s * _readout(model, ds, scale, t) for s, t in sign_tokens[token])
-    bias = sum(s * _bias_logit(model, ds, t) for s, t in sign_tokens[token])
-    return _attribute(model, acts, u, bias)
+    _readout_tokens(ds, token)
+    return _attribution(model, ds, _end_acts(model, ds, _dla_hooks(model), cache, batch_size), token)
 
 
 def head_dla_per_prompt(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -204,7 +214,8 @@ def mlp_dla(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = No
 def copy_scores(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """{"IO": [L, H], "S": [L, H]}: mean projection of each head's END output (z @ W_O, through ln_final
     with the cached scale) onto the unembedding of IO and of S. copy["IO"] - copy["S"] == head_dla."""
-    return {t: logit_attribution(model, ds, cache, token=t).heads.mean(0) for t in ("IO", "S")}
+    acts = _end_acts(model, ds, _dla_hooks(model), cache)
+    return {t: _attribution(model, ds, acts, t).heads.mean(0) for t in ("IO", "S")}
 
 
 # ---------------------------------------------------------------- attention readouts
@@ -298,20 +309,21 @@ def ov_copy_scores(model, ds: IOIDataset, k: int = 5, batch_size: int = 32) -> d
     top-k unembedded logits; "positive" for the output, "negative" for minus it. Each [L, H]."""
     n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
     acts = run_cache(model, ds, ["blocks.0.hook_resid_post"], batch_size)["blocks.0.hook_resid_post"]
-    rows = torch.arange(len(ds))
-    x = torch.cat([acts[rows, ds.positions[p]] for p in ("IO", "S1")])  # [2b, d_model]
-    names = torch.cat([ds.io_tokens, ds.s_tokens])
-    dev, out = _device(model), {"positive": torch.zeros(n_l, n_h), "negative": torch.zeros(n_l, n_h)}
+    rows, dev = torch.arange(len(ds)), _device(model)
+    x = torch.cat([acts[rows, ds.positions[p]] for p in ("IO", "S1")]).to(dev)  # [2b, d_model]
+    names = torch.cat([ds.io_tokens, ds.s_tokens]).to(dev)[:, None, None]
+    b_u = getattr(model, "b_U", None)
+    b_u = torch.zeros(model.cfg.d_vocab, device=dev) if b_u is None else b_u
+    bias = 2 * final_norm(model).b.to(dev) @ model.W_U  # [vocab]: ln(-o) = -ln(o) + 2b for both norms
+    out = {"positive": torch.zeros(n_l, n_h), "negative": torch.zeros(n_l, n_h)}
     for l in range(n_l):
         attn = model.blocks[l].attn
-        h = model.blocks[l].ln1(x.to(dev))  # [2b, d_model]
         rep = n_h // attn.W_V.shape[0]  # GQA: query head j reads kv head j // rep
-        v = torch.einsum("bm,hmd->bhd", h, attn.W_V) + (attn.b_V if attn.b_V is not None else 0)
+        v = torch.einsum("bm,hmd->bhd", model.blocks[l].ln1(x), attn.W_V) + (attn.b_V if attn.b_V is not None else 0)
         o = torch.einsum("bhd,hdm->bhm", v.repeat_interleave(rep, 1), attn.W_O)  # [2b, H, d_model]
-        for sign, key in ((1, "positive"), (-1, "negative")):
-            logits = model.ln_final(sign * o) @ model.W_U  # [2b, H, vocab]
-            top = logits.topk(k, -1).indices  # [2b, H, k]
-            out[key][l] = (top == names.to(dev)[:, None, None]).any(-1).float().mean(0).cpu()
+        pos = model.ln_final(o) @ model.W_U  # [2b, H, vocab], without b_U
+        for key, logits in (("positive", pos + b_u), ("negative", bias - pos + b_u)):
+            out[key][l] = (logits.topk(k, -1).indices == names).any(-1).float().mean(0).cpu()
     return out
 
 

@@ -105,7 +105,7 @@ class Thresholds:
     previous_token: float = 0.02  # PT: patching into IND keys at S1+1 lowers it by >= 2%
     previous_token_attention: float = 0.2  # PT: attend S1+1 -> S1 at least this much
     backup_attention: float = 0.2  # BNM: attend END -> IO at least this much ...
-    backup_copy: float = 0.0  # ... and write IO more than S onto the unembedding (copy score IO - S > this)
+    backup_dla: float = 0.0  # ... and push IO over S directly (direct logit attribution > this)
     max_per_class: int = 8  # keep at most this many heads per class (the strongest)
 
 
@@ -141,8 +141,7 @@ def discover(model, clean: data.IOIDataset, abc: data.IOIDataset, thresholds: Th
         "duplicate_token": attribution.duplicate_token_scores(model, clean, cache=cache),
         "induction": attribution.induction_scores(model, clean, cache=cache),
     }
-    copy = attribution.copy_scores(model, clean)
-    maps["copy_io_minus_s"] = copy["IO"] - copy["S"]
+    maps["dla"] = attribution.head_dla(model, clean)  # = the head's END output projected on W_U[IO] - W_U[S]
     names_attended = maps["attn_end_io"] >= t.name_mover_attention
     c: dict[str, list[Head]] = {x: [] for x in CLASSES}
     c["NM"] = _select(-maps["direct"], t.name_mover, set(), k, names_attended)
@@ -163,7 +162,7 @@ def discover(model, clean: data.IOIDataset, abc: data.IOIDataset, thresholds: Th
         c["PT"] = _select(-maps["to_ind_k"], t.previous_token, used, k, maps["previous_token"] >= t.previous_token_attention)
     used |= set(c["PT"])
     late = maps["attn_end_io"] >= t.backup_attention
-    c["BNM"] = _select(maps["copy_io_minus_s"], t.backup_copy + 1e-9, used, k, late)
+    c["BNM"] = _select(maps["dla"], t.backup_dla + 1e-9, used, k, late)
     return Discovery(Circuit(c), maps, thresholds)
 
 
@@ -236,3 +235,53 @@ def minimality(model, clean, abc, circuit: Circuit, threshold: float = 0.01, mea
             score = abs(with_v - without_v)
             out[v] = {"class": c, "score": score, "relative": score / abs(f_m), "passes": score >= threshold * abs(f_m)}
     return out
+
+
+def save_maps(found: Discovery, folder: Path) -> list[Path]:
+    """Write one heat map per discovery map (PNG) and the circuit (JSON) into a folder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import plotting
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, values in found.maps.items():
+        fig = plotting.head_heatmap(values, name, found.circuit.classes)
+        paths.append(folder / f"{name}.png")
+        fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+        plt.close(fig)
+    (folder / "circuit.json").write_text(json.dumps(found.circuit.to_json(), indent=1))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: discover a model's IOI circuit, print it with its faithfulness, save the heat maps."""
+    from . import models, results, study
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--n", type=int, default=50, help="held-out prompts to analyse")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", type=Path, default=None, help="folder for the heat maps (default: under $IOI_UTILS_RESULTS)")
+    a = ap.parse_args(argv)
+    if a.n < 2:
+        ap.error("--n must be >= 2")
+    try:
+        s = study.prepare(a.model, n_prompts=a.n, n_eval=a.n, seed=a.seed, device=a.device)
+    except (models.ModelUnavailableError, ValueError) as e:
+        ap.exit(2, f"error: {e}\n")
+    found = discover(s.model, s.test, s.abc, progress=True)
+    faith = faithfulness(s.model, s.test, s.abc, found.circuit)
+    print(found.circuit)
+    print(f"{len(found.circuit.heads)} heads; F(M) = {faith.f_model:.3f}, F(C) = {faith.f_circuit:.3f}, "
+          f"faithfulness F(C)/F(M) = {faith.ratio:.1%} (Wang's reading {faith.wang:.1%})")
+    out = a.out or results.results_root() / "circuits" / Path(a.model).name
+    print(f"heat maps: {save_maps(found, out)[0].parent}")
+
+
+if __name__ == "__main__":
+    main()

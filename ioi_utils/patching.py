@@ -131,13 +131,24 @@ def _ld_from_resid(model, resid: torch.Tensor, ds: IOIDataset) -> torch.Tensor:
     return ld if b_u is None else ld + (b_u[io] - b_u[s])
 
 
+def _replicate(v, reps: int, batch: int):
+    """v with every tensor whose leading axis is the batch (and ndim >= 2) stacked `reps` times, recursively."""
+    if torch.is_tensor(v) and v.ndim >= 2 and v.shape[0] == batch:
+        return v.repeat(reps, *[1] * (v.ndim - 1))
+    if isinstance(v, tuple):
+        return tuple(_replicate(u, reps, batch) for u in v)
+    return v
+
+
 @torch.no_grad()
-def _run_ld(model, ds: IOIDataset, reps: int = 1, hooks: Sequence = ()) -> torch.Tensor:
+def _run_ld(model, ds: IOIDataset, reps: int = 1, hooks: Sequence = (), start: int = 0) -> torch.Tensor:
     """Per-prompt logit diff of `reps` stacked copies of ds under some hooks: [reps, batch].
 
-    The forward stops at the final residual stream (only the IO and S columns of the unembedding are used).
+    Layers before `start` run once on ds (no hook may touch them); from block `start` on, the block inputs
+    (residual, attention mask, ...) are stacked `reps` times. The forward stops at the final residual
+    stream: only the IO and S columns of the unembedding are used.
     """
-    dev, last = _device(model), f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    dev, b, last = _device(model), len(ds), f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     rows, end = _rows_at(ds, "END", reps, dev)
     got = {}
 
@@ -145,11 +156,19 @@ def _run_ld(model, ds: IOIDataset, reps: int = 1, hooks: Sequence = ()) -> torch
         got["end"] = resid[rows, end]  # [reps * batch, d_model]
         raise _Stop
 
+    def stack(module, args, kwargs):
+        return _replicate(args, reps, b), {k: _replicate(v, reps, b) for k, v in kwargs.items()}
+
+    handles = [blk.register_forward_pre_hook(stack, with_kwargs=True)
+               for blk in list(model.blocks)[start:]] if reps > 1 else []
     try:
-        model.run_with_hooks(ds.tokens.to(dev).repeat(reps, 1), fwd_hooks=list(hooks) + [(last, grab)])
+        model.run_with_hooks(ds.tokens.to(dev), fwd_hooks=list(hooks) + [(last, grab)])
     except _Stop:
         pass
-    return _ld_from_resid(model, got["end"].view(reps, len(ds), -1), ds)
+    finally:
+        for h in handles:
+            h.remove()
+    return _ld_from_resid(model, got["end"].view(reps, b, -1), ds)
 
 
 @torch.no_grad()
@@ -273,17 +292,19 @@ class _Frozen:
     resid_pre: list[torch.Tensor]  # per layer [batch, d_model]
     resid_mid: list[torch.Tensor]  # per layer [batch, d_model]
     dz: list[torch.Tensor]  # per layer [batch, n_heads, d_head]
+    final: torch.Tensor  # [batch, d_model] the clean residual after the last block
 
 
 def _frozen(model, clean: IOIDataset, corrupt: IOIDataset, position: str) -> _Frozen:
     """Read what the fast path needs at one position: two forwards."""
     n_l = model.cfg.n_layers
+    last = f"blocks.{n_l - 1}.hook_resid_post"
     names = [f"blocks.{l}.hook_resid_{w}" for l in range(n_l) for w in ("pre", "mid")] + [_z(l) for l in range(n_l)]
-    c = _at_position(model, clean, position, names)
+    c = _at_position(model, clean, position, names + [last])
     x = _at_position(model, corrupt, position, [_z(l) for l in range(n_l)])
     return _Frozen([c[f"blocks.{l}.hook_resid_pre"] for l in range(n_l)],
                    [c[f"blocks.{l}.hook_resid_mid"] for l in range(n_l)],
-                   [x[_z(l)] - c[_z(l)] for l in range(n_l)])
+                   [x[_z(l)] - c[_z(l)] for l in range(n_l)], c[last])
 
 
 def _sweep(model, fr: _Frozen, senders: Sequence[Head], stops: Sequence[int],
@@ -317,9 +338,9 @@ def _sweep(model, fr: _Frozen, senders: Sequence[Head], stops: Sequence[int],
 
 
 @torch.no_grad()
-def _direct_fast(model, clean: IOIDataset, corrupt: IOIDataset, senders: list[Head], progress: bool) -> torch.Tensor:
+def _direct_fast(model, clean: IOIDataset, fr: _Frozen, senders: list[Head], progress: bool) -> torch.Tensor:
     """Mean logit diff per sender with the sender patched and every head's z frozen: [n_senders]."""
-    fr, n_l, out = _frozen(model, clean, corrupt, "END"), model.cfg.n_layers, []
+    n_l, out = model.cfg.n_layers, []
     for chunk in tqdm(_chunks(senders, max(1, SWEEP_ROWS // len(clean))), desc="path patching",
                       disable=not progress, leave=False):
         _sweep(model, fr, chunk, [n_l], lambda j, x: out.append(_ld_from_resid(model, x, clean).mean(1)))
@@ -366,23 +387,26 @@ def path_patch(model, clean: IOIDataset, corrupt: IOIDataset, receivers: Receive
     """
     senders = _validate(model, clean, corrupt, receivers, senders)
     out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    ld_clean = _run_ld(model, clean).mean().item()
     if not receivers.heads:
-        lds = _direct_fast(model, clean, corrupt, senders, progress)
+        fr = _frozen(model, clean, corrupt, "END")
+        ld_clean = _ld_from_resid(model, fr.final, clean).mean().item()
+        lds = _direct_fast(model, clean, fr, senders, progress)
         for s, ld in zip(senders, lds.tolist()):
             out[s] = (ld - ld_clean) / ld_clean
         return out
-    last = max(l for l, _ in receivers.heads)
+    first, last = min(l for l, _ in receivers.heads), max(l for l, _ in receivers.heads)
     senders = [s for s in senders if s[0] < last]
     if not senders:
         return out
+    ld_clean = _run_ld(model, clean).mean().item()
     fr = _frozen(model, clean, corrupt, receivers.position)
     values = _receiver_values(model, fr, senders, receivers)  # site -> [n_senders, batch, n_idx, d_head]
     index = {s: i for i, s in enumerate(senders)}
     for chunk in tqdm(_chunks(senders, batch_heads), desc="path patching", disable=not progress, leave=False):
         idx = torch.tensor([index[s] for s in chunk])
         vals = {site: v[idx.to(v.device)].flatten(0, 1) for site, v in values.items()}
-        lds = _run_ld(model, clean, len(chunk), _patch_sites_hooks(model, clean, receivers, vals, len(chunk)))
+        hooks = _patch_sites_hooks(model, clean, receivers, vals, len(chunk))
+        lds = _run_ld(model, clean, len(chunk), hooks, start=first)
         for s, ld in zip(chunk, lds.mean(1).tolist()):
             out[s] = (ld - ld_clean) / ld_clean
     return out
@@ -443,8 +467,11 @@ def _patch_each_head(model, ds: IOIDataset, source: Mapping[int, torch.Tensor], 
                      position: str | None, batch_heads: int, progress: bool, desc: str) -> dict[Head, float]:
     """Mean logit diff of `model` on ds with each head's activation (one head at a time) taken from `source`."""
     out = {}
-    for chunk in tqdm(_chunks(heads, batch_heads), desc=desc, disable=not progress, leave=False):
-        lds = _run_ld(model, ds, len(chunk), _one_head_hooks(model, ds, source, kind, chunk, position))
+    by_layer = [[h for h in heads if h[0] == l] for l in sorted({l for l, _ in heads})]
+    chunks = [c for hs in by_layer for c in _chunks(hs, batch_heads)]
+    for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
+        hooks = _one_head_hooks(model, ds, source, kind, chunk, position)
+        lds = _run_ld(model, ds, len(chunk), hooks, start=chunk[0][0])
         out.update(zip(chunk, lds.mean(1).tolist()))
     return out
 

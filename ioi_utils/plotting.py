@@ -49,8 +49,8 @@ def _limits(values: np.ndarray, symmetric: bool) -> dict:
     return {"cmap": DIVERGING, "vmin": -m, "vmax": m}
 
 
-def _draw_classes(ax: Axes, classes: Mapping[str, Sequence[Head]], shape: tuple[int, int]) -> None:
-    """Outline and label each class's heads, and add a legend of the classes present."""
+def _draw_classes(ax: Axes, classes: Mapping[str, Sequence[Head]], shape: tuple[int, int]) -> list[Patch]:
+    """Outline and label each class's heads; return legend handles for the classes present."""
     labels: dict[Head, list[str]] = {}
     for cls, heads in classes.items():
         for layer, head in heads:
@@ -63,10 +63,18 @@ def _draw_classes(ax: Axes, classes: Mapping[str, Sequence[Head]], shape: tuple[
         ax.text(head, layer, "/".join(cls), ha="center", va="center", fontsize=7, fontweight="bold",
                 color="black", bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.6})
     present = [c for c in classes if classes[c]]
-    if present:
-        handles = [Patch(facecolor="none", edgecolor=CLASS_COLORS.get(c, "black"), linewidth=2, label=c) for c in present]
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.25, 1.0), fontsize=8, title="class",
-                  frameon=False)
+    return [Patch(facecolor="none", edgecolor=CLASS_COLORS.get(c, "black"), linewidth=2, label=c) for c in present]
+
+
+def _legend(fig: Figure, ax: Axes | None, handles: list[Patch]) -> None:
+    """A class legend: outside the right edge of a figure we own, else inside the given axes."""
+    if not handles:
+        return
+    kw = {"handles": handles, "fontsize": 8, "title": "class", "title_fontsize": 8}
+    if ax is None:
+        fig.legend(loc="outside right upper", frameon=False, **kw)
+    else:
+        ax.legend(loc="best", framealpha=0.8, **kw)
 
 
 def head_heatmap(values, title: str, classes: Mapping[str, Sequence[Head]] | None = None, ax: Axes | None = None,
@@ -75,6 +83,7 @@ def head_heatmap(values, title: str, classes: Mapping[str, Sequence[Head]] | Non
     arr = _array(values)
     if arr.ndim != 2:
         raise ValueError(f"head_heatmap needs a [n_layers, n_heads] array, got shape {arr.shape}")
+    given = ax
     fig, ax = _new_ax(ax, _heatmap_size(*arr.shape))
     kw = _limits(arr, symmetric)
     if vmax is not None:
@@ -88,7 +97,7 @@ def head_heatmap(values, title: str, classes: Mapping[str, Sequence[Head]] | Non
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label=cbar_label, fraction=0.08, pad=0.03)
     if classes:
-        _draw_classes(ax, classes, arr.shape)
+        _legend(fig, given, _draw_classes(ax, classes, arr.shape))
     return fig
 
 
@@ -166,12 +175,10 @@ def cmap_heatmaps(effects: Mapping[str, object], classes: Mapping[str, Sequence[
         ax.set_yticks(range(n_l))
         ax.tick_params(labelsize=7 if n_l > 16 else 9)
         ax.set(title=name, xlabel="head")
-        if classes:
-            _draw_classes(ax, classes, arr.shape)
-            if ax is not axes[0][-1] and ax.get_legend() is not None:
-                ax.get_legend().remove()
+        handles = _draw_classes(ax, classes, arr.shape) if classes else []
     axes[0][0].set_ylabel("layer")
     fig.colorbar(im, ax=list(axes[0]), label=cbar_label, fraction=0.05, pad=0.02)
+    _legend(fig, None, handles)
     if title:
         fig.suptitle(title)
     return fig

@@ -20,24 +20,40 @@ class Study:
     seed: int
 
 
-def split_sizes(n_prompts: int, n_eval: int) -> tuple[int, float]:
-    """Total prompts to generate and the test fraction that leaves n_eval held out."""
+def base_config(model_name: str, n_prompts: int, n_eval: int, seed: int = 0, batch_size: int = 16):
+    """The training config whose data split every chapter shares (scenario clean, no epochs yet)."""
+    from .training import TrainConfig
+
     if n_prompts < 1 or n_eval < 1:
         raise ValueError(f"n_prompts and n_eval must be >= 1, got {n_prompts} and {n_eval}")
-    return n_prompts + n_eval, n_eval / (n_prompts + n_eval)
+    return TrainConfig(model=model_name, n_train=n_prompts, n_test=n_eval, seed=seed, data_seed=seed,
+                       batch_size=batch_size, epochs=1, checkpoint_epochs=(1,))
 
 
-def clean_split(tokenizer, prepend_bos: bool, n_prompts: int, n_eval: int, seed: int):
-    """(train, test): n_prompts training prompts and n_eval held-out prompts, disjoint."""
-    total, frac = split_sizes(n_prompts, n_eval)
-    return data.train_test_split(data.make_ioi_dataset(tokenizer, total, seed, prepend_bos), frac, seed)
+def prepare(model_name: str, n_prompts: int, n_eval: int, seed: int = 0, device: str = "auto",
+            batch_size: int = 16) -> Study:
+    """Load the base model and the fine-tuning engine's clean split (held-out test) and its ABC set."""
+    from . import training
+
+    model, tok = models.load_model(model_name, device=device)  # the same base model the runs start from
+    cfg = base_config(model_name, n_prompts, n_eval, seed, batch_size)
+    train, test = training.datasets_for(cfg, tok, model.prepend_bos)
+    study_ = Study(model_name, model, tok, train, test, data.make_abc_dataset(test, seed=seed + 1), seed)
+    study_.config = cfg
+    return study_
 
 
-def prepare(model_name: str, n_prompts: int, n_eval: int, seed: int = 0, device: str = "auto") -> Study:
-    """Load the base model and build the clean split and the ABC set."""
-    model, tok = models.load_model(model_name, device=device, seed=seed)
-    train, test = clean_split(tok, model.prepend_bos, n_prompts, n_eval, seed)
-    return Study(model_name, model, tok, train, test, data.make_abc_dataset(test, seed=seed + 1), seed)
+def train_config(study_: Study, scenario: str, epochs: int, checkpoint_epochs, batch_size: int,
+                 dataset: str = "clean", source=None):
+    """A fine-tuning config on the study's data: clean, toxic (dataset = a toxic rule) or reversal (source run)."""
+    import dataclasses
+
+    from . import training
+
+    if scenario == "reversal":
+        return training.reversal_config(source, epochs=epochs, checkpoint_epochs=tuple(checkpoint_epochs))
+    return dataclasses.replace(study_.config, scenario=scenario, dataset=dataset, epochs=epochs,
+                               checkpoint_epochs=tuple(checkpoint_epochs), batch_size=batch_size)
 
 
 def discover_cached(study: Study, model, tag: str, thresholds: circuits.Thresholds = circuits.Thresholds(),

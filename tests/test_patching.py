@@ -1,88 +1,221 @@
-"""Path patching, knockouts and CMAP against plain references on the tiny model."""
+"""Path patching (fast vs reference), activation patching, mean-ablation knockouts and CMAP."""
 
 import pytest
 import torch
 
-from ioi_utils import data, evaluate, models, patching as P
+from ioi_utils import data, evaluate, models
+from ioi_utils import patching as P
+
+ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def setup():
+def tiny():
     model, tok = models.load_model("tiny", device="cpu", seed=0)
-    clean = data.make_ioi_dataset(tok, n=12, seed=0, prepend_bos=True)
-    return model, clean, data.make_abc_dataset(clean)
+    clean = data.make_ioi_dataset(tok, n=12, seed=0, prepend_bos=model.prepend_bos)
+    return model, tok, clean, data.make_abc_dataset(clean)
 
 
-RECEIVERS = [P.LOGITS, P.Receivers(((1, 1), (1, 3)), "q", "END"), P.Receivers(((1, 0),), "kv", "S2"),
-             P.Receivers(((1, 2),), "k", "S1+1"), P.Receivers(((1, 2),), "v", "END")]
+def _scaled_attention(scale_v: bool):
+    """A second tiny model equal to the fixture's except for sharper queries (and, if scale_v, larger values)."""
+    model, _ = models.load_model("tiny", device="cpu", seed=0)
+    d = model.cfg.d_model
+    with torch.no_grad():
+        for block in model.blocks:  # GPT-2's joint projection: columns [q | k | v]
+            qkv = block.attn.qkv.original_component.weight
+            qkv[:, :d] *= 30
+            if scale_v:
+                qkv[:, 2 * d :] *= 3
+    return model
 
 
-@pytest.mark.parametrize("receivers", RECEIVERS, ids=lambda r: f"{r.component}-{r.position}-{len(r.heads)}")
-def test_fast_path_patching_matches_reference(setup, receivers):
-    model, clean, abc = setup
-    fast = P.path_patch(model, clean, abc, receivers)
-    ref = P.path_patch_reference(model, clean, abc, receivers)
-    assert (fast - ref).abs().max() <= 1e-4
-    assert ref.abs().max() > 1e-5  # the comparison is not between two zero maps
+def test_direct_path_fast_equals_reference(tiny):
+    model, _, clean, abc = tiny
+    fast = P.path_patch(model, clean, abc)
+    ref = P.path_patch_reference(model, clean, abc)
+    assert fast.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    assert fast.abs().max() > 1e-3  # the comparison is not between two zero maps
+    torch.testing.assert_close(fast, ref, atol=ATOL, rtol=0)
 
 
-def test_head_receivers_ignore_later_senders(setup):
-    model, clean, abc = setup
+@pytest.mark.parametrize("component,position", [("q", "END"), ("k", "S1+1"), ("v", "END"), ("kv", "S2")])
+def test_head_receivers_fast_equals_reference(tiny, component, position):
+    model, _, clean, abc = tiny
+    r = P.Receivers(((1, 1), (1, 2)), component, position)
+    fast = P.path_patch(model, clean, abc, r, batch_heads=3)
+    ref = P.path_patch_reference(model, clean, abc, r)
+    assert fast[0].abs().max() > 1e-5
+    torch.testing.assert_close(fast, ref, atol=ATOL, rtol=0)
+    assert torch.equal(fast[1], torch.zeros(model.cfg.n_heads))  # senders at the receiver layer reach nothing
+
+
+def test_senders_subset_and_order(tiny):
+    model, _, clean, abc = tiny
+    full = P.path_patch(model, clean, abc)
+    some = P.path_patch(model, clean, abc, senders=[(1, 3), (0, 2)])
+    assert torch.allclose(some[1, 3], full[1, 3], atol=1e-6) and torch.allclose(some[0, 2], full[0, 2], atol=1e-6)
+    assert (some != 0).sum() <= 2
+
+
+def test_patching_clean_into_clean_changes_nothing(tiny):
+    model, _, clean, _ = tiny
+    assert P.path_patch(model, clean, clean).abs().max() < 1e-5
+    assert P.path_patch(model, clean, clean, P.Receivers(((1, 0),), "kv", "S2")).abs().max() < 1e-5
+    assert P.activation_patch_heads(model, clean, clean).abs().max() < 1e-5
+    assert P.activation_patch_heads(model, clean, clean, "pattern", positions="END").abs().max() < 1e-5
+
+
+def _plain_activation_patch(model, clean, corrupt, head, hook):
+    """Relative logit-diff change with one head's z or pattern from corrupt: a single hooked forward."""
+    l, h = head
+    name = f"blocks.{l}.attn.hook_{hook}"
+    _, cache = model.run_with_cache(corrupt.tokens, names_filter=lambda n: n == name)
+    axis = 2 if hook == "z" else 1
+
+    def fn(act, hook):
+        act.select(axis, h).copy_(cache[name].select(axis, h))
+        return act
+
+    ld = lambda logits: (P._ld_from_logits(logits, clean).mean().item())  # noqa: E731
+    base = ld(model(clean.tokens))
+    return (ld(model.run_with_hooks(clean.tokens, fwd_hooks=[(name, fn)])) - base) / base
+
+
+@pytest.mark.parametrize("hook", ["z", "pattern"])
+def test_activation_patching_batched_equals_one_forward_per_head(tiny, hook):
+    model, _, clean, abc = tiny
+    got = P.activation_patch_heads(model, clean, abc, hook, batch_heads=3)
+    for head in [(0, 1), (1, 2), (1, 3)]:
+        assert got[head].item() == pytest.approx(_plain_activation_patch(model, clean, abc, head, hook), abs=1e-5)
+    assert got.abs().max() > 1e-4
+
+
+def test_activation_patching_at_one_position(tiny):
+    model, _, clean, abc = tiny
+    end = P.activation_patch_heads(model, clean, abc, "z", positions="END")
+    s2 = P.activation_patch_heads(model, clean, abc, "z", positions="S2")
+    assert end[1].abs().max() > 1e-4  # the last layer acts at END only ...
+    assert s2[1].abs().max() < 1e-6  # ... so patching its output at S2 cannot reach the END logits
+
+
+def test_template_means_average_within_templates(tiny):
+    model, _, _, abc = tiny
+    means = P.template_means(model, abc, batch_size=5)
+    _, cache = model.run_with_cache(abc.tokens, names_filter=lambda n: n == "blocks.1.attn.hook_z")
+    z = cache["blocks.1.attn.hook_z"]
+    for t in abc.template_ids.unique():
+        rows = abc.template_ids == t
+        torch.testing.assert_close(means[1][rows], z[rows].mean(0).expand_as(z[rows]))
+    assert means[0].shape == (len(abc), abc.tokens.shape[1], model.cfg.n_heads, model.cfg.d_head)
+
+
+def test_full_circuit_is_the_model_and_empty_circuit_is_not(tiny):
+    model, _, clean, abc = tiny
+    means = P.template_means(model, abc)
+    everything = {h: P.ALL_POSITIONS for h in P.all_heads(model)}
+    f_m = evaluate.evaluate(model, clean).logit_diff
+    assert P.circuit_logit_diff(model, clean, abc, everything, means) == pytest.approx(f_m, abs=1e-5)
+    empty = P.circuit_logit_diff(model, clean, abc, {}, means)
+    assert abs(empty - f_m) > 0.1 * abs(f_m)
+    one_out = {h: P.ALL_POSITIONS for h in P.all_heads(model) if h != (1, 1)}
+    assert abs(P.circuit_logit_diff(model, clean, abc, one_out, means) - f_m) > 1e-6
+    assert P.circuit_logit_diff(model, clean, abc, {}) == pytest.approx(empty, abs=1e-6)  # means computed inside
+
+
+def test_knockout_keeps_only_the_named_positions(tiny):
+    model, _, clean, abc = tiny
+    everything = {h: P.ALL_POSITIONS for h in P.all_heads(model)}
+    at_end = {**everything, **{(1, h): ("END",) for h in range(model.cfg.n_heads)}}
+    # the last layer only matters at END, so ablating it elsewhere leaves the logits unchanged
+    torch.testing.assert_close(P.run_with_circuit(model, clean, abc, at_end),
+                               P.run_with_circuit(model, clean, abc, everything))
+    at_s2 = {**everything, **{(1, h): ("S2",) for h in range(model.cfg.n_heads)}}
+    assert not torch.allclose(P.run_with_circuit(model, clean, abc, at_s2),
+                              P.run_with_circuit(model, clean, abc, everything), atol=1e-4)
+
+
+def test_cmap_of_a_model_with_itself_is_zero(tiny):
+    model, _, clean, _ = tiny
+    assert P.cmap(model, model, clean).abs().max() < 1e-5
+    assert P.cmap(model, model, clean, "pattern").abs().max() < 1e-5
+
+
+def test_cmap_moves_behaviour_between_models_that_differ_in_attention(tiny):
+    model_x, _, clean, _ = tiny
+    model_y = _scaled_attention(scale_v=True)  # same MLPs, embeddings and W_O; other q and v
+    ld_x, ld_y = (evaluate.evaluate(m, clean).logit_diff for m in (model_x, model_y))
+    assert abs(ld_x - ld_y) > 0.1 * abs(ld_x)
+    heads = P.all_heads(model_x)
+    assert P.cmap_group(model_x, model_y, clean, heads, "output") == pytest.approx(ld_x, rel=1e-4)
+    assert P.cmap_group(model_x, model_y, clean, heads, "pattern") != pytest.approx(ld_x, rel=1e-2)  # v differs
+    per_head = P.cmap(model_x, model_y, clean, "output", batch_heads=3)
+    for head in [(0, 0), (1, 3)]:
+        assert per_head[head].item() == pytest.approx(
+            P.cmap_group(model_x, model_y, clean, [head], "output") - ld_y, abs=1e-7)
+    assert per_head.abs().max() > 0.01 * abs(ld_x)
+    assert P.cmap_group(model_y, model_x, clean, heads, "output") == pytest.approx(ld_y, rel=1e-4)  # other way
+
+
+def test_pattern_cmap_moves_behaviour_when_only_queries_differ(tiny):
+    model_x, _, clean, _ = tiny
+    model_y = _scaled_attention(scale_v=False)
+    ld_x, ld_y = (evaluate.evaluate(m, clean).logit_diff for m in (model_x, model_y))
+    assert abs(ld_x - ld_y) > 0.1 * abs(ld_x)
+    assert P.cmap_group(model_x, model_y, clean, P.all_heads(model_x), "pattern") == pytest.approx(ld_x, rel=1e-4)
+
+
+def test_head_receivers_ignore_later_senders(tiny):
+    model, _, clean, abc = tiny
     out = P.path_patch(model, clean, abc, P.Receivers(((0, 1),), "q", "END"))
     assert torch.equal(out, torch.zeros_like(out))
 
 
-def test_patching_with_own_activations_changes_nothing(setup):
-    model, clean, _ = setup
-    assert P.path_patch(model, clean, clean).abs().max() < 1e-5
-    assert P.path_patch(model, clean, clean, RECEIVERS[1]).abs().max() < 1e-5
-    assert P.cmap(model, model, clean).abs().max() < 1e-6
-
-
-def test_knockout_of_nothing_is_the_full_model(setup):
-    model, clean, abc = setup
-    full = evaluate.evaluate(model, clean).logit_diff
-    everything = {h: P.ALL_POSITIONS for h in P.all_heads(model)}
-    assert P.circuit_logit_diff(model, clean, abc, everything) == pytest.approx(full, abs=1e-5)
-    one_head = {h: P.ALL_POSITIONS for h in P.all_heads(model) if h != (1, 1)}
-    assert P.circuit_logit_diff(model, clean, abc, one_head) != pytest.approx(full, abs=1e-7)
-
-
-def test_template_means_are_per_template(setup):
-    model, clean, abc = setup
-    means = P.template_means(model, abc)
-    t = abc.template_ids
-    same = (t[:, None] == t[None, :]).nonzero()
-    for i, j in same.tolist():
-        assert torch.equal(means[0][i], means[0][j])
-
-
-def test_cmap_transplants_outputs_between_models(setup):
-    model, clean, _ = setup
-    other, _ = models.load_model("tiny", device="cpu", seed=1)
-    other.load_state_dict(model.state_dict())
-    with torch.no_grad():  # x differs from y only in one head's value weights
-        other.blocks[1].attn.v.weight[:] *= 3 if hasattr(other.blocks[1].attn, "v") else 1
-    ld_x = evaluate.evaluate(other, clean).logit_diff
-    ld_y = evaluate.evaluate(model, clean).logit_diff
-    assert abs(ld_x - ld_y) > 1e-4
-    heads = [(1, h) for h in range(model.cfg.n_heads)]
-    assert P.cmap_group(other, model, clean, heads) == pytest.approx(ld_x, abs=1e-5)
-    per_head = P.cmap(other, model, clean, heads=heads)
-    assert per_head[0].abs().max() == 0 and per_head[1].abs().max() > 0
-
-
-def test_bad_input(setup):
-    model, clean, abc = setup
+def test_bad_inputs_raise(tiny):
+    model, tok, clean, abc = tiny
     with pytest.raises(ValueError, match="do not exist"):
-        P.path_patch(model, clean, abc, senders=[(5, 0)])
+        P.path_patch(model, clean, abc, senders=[(2, 0)])
+    with pytest.raises(ValueError, match="do not exist"):
+        P.path_patch(model, clean, abc, P.Receivers(((1, 4),)))
+    with pytest.raises(ValueError, match="component"):
+        P.path_patch(model, clean, abc, P.Receivers(((1, 0),), "z"))
     with pytest.raises(ValueError, match="unknown position"):
         P.path_patch(model, clean, abc, P.Receivers(((1, 0),), "q", "S3"))
-    with pytest.raises(ValueError, match="component must be"):
-        P.path_patch(model, clean, abc, P.Receivers(((1, 0),), "z", "END"))
     with pytest.raises(ValueError, match="differ in shape"):
-        P.path_patch(model, clean, abc[list(range(4))])
+        P.path_patch(model, clean, abc[:6])
+    with pytest.raises(ValueError, match="batch_heads"):
+        P.path_patch(model, clean, abc, P.Receivers(((1, 0),)), batch_heads=0)
+    with pytest.raises(ValueError, match="unknown activation"):
+        P.activation_patch_heads(model, clean, abc, "resid")
     with pytest.raises(ValueError, match="unknown position"):
-        P.circuit_logit_diff(model, clean, abc, {(0, 0): ("S9",)})
-    with pytest.raises(ValueError, match="kind must be"):
-        P.cmap(model, model, clean, kind="q")
+        P.activation_patch_heads(model, clean, abc, positions="S3")
+    with pytest.raises(ValueError, match="unknown position"):
+        P.circuit_logit_diff(model, clean, abc, {(0, 0): ("S3",)})
+    with pytest.raises(ValueError, match="sequence of names"):
+        P.circuit_logit_diff(model, clean, abc, {(0, 0): "END"})
+    with pytest.raises(ValueError, match="do not exist"):
+        P.circuit_logit_diff(model, clean, abc, {(5, 0): ("END",)})
+    with pytest.raises(ValueError, match="CMAP kind"):
+        P.cmap(model, model, clean, "z")
+    shuffled = data.make_abc_dataset(clean)
+    shuffled.template_ids = shuffled.template_ids.roll(1)
+    with pytest.raises(ValueError, match="share templates"):
+        P.circuit_logit_diff(model, clean, shuffled, {})
+    with pytest.raises(ValueError, match="means must be"):
+        P.circuit_logit_diff(model, clean, abc, {}, P.template_means(model, abc[:6]))
+
+
+@pytest.mark.slow
+def test_smollm2_fast_equals_reference():
+    model, tok = models.load_model("smollm2-135m", device="cpu")
+    clean = data.make_ioi_dataset(tok, n=8, seed=0, prepend_bos=model.prepend_bos)
+    abc = data.make_abc_dataset(clean)
+    senders = [(0, 3), (9, 0), (9, 8), (17, 4), (26, 1), (29, 5)]
+    fast = P.path_patch(model, clean, abc, senders=senders)
+    ref = P.path_patch_reference(model, clean, abc, senders=senders)
+    torch.testing.assert_close(fast, ref, atol=ATOL, rtol=0)
+    assert fast.abs().max() > 1e-3
+    r = P.Receivers(((18, 2), (20, 7)), "q", "END")  # two receiver layers; (9, 8) and (17, 4) reach both
+    senders = [(0, 3), (9, 8), (17, 4), (19, 0)]
+    fast = P.path_patch(model, clean, abc, r, senders=senders)
+    ref = P.path_patch_reference(model, clean, abc, r, senders=senders)
+    torch.testing.assert_close(fast, ref, atol=ATOL, rtol=0)
