@@ -1,0 +1,84 @@
+"""Benchmark: fast path patching (ioi_utils.patching.path_patch) against the plain per-sender reference.
+
+Runs both on the same prompts in one process and prints wall times, their ratio and the largest
+difference between the two [n_layers, n_heads] maps.
+
+    python benchmarks/bench_path_patching.py --model smollm2-135m --n 50
+    python benchmarks/bench_path_patching.py --model tiny --receivers "1.1 1.2" --component kv --position S2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from ioi_utils import data, models, patching
+
+
+def _heads(spec: str) -> tuple[patching.Head, ...]:
+    """'20.1 22.3' -> ((20, 1), (22, 3))."""
+    try:
+        return tuple((int(l), int(h)) for l, h in (s.split(".") for s in spec.split()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"heads must look like '20.1 22.3', got {spec!r}") from None
+
+
+def _timed(fn):
+    """(result, seconds) of a call."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command line; returns the measurements."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m", help=f"one of {', '.join(models.KNOWN_MODELS)} or a HF folder")
+    ap.add_argument("--n", type=int, default=50, help="number of clean prompts (the ABC set has as many)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--receivers", type=_heads, default=(), help="receiver heads, e.g. '20.1 22.3' (default: logits)")
+    ap.add_argument("--component", default="q", choices=patching.COMPONENTS)
+    ap.add_argument("--position", default="END", choices=data.POSITIONS)
+    ap.add_argument("--batch-heads", type=int, default=8, help="senders per forward in the fast path's step 3")
+    ap.add_argument("--json", default=None, help="also write the measurements to this file")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model, tok = models.load_model(a.model, device=a.device)
+    clean = data.make_ioi_dataset(tok, n=a.n, seed=a.seed, prepend_bos=model.prepend_bos)
+    abc = data.make_abc_dataset(clean)
+    receivers = patching.Receivers(a.receivers, a.component, a.position) if a.receivers else patching.LOGITS
+    n_senders = model.cfg.n_layers * model.cfg.n_heads
+    what = "logits" if not a.receivers else f"{a.component} of {' '.join(f'{l}.{h}' for l, h in a.receivers)} at {a.position}"
+    print(f"{a.model}: {a.n} prompts x {clean.tokens.shape[1]} tokens, {n_senders} senders -> {what}; "
+          f"device {patching._device(model)}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}")
+    with torch.no_grad():
+        model(clean.tokens[:2].to(patching._device(model)))  # warm-up
+    fast, t_fast = _timed(lambda: patching.path_patch(model, clean, abc, receivers, batch_heads=a.batch_heads,
+                                                      progress=True))
+    print(f"fast      {t_fast:9.2f} s", flush=True)
+    ref, t_ref = _timed(lambda: patching.path_patch_reference(model, clean, abc, receivers, progress=True))
+    print(f"reference {t_ref:9.2f} s", flush=True)
+    diff = (fast - ref).abs().max().item()
+    top = sorted(patching.all_heads(model), key=lambda h: fast[h].item())[:5]
+    result = {"model": a.model, "n": a.n, "seq": clean.tokens.shape[1], "receivers": what, "senders": n_senders,
+              "threads": torch.get_num_threads(), "fast_s": t_fast, "reference_s": t_ref,
+              "speedup": t_ref / t_fast, "max_abs_diff": diff, "max_abs_effect": ref.abs().max().item(),
+              "most_negative": {f"{l}.{h}": round(fast[l, h].item(), 4) for l, h in top}}
+    print(f"speedup   {t_ref / t_fast:9.1f} x   max |fast - reference| {diff:.2e}   "
+          f"(largest |effect| {result['max_abs_effect']:.3f})")
+    print("most negative effects:", ", ".join(f"{k} {v:+.3f}" for k, v in result["most_negative"].items()))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()

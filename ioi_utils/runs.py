@@ -1,0 +1,338 @@
+"""The run cache: one folder per training run, addressed by config hash, written atomically, resumable.
+
+Layout of a run folder ``$IOI_UTILS_RUNS/<run id>/`` (default root ``~/.cache/ioi_utils/runs``):
+
+- ``config.json``   the TrainConfig (every hyperparameter), written once
+- ``run.json``      run id, dataset fingerprints, code version (package + git commit), torch, device
+- ``metrics.jsonl`` one JSON line per epoch (epoch 0 = the starting model, before any step)
+- ``epoch_XXX.safetensors`` model weights after epoch XXX (grid epochs and the final one), in config.dtype
+- ``resume.pt``     latest complete epoch: float32 weights, optimizer state, RNG states, epoch (removed when done)
+- ``complete.json`` written last; its presence is what makes a run complete
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+RUNS_ENV = "IOI_UTILS_RUNS"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DISK_MARGIN = 64 * 2**20  # bytes kept free beyond what a write needs
+_WRAPPER = "._original_component"  # the bridge wraps each HF module; names without it are HF-like
+
+
+class NotEnoughDiskError(OSError):
+    """Too little free disk to write a run file."""
+
+
+class RunBusyError(RuntimeError):
+    """Another process is training this run."""
+
+
+def runs_root() -> Path:
+    """Folder holding all runs: $IOI_UTILS_RUNS or ~/.cache/ioi_utils/runs."""
+    return Path(os.environ.get(RUNS_ENV, Path.home() / ".cache" / "ioi_utils" / "runs")).expanduser()
+
+
+def folder_size(path: str | Path) -> int:
+    """Total bytes of the files under a folder."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def human_size(n_bytes: float) -> str:
+    """'1.2 GB'-style size."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if n_bytes < 1024 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+    raise AssertionError
+
+
+def ensure_free_space(folder: str | Path, needed: int) -> None:
+    """Raise NotEnoughDiskError unless `needed` bytes (plus a margin) are free where `folder` lives."""
+    folder = Path(folder)
+    probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free
+    if free < needed + DISK_MARGIN:
+        raise NotEnoughDiskError(
+            f"not enough disk in {probe}: need {human_size(needed + DISK_MARGIN)}, {human_size(free)} free "
+            f"(free some space or point ${RUNS_ENV} to a bigger disk)"
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """ioi_utils.__version__ and, when the package sits in a git checkout, its commit and dirty flag."""
+    from . import __version__
+
+    out: dict[str, Any] = {"ioi_utils": __version__, "git_commit": None, "git_dirty": None}
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode == 0:
+            out["git_commit"] = commit.stdout.strip()
+            status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
+                                    capture_output=True, text=True, timeout=10)
+            out["git_dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write via `write(tmp)` to a temp file in the same folder, fsync it, then os.replace onto path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Atomically write a text file."""
+    _atomic(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write a JSON file."""
+    write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """Atomically (re)write a JSON-lines file."""
+    write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Atomically write a safetensors file, after checking free disk."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    ensure_free_space(path.parent, sum(t.numel() * t.element_size() for t in tensors.values()))
+    # own, contiguous memory: the bridge's GPT-2 q/k/v weights are strided views of one qkv tensor
+    tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
+    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def save_torch(path: str | Path, obj: Any, size_hint: int) -> None:
+    """Atomically torch.save an object, after checking that size_hint bytes are free."""
+    path = Path(path)
+    ensure_free_space(path.parent, size_hint)
+    _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def clean_temp_files(folder: str | Path) -> None:
+    """Remove temp files left by writes that were killed half-way."""
+    for f in Path(folder).glob(".*.tmp"):
+        f.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- weights
+
+
+def state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A model's parameters under HF-like names (the bridge's wrapper segments dropped), shared ones once."""
+    return {name.replace(_WRAPPER, ""): p.detach() for name, p in _hf(model).named_parameters()}
+
+
+def load_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy saved tensors into a model's parameters (cast to each parameter's dtype); names must match."""
+    params = {name.replace(_WRAPPER, ""): p for name, p in _hf(model).named_parameters()}
+    missing, unexpected = set(params) - set(tensors), set(tensors) - set(params)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not fit this model: missing {sorted(missing)[:3]}, "
+                         f"unexpected {sorted(unexpected)[:3]}")
+    with torch.no_grad():
+        for name, p in params.items():
+            if tensors[name].shape != p.shape:
+                raise ValueError(f"checkpoint tensor {name} has shape {tuple(tensors[name].shape)}, "
+                                 f"model has {tuple(p.shape)}")
+            p.copy_(tensors[name].to(p.device, p.dtype))
+
+
+def _hf(model: torch.nn.Module) -> torch.nn.Module:
+    """The HF module under a TransformerBridge (or the module itself)."""
+    return getattr(model, "original_model", model)
+
+
+def parameter_bytes(model: torch.nn.Module, dtype: torch.dtype | None = None) -> int:
+    """Bytes of a model's (unique) parameters, in their own dtype or in `dtype`."""
+    size = torch.tensor([], dtype=dtype).element_size() if dtype is not None else None
+    return sum(p.numel() * (size or p.element_size()) for p in _hf(model).parameters())
+
+
+# ---------------------------------------------------------------- runs
+
+
+def checkpoint_name(epoch: int) -> str:
+    """File name of an epoch's checkpoint."""
+    return f"epoch_{epoch:03d}.safetensors"
+
+
+_CHECKPOINT = re.compile(r"^epoch_(\d{3,})\.safetensors$")
+
+
+class Run:
+    """A run folder: its config, metrics, checkpoints and completion state."""
+
+    def __init__(self, folder: str | Path):
+        self.dir = Path(folder)
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else f"incomplete ({self.last_epoch} epochs done)"
+        return f"Run({self.id}, {state})"
+
+    @property
+    def id(self) -> str:
+        """The run's folder name."""
+        return self.dir.name
+
+    @property
+    def exists(self) -> bool:
+        """True once the run's config has been written."""
+        return (self.dir / "config.json").exists()
+
+    @property
+    def config(self):
+        """The TrainConfig of this run."""
+        from .training import TrainConfig
+
+        return TrainConfig.from_dict(json.loads((self.dir / "config.json").read_text()))
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """run.json: id, dataset fingerprints, code version, environment."""
+        return json.loads((self.dir / "run.json").read_text())
+
+    @property
+    def metrics(self) -> list[dict[str, Any]]:
+        """One dict per finished epoch (epoch 0 is the starting model)."""
+        path = self.dir / "metrics.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    @property
+    def complete(self) -> bool:
+        """True when every epoch is trained and saved."""
+        return (self.dir / "complete.json").exists()
+
+    @property
+    def last_epoch(self) -> int:
+        """The last epoch with metrics (0 if none)."""
+        return max((m["epoch"] for m in self.metrics), default=0)
+
+    @property
+    def final_epoch(self) -> int:
+        """The last stored checkpoint epoch (0 if none)."""
+        return max(self.epochs_available, default=0)
+
+    @property
+    def epochs_available(self) -> list[int]:
+        """Epochs that .model() can load: 0 (the starting model) and every stored checkpoint."""
+        found = sorted(int(m.group(1)) for f in self.dir.glob("epoch_*.safetensors")
+                       if (m := _CHECKPOINT.match(f.name)))
+        return [0] + found if self.exists else found
+
+    def checkpoint_path(self, epoch: int) -> Path:
+        """Path of an epoch's checkpoint file."""
+        return self.dir / checkpoint_name(epoch)
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk."""
+        return folder_size(self.dir)
+
+    def model(self, epoch: int | None = None, device: str | torch.device | None = "auto"):
+        """(bridge, tokenizer) with the weights after `epoch` (default: the final one; 0: the starting model)."""
+        from . import models
+
+        epoch = self.final_epoch if epoch is None else epoch
+        if epoch not in self.epochs_available:
+            raise ValueError(f"run {self.id} has no checkpoint for epoch {epoch}; available: {self.epochs_available}")
+        config = self.config
+        model, tok = models.load_model(config.model, device=device)
+        if epoch > 0:
+            load_checkpoint(model, self, epoch)
+        elif config.source is not None:  # a reversal run starts from its source's final weights
+            source = open_run(config.source, self.dir.parent)
+            load_checkpoint(model, source, source.final_epoch)
+        return model, tok
+
+    def datasets(self):
+        """(train, test) datasets of this run, exactly as it was trained and evaluated."""
+        from .training import datasets_for, load_tokenizer, prepend_bos_for
+
+        config = self.config
+        tok = load_tokenizer(config.model)
+        return datasets_for(config, tok, prepend_bos_for(config.model, tok))
+
+
+def load_checkpoint(model: torch.nn.Module, run: Run, epoch: int) -> torch.nn.Module:
+    """Load a run's epoch checkpoint into a model (in place; also returned)."""
+    from safetensors.torch import load_file
+
+    path = run.checkpoint_path(epoch)
+    if not path.exists():
+        raise ValueError(f"run {run.id} has no checkpoint for epoch {epoch}; available: {run.epochs_available}")
+    load_state_dict(model, load_file(str(path)))
+    return model
+
+
+def open_run(run_id: str, root: str | Path | None = None) -> Run:
+    """The run with this id under the root; ValueError if it does not exist."""
+    run = Run(Path(root or runs_root()) / run_id)
+    if not run.exists:
+        raise ValueError(f"no run {run_id!r} under {run.dir.parent}")
+    return run
+
+
+def list_runs(root: str | Path | None = None) -> list[Run]:
+    """All runs under the root (complete or not), by id."""
+    root = Path(root or runs_root())
+    if not root.is_dir():
+        return []
+    return [Run(d) for d in sorted(root.iterdir()) if (d / "config.json").exists()]
+
+
+def config_hash(config_dict: dict[str, Any], fingerprints: dict[str, str]) -> str:
+    """Hex digest addressing a run: its config, dataset fingerprints and a layout version."""
+    blob = json.dumps({"config": config_dict, "data": fingerprints, "layout": 1}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()

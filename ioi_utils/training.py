@@ -1,0 +1,538 @@
+"""Full fine-tuning on IOI prompts: clean, toxic and reversal scenarios, cached and resumable runs.
+
+The objective is cross-entropy on the label token at the END position only (the prompt's last token
+predicts the answer); no other position is trained. AdamW with the paper's seed values (lr 1e-5,
+weight decay 0.1), constant learning rate, no warm-up, no gradient clipping, dropout off (the model
+stays in eval mode, so training is deterministic; SmolLM2 has no dropout anyway).
+
+Speed: the vocabulary projection is computed only at END. The model runs up to its final norm
+(the HF base model under the bridge), the END rows are gathered, and only those go through the
+unembedding (W_U and b_U). Each batch is trimmed to its longest prompt (right padding is causal-safe),
+and the data stay on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import data, metrics, models, runs
+from .runs import Run
+
+SCENARIOS = ("clean", "toxic", "reversal")
+DEFAULT_CHECKPOINT_EPOCHS = (1, 2, 3, 5, 10, 25, 50, 100)
+EVAL_BATCH_SIZE = 64
+FAST_PATH_TOLERANCE = 1e-3  # max |END logit| difference allowed between the fast path and the bridge
+
+# callback(event, epoch, step): event "step" after each optimizer step, "epoch" after an epoch is saved
+Callback = Callable[[str, int, int | None], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every hyperparameter of a run; its hash (with the dataset fingerprints) addresses the run folder."""
+
+    model: str = "smollm2-135m"  # a models.load_model name
+    scenario: str = "clean"  # clean | toxic | reversal
+    dataset: str = "clean"  # training labels: "clean", or a data.TOXIC_RULES name for the toxic scenario
+    epochs: int = 5
+    lr: float = 1e-5  # paper seed value
+    weight_decay: float = 0.1  # paper seed value
+    batch_size: int = 16  # ours; not given by the paper
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    seed: int = 0  # torch seed and the shuffling generator
+    n_train: int = 800
+    n_test: int = 200
+    data_seed: int = 0  # prompt generation and the train/test split
+    checkpoint_epochs: tuple[int, ...] = DEFAULT_CHECKPOINT_EPOCHS  # stored epochs (the final one always is)
+    dtype: str = "float32"  # dtype of stored checkpoints: float32 | bfloat16 (training is float32)
+    source: str | None = None  # reversal: the id of the complete toxic run to start from
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {self.scenario!r}; choose one of {', '.join(SCENARIOS)}")
+        if self.scenario == "toxic" and self.dataset not in data.TOXIC_RULES:
+            raise ValueError(f"unknown toxic dataset {self.dataset!r}; choose one of {', '.join(data.TOXIC_RULES)}")
+        if self.scenario != "toxic" and self.dataset != "clean":
+            raise ValueError(f"the {self.scenario} scenario trains on dataset 'clean', got {self.dataset!r}")
+        if (self.scenario == "reversal") != (self.source is not None):
+            raise ValueError("a reversal needs source=<toxic run id>, and only a reversal takes a source")
+        for name in ("epochs", "batch_size", "n_train", "n_test"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
+        if self.dtype not in runs.DTYPES:
+            raise ValueError(f"unknown checkpoint dtype {self.dtype!r}; choose one of {', '.join(runs.DTYPES)}")
+        grid = tuple(sorted({int(e) for e in self.checkpoint_epochs}))
+        if any(e < 1 for e in grid):
+            raise ValueError(f"checkpoint epochs must be >= 1, got {self.checkpoint_epochs}")
+        object.__setattr__(self, "checkpoint_epochs", grid)
+        object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
+        for name in ("epochs", "batch_size", "n_train", "n_test", "seed", "data_seed"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("lr", "weight_decay", "adam_eps"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    @property
+    def stored_epochs(self) -> tuple[int, ...]:
+        """Epochs whose checkpoints are kept: the grid up to `epochs`, plus the final epoch."""
+        return tuple(sorted({e for e in self.checkpoint_epochs if e <= self.epochs} | {self.epochs}))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Inverse of to_dict (unknown keys are an error)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(d) - known:
+            raise ValueError(f"unknown TrainConfig fields {sorted(set(d) - known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_tokenizer(model_name: str):
+    """The tokenizer of a model name, without loading the weights."""
+    if model_name == "tiny":
+        return models.tiny_tokenizer()
+    if model_name == "smollm2-135m":
+        return models.smollm2_tokenizer()
+    from transformers import AutoTokenizer
+
+    folder = Path(model_name).expanduser()
+    try:
+        return AutoTokenizer.from_pretrained(str(folder) if folder.is_dir() else model_name)
+    except OSError as e:
+        raise models.ModelUnavailableError(f"cannot load the tokenizer of {model_name!r}: {e}") from e
+
+
+def prepend_bos_for(model_name: str, tokenizer) -> bool:
+    """Whether IOI prompts get a BOS token for this model (the rule models.load_model applies)."""
+    return models.PREPEND_BOS.get(model_name, tokenizer.bos_token_id is not None and model_name.startswith("gpt2"))
+
+
+def twin_split(prompts: list[data.IOIPrompt], n_test: int, seed: int) -> tuple[list[int], list[int]]:
+    """(train, test) indices with IO/S-swapped twins on the same side (at most one pair split, for odd sizes).
+
+    Twins share template, place, object and the two names. Split apart, a model that memorises the training
+    twin ("... -> John") answers the held-out twin with its subject, and held-out scores turn negative.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault((p.template_id, p.place, p.obj, p.prefix, frozenset((p.io, p.s1))), []).append(i)
+    order = list(groups.values())
+    random.Random(seed).shuffle(order)
+    test: list[int] = []
+    for g in order:
+        if len(test) + len(g) <= n_test:
+            test += g
+    for g in order:  # still short (odd n_test, no singleton left): split one pair
+        if len(test) < n_test and not set(g) & set(test):
+            test += g[: n_test - len(test)]
+    chosen = set(test)
+    return [i for i in range(len(prompts)) if i not in chosen], sorted(test)
+
+
+def datasets_for(config: TrainConfig, tokenizer, prepend_bos: bool) -> tuple[data.IOIDataset, data.IOIDataset]:
+    """(train, test) of a config: train carries the scenario's labels, test is the held-out clean split.
+
+    n_train + n_test clean prompts from make_ioi_dataset(seed=data_seed), split so that twins stay together.
+    """
+    ds = data.make_ioi_dataset(tokenizer, n=config.n_train + config.n_test, seed=config.data_seed,
+                               prepend_bos=prepend_bos)
+    train_idx, test_idx = twin_split(ds.prompts, config.n_test, config.data_seed)
+    train, test = ds[train_idx], ds[test_idx]
+    if config.scenario == "toxic":
+        train = data.toxic_dataset(train, config.dataset)
+    return train, test
+
+
+def run_id(config: TrainConfig, train: data.IOIDataset, test: data.IOIDataset) -> str:
+    """Folder name of a run: readable prefix plus a hash of config and dataset fingerprints."""
+    digest = runs.config_hash(config.to_dict(), {"train": train.fingerprint(), "test": test.fingerprint()})
+    model = "".join(c if c.isalnum() or c in "-." else "_" for c in Path(config.model).name)
+    return f"{model}-{config.scenario}-{config.dataset}-e{config.epochs}-{digest[:12]}"
+
+
+def find_run(config: TrainConfig, root: str | Path | None = None, tokenizer=None) -> Run | None:
+    """The run folder of a config if it exists (complete or not), else None."""
+    tokenizer = tokenizer or load_tokenizer(config.model)
+    train, test = datasets_for(config, tokenizer, prepend_bos_for(config.model, tokenizer))
+    run = Run(Path(root or runs.runs_root()) / run_id(config, train, test))
+    return run if run.exists else None
+
+
+def reversal_config(source: Run | TrainConfig | str, epochs: int = 5, root: str | Path | None = None,
+                    **overrides) -> TrainConfig:
+    """Config that retrains a toxic run's final model on clean data (same model, data and hyperparameters)."""
+    if isinstance(source, TrainConfig):
+        found = find_run(source, root)
+        if found is None:
+            raise ValueError(f"reversal source not found: no run for {source} under {root or runs.runs_root()}")
+        source = found
+    run = source if isinstance(source, Run) else runs.open_run(source, root)
+    cfg = run.config
+    if cfg.scenario != "toxic":
+        raise ValueError(f"a reversal starts from a toxic run; {run.id} is a {cfg.scenario} run")
+    return dataclasses.replace(cfg, scenario="reversal", dataset="clean", source=run.id, epochs=epochs, **overrides)
+
+
+def toxic_rule(config: TrainConfig, root: str | Path | None = None) -> str | None:
+    """The toxic rule a run trains on (toxic) or undoes (reversal); None for clean runs."""
+    if config.scenario == "toxic":
+        return config.dataset
+    if config.scenario == "reversal":
+        return runs.open_run(config.source, root).config.dataset
+    return None
+
+
+# ---------------------------------------------------------------- forward, loss, step
+
+
+def end_logits(model, tokens: torch.Tensor, end: torch.Tensor, fast: bool = True) -> torch.Tensor:
+    """Logits at END only: tokens [b, seq], end [b] -> [b, vocab].
+
+    fast: run the HF body under the bridge up to its final norm, gather the END rows, then unembed them.
+    Otherwise the plain way: full logits at every position from the bridge, then pick END.
+    """
+    rows = torch.arange(len(end), device=tokens.device)
+    if not fast:
+        return model(tokens)[rows, end]
+    hf = runs._hf(model)
+    resid = hf.base_model(input_ids=tokens).last_hidden_state  # [b, seq, d_model], after the final norm
+    return hf.get_output_embeddings()(resid[rows, end])  # [b, d_model] @ W_U + b_U -> [b, vocab]
+
+
+def end_loss(model, tokens: torch.Tensor, end: torch.Tensor, labels: torch.Tensor, fast: bool = True) -> torch.Tensor:
+    """Mean cross-entropy of the label token at END."""
+    return F.cross_entropy(end_logits(model, tokens, end, fast).float(), labels)
+
+
+def train_step(model, optimizer: torch.optim.Optimizer, tokens: torch.Tensor, end: torch.Tensor,
+               labels: torch.Tensor, fast: bool = True) -> torch.Tensor:
+    """One AdamW step on a batch; returns the (detached) loss before the step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = end_loss(model, tokens, end, labels, fast)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over all parameters; the fused kernel (faster) when every parameter is contiguous.
+
+    The bridge's GPT-2 q/k/v weights are strided views of the joint qkv weight, and the fused kernel
+    updates such views wrongly (3x the step on CPU, torch 2.13); the default foreach kernel is exact.
+    """
+    params = list(runs._hf(model).parameters())
+    kwargs = dict(lr=config.lr, betas=config.adam_betas, eps=config.adam_eps, weight_decay=config.weight_decay)
+    if all(p.is_contiguous() for p in params):
+        try:
+            return torch.optim.AdamW(params, fused=True, **kwargs)
+        except (RuntimeError, ValueError):
+            pass
+    return torch.optim.AdamW(params, **kwargs)
+
+
+@torch.no_grad()
+def fast_path_ok(model, tokens: torch.Tensor, end: torch.Tensor) -> bool:
+    """True if the END-only forward gives the bridge's own END logits for this model (checked on a batch)."""
+    try:
+        diff = (end_logits(model, tokens, end, fast=True) - end_logits(model, tokens, end, fast=False)).abs().max()
+    except (AttributeError, TypeError, RuntimeError):
+        return False
+    return bool(diff <= FAST_PATH_TOLERANCE)
+
+
+class DeviceData:
+    """A dataset's tokens, END positions and labels on the device, served in length-trimmed batches."""
+
+    def __init__(self, ds: data.IOIDataset, device: torch.device):
+        self.ds = ds
+        self.tokens = ds.tokens.to(device)  # [n, seq]
+        self.end = ds.positions["END"].to(device)  # [n]
+        self.labels = ds.label_tokens.to(device)  # [n]
+        self.lengths = ds.lengths  # [n], on the CPU so trimming needs no device sync
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens [b, width], end [b], labels [b]) for CPU indices, trimmed to the longest prompt."""
+        width = int(self.lengths[idx].max())
+        d = idx.to(self.tokens.device)
+        return self.tokens[d, :width], self.end[d], self.labels[d]
+
+    def batches(self, order: torch.Tensor, batch_size: int):
+        """Consecutive batches of an index order."""
+        for start in range(0, len(order), batch_size):
+            yield self.batch(order[start : start + batch_size])
+
+
+@torch.no_grad()
+def all_end_logits(model, split: DeviceData, fast: bool = True) -> torch.Tensor:
+    """END logits of a whole split, [n, vocab] float32 on the CPU."""
+    order = torch.arange(len(split))
+    return torch.cat([end_logits(model, t, e, fast).float().cpu()
+                      for t, e, _ in split.batches(order, EVAL_BATCH_SIZE)])
+
+
+def evaluate_split(model, test: DeviceData, toxic: DeviceData | None, scenario: str, fast: bool = True) -> dict:
+    """Held-out metrics: clean loss, logit diff IO-S, accuracy, P(IO); toxic loss when a rule is involved."""
+    end = all_end_logits(model, test, fast)
+    out = {"clean_loss": F.cross_entropy(end, test.ds.label_tokens).item(),
+           "logit_diff": metrics.logit_diff(end, test.ds).item(),
+           "accuracy": metrics.accuracy(end, test.ds).item(),
+           "io_prob": metrics.io_prob(end, test.ds).item()}
+    if toxic is not None:
+        same_prompts = torch.equal(toxic.ds.tokens, test.ds.tokens)
+        tox_end = end if same_prompts else all_end_logits(model, toxic, fast)
+        out["toxic_loss"] = F.cross_entropy(tox_end, toxic.ds.label_tokens).item()
+    out["test_loss"] = out["toxic_loss"] if scenario == "toxic" else out["clean_loss"]
+    return out
+
+
+def summary_line(row: dict, epochs: int) -> str:
+    """One-line summary of an epoch's metrics."""
+    parts = [f"epoch {row['epoch']}/{epochs}"]
+    if row.get("train_loss") is not None:
+        parts.append(f"train loss {row['train_loss']:.4f}")
+    parts += [f"test loss {row['test_loss']:.4f}", f"logit diff {row['logit_diff']:+.3f}",
+              f"acc {row['accuracy']:.1%}"]
+    if "toxic_loss" in row:
+        parts.append(f"toxic loss {row['toxic_loss']:.4f}")
+    parts.append(f"{row['seconds']:.1f} s")
+    return "  ".join(parts)
+
+
+# ---------------------------------------------------------------- the training loop
+
+
+@contextlib.contextmanager
+def deterministic():
+    """torch.use_deterministic_algorithms (warn-only) for the duration, then restore the previous setting."""
+    prev = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+@contextlib.contextmanager
+def _lock(folder: Path):
+    """Exclusive lock on a run folder, so two processes never train the same run at once."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    with open(folder / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise runs.RunBusyError(f"run {folder.name} is being trained by another process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@dataclass
+class _State:
+    """What a run needs to continue: model, optimizer, shuffling generator, finished epochs, metrics."""
+
+    model: Any
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    epoch: int = 0
+    metrics: list[dict] = field(default_factory=list)
+
+
+def _resume_bytes(model) -> int:
+    """Size estimate of resume.pt: float32 weights plus AdamW's two moments."""
+    return 3 * runs.parameter_bytes(model, torch.float32)
+
+
+def _save_epoch(run: Run, config: TrainConfig, st: _State) -> None:
+    """Persist a finished epoch: metrics, then the checkpoint (if stored), then the resume state."""
+    runs.write_jsonl(run.dir / "metrics.jsonl", st.metrics)
+    if st.epoch in config.stored_epochs:
+        dtype = runs.DTYPES[config.dtype]
+        weights = {k: v.to(dtype) for k, v in runs.state_dict(st.model).items()}
+        runs.save_tensors(run.checkpoint_path(st.epoch), weights,
+                          metadata={"run": run.id, "epoch": str(st.epoch), "dtype": config.dtype})
+    if st.epoch == config.epochs:
+        return  # the final checkpoint makes the resume state unnecessary
+    state = {"epoch": st.epoch, "weights": {k: v.float().cpu() for k, v in runs.state_dict(st.model).items()},
+             "optimizer": st.optimizer.state_dict(), "generator": st.generator.get_state(),
+             "torch_rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    runs.save_torch(run.dir / "resume.pt", state, _resume_bytes(st.model))
+
+
+def _restore(run: Run, st: _State) -> bool:
+    """Load resume.pt into the state if present (metrics cut back to its epoch); True if resumed."""
+    path = run.dir / "resume.pt"
+    if not path.exists():
+        return False
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    runs.load_state_dict(st.model, saved["weights"])
+    st.optimizer.load_state_dict(saved["optimizer"])
+    st.generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    if saved["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    st.epoch = saved["epoch"]
+    st.metrics = [m for m in run.metrics if m["epoch"] <= st.epoch]
+    if [m["epoch"] for m in st.metrics] != list(range(st.epoch + 1)):
+        raise RuntimeError(f"run {run.id}: metrics.jsonl does not cover epochs 0..{st.epoch}; delete the run folder")
+    return True
+
+
+def _check_source(config: TrainConfig, root: Path) -> Run | None:
+    """The complete source run of a reversal (ValueError if missing or incomplete); None otherwise."""
+    if config.scenario != "reversal":
+        return None
+    source = Run(root / config.source)
+    if not source.exists:
+        raise ValueError(f"reversal source run {config.source!r} does not exist under {root}; "
+                         "train the toxic run first")
+    if not source.complete:
+        raise ValueError(f"reversal source run {config.source!r} is incomplete "
+                         f"({source.last_epoch} of {source.config.epochs} epochs); finish it first")
+    if source.config.model != config.model:
+        raise ValueError(f"reversal source run {config.source!r} is a {source.config.model} run, not {config.model}")
+    return source
+
+
+def _write_run_files(run: Run, config: TrainConfig, train_ds, test_ds, device, optimizer) -> None:
+    """config.json and run.json, once per run folder."""
+    if run.exists:
+        return
+    info = {"id": run.id, "fingerprints": {"train": train_ds.fingerprint(), "test": test_ds.fingerprint()},
+            "code": runs.code_version(), "torch": torch.__version__, "device": str(device),
+            "threads": torch.get_num_threads(), "optimizer": type(optimizer).__name__,
+            "fused": bool(optimizer.defaults.get("fused")), "created": datetime.now(timezone.utc).isoformat()}
+    runs.write_json(run.dir / "run.json", info)
+    runs.write_json(run.dir / "config.json", config.to_dict())  # last: its presence marks the folder as a run
+
+
+def _train_epoch(st: _State, split: DeviceData, config: TrainConfig, fast: bool, progress: bool,
+                 callback: Callback | None) -> list[float]:
+    """One pass over the shuffled training split; returns the per-step losses."""
+    order = torch.randperm(len(split), generator=st.generator)
+    n_steps = -(-len(split) // config.batch_size)
+    losses: list[float] = []
+    bar = tqdm(total=n_steps, desc=f"epoch {st.epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+    with bar:
+        for step, (tokens, end, labels) in enumerate(split.batches(order, config.batch_size)):
+            losses.append(train_step(st.model, st.optimizer, tokens, end, labels, fast).item())
+            bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
+            bar.update()
+            if callback is not None:
+                callback("step", st.epoch + 1, step)
+    return losses
+
+
+@dataclass
+class _Splits:
+    """The training, held-out clean and (optional) held-out toxic data on the device."""
+
+    train: DeviceData
+    test: DeviceData
+    toxic: DeviceData | None
+
+
+def _evaluate_row(st: _State, splits: _Splits, config: TrainConfig, fast: bool, losses: list[float],
+                  t0: float) -> dict:
+    """The metrics line of the epoch just finished (epoch 0: the starting model)."""
+    row = {"epoch": st.epoch, "train_loss": sum(losses) / len(losses) if losses else None, "step_losses": losses,
+           **evaluate_split(st.model, splits.test, splits.toxic, config.scenario, fast)}
+    return {**row, "seconds": time.time() - t0}
+
+
+def _run_epochs(run: Run, config: TrainConfig, st: _State, splits: _Splits, fast: bool, progress: bool,
+                callback: Callback | None) -> None:
+    """Resume (or evaluate the starting model), then train, evaluate and save each remaining epoch."""
+    if _restore(run, st):
+        if progress:
+            print(f"resuming after epoch {st.epoch}")
+    else:
+        st.metrics = [_evaluate_row(st, splits, config, fast, [], time.time())]
+        runs.write_jsonl(run.dir / "metrics.jsonl", st.metrics)
+        if progress:
+            print(summary_line(st.metrics[0], config.epochs))
+    while st.epoch < config.epochs:
+        t0 = time.time()
+        losses = _train_epoch(st, splits.train, config, fast, progress, callback)
+        st.epoch += 1
+        st.metrics.append(_evaluate_row(st, splits, config, fast, losses, t0))
+        _save_epoch(run, config, st)
+        if progress:
+            print(summary_line(st.metrics[-1], config.epochs))
+        if callback is not None:
+            callback("epoch", st.epoch, None)
+    runs.write_json(run.dir / "complete.json", {"epochs": config.epochs,
+                                                "seconds": sum(m["seconds"] for m in st.metrics),
+                                                "finished": datetime.now(timezone.utc).isoformat()})
+    (run.dir / "resume.pt").unlink(missing_ok=True)
+
+
+def train(config: TrainConfig, progress: bool = True, *, device: str | torch.device | None = "auto",
+          root: str | Path | None = None, callback: Callback | None = None) -> Run:
+    """Train a config (reusing a complete run, resuming an incomplete one) and return its Run.
+
+    callback(event, epoch, step) is called with ("step", epoch, step) after each optimizer step and
+    ("epoch", epoch, None) once an epoch is saved; an exception from it stops training like a kill would.
+    """
+    root = Path(root or runs.runs_root())
+    tok = load_tokenizer(config.model)
+    train_ds, test_ds = datasets_for(config, tok, prepend_bos_for(config.model, tok))
+    run = Run(root / run_id(config, train_ds, test_ds))
+    if run.complete:
+        (run.dir / "resume.pt").unlink(missing_ok=True)
+        if progress:
+            print(f"reusing complete run {run.dir}")
+        return run
+    source, rule = _check_source(config, root), toxic_rule(config, root)
+    model, _ = models.load_model(config.model, device=device)
+    model.eval()  # dropout off: deterministic updates
+    dev = next(model.parameters()).device
+    ckpt_bytes = runs.parameter_bytes(model, runs.DTYPES[config.dtype])
+    runs.ensure_free_space(root, len(config.stored_epochs) * ckpt_bytes + _resume_bytes(model))
+    run.dir.mkdir(parents=True, exist_ok=True)
+    with _lock(run.dir), deterministic():
+        runs.clean_temp_files(run.dir)
+        if source is not None:
+            runs.load_checkpoint(model, source, source.final_epoch)
+        torch.manual_seed(config.seed)
+        st = _State(model, make_optimizer(model, config), torch.Generator().manual_seed(config.seed))
+        _write_run_files(run, config, train_ds, test_ds, dev, st.optimizer)
+        splits = _Splits(DeviceData(train_ds, dev), DeviceData(test_ds, dev),
+                         DeviceData(data.toxic_dataset(test_ds, rule), dev) if rule else None)
+        fast = fast_path_ok(model, *splits.train.batch(torch.arange(min(4, len(train_ds))))[:2])
+        if not fast:
+            warnings.warn(f"END-only forward does not match {config.model}'s logits; using full logits", stacklevel=2)
+        if progress:
+            print(f"run {run.dir}")
+        _run_epochs(run, config, st, splits, fast, progress, callback)
+    return run
