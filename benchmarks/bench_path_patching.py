@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
     abc = data.make_abc_dataset(clean)
     receivers = patching.Receivers(a.receivers, a.component, a.position) if a.receivers else patching.LOGITS
     n_senders = model.cfg.n_layers * model.cfg.n_heads
-    what = "logits" if not a.receivers else f"{a.component} of {' '.join(f'{l}.{h}' for l, h in a.receivers)} at {a.position}"
+    heads = " ".join(f"{l}.{h}" for l, h in a.receivers)
+    what = f"{a.component} of {heads} at {a.position}" if a.receivers else "logits"
     print(f"{a.model}: {a.n} prompts x {clean.tokens.shape[1]} tokens, {n_senders} senders -> {what}; "
           f"device {patching._device(model)}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}")
     with torch.no_grad():

@@ -114,7 +114,7 @@ def _rows_at(ds: IOIDataset, position: str, reps: int, dev) -> tuple[torch.Tenso
 
 
 def _ld_from_logits(logits: torch.Tensor, ds: IOIDataset, reps: int = 1) -> torch.Tensor:
-    """Per-prompt logit diff of `reps` stacked copies of ds from full logits [reps * batch, seq, vocab]: [reps, batch]."""
+    """Per-prompt logit diff of `reps` stacked copies of ds from logits [reps * batch, seq, vocab]: [reps, batch]."""
     rows, end = _rows_at(ds, "END", reps, logits.device)
     e = logits[rows, end]  # [reps * batch, vocab]
     io, s = ds.io_tokens.to(logits.device).repeat(reps), ds.s_tokens.to(logits.device).repeat(reps)
@@ -502,7 +502,7 @@ def _check_cmap(model_x, model_y, kind: str) -> None:
         raise ValueError(f"CMAP kind must be 'output' or 'pattern', got {kind!r}")
     shape = lambda m: (m.cfg.n_layers, m.cfg.n_heads, m.cfg.d_head)  # noqa: E731
     if shape(model_x) != shape(model_y):
-        raise ValueError(f"CMAP needs models of one shape (layers, heads, d_head), got {shape(model_x)} and {shape(model_y)}")
+        raise ValueError(f"CMAP needs models of one shape (layers, heads, d_head): {shape(model_x)} vs {shape(model_y)}")
 
 
 def cmap(model_x, model_y, ds: IOIDataset, kind: str = "output", heads: Sequence[Head] | None = None,
@@ -590,7 +590,7 @@ def run_with_circuit(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping
         raise ValueError("clean and ABC prompts must share templates row by row (use data.make_abc_dataset)")
     means = template_means(model, abc) if means is None else means
     if any(tuple(means[l].shape[:2]) != tuple(clean.tokens.shape) for l in range(model.cfg.n_layers)):
-        raise ValueError(f"means must be [batch, seq, ...] = {tuple(clean.tokens.shape)} per layer (template_means of abc)")
+        raise ValueError(f"means must be [batch, seq, ...] = {tuple(clean.tokens.shape)} (template_means of abc)")
     dev, masks = _device(model), _keep_masks(model, clean, circuit)
 
     def fn(z, hook, layer):

@@ -57,7 +57,7 @@ def train_config(study_: Study, scenario: str, epochs: int, checkpoint_epochs, b
 
 
 def discover_cached(study: Study, model, tag: str, thresholds: circuits.Thresholds = circuits.Thresholds(),
-                    progress: bool = True) -> circuits.Discovery:
+                    progress: bool = False) -> circuits.Discovery:
     """Circuit discovery on `model` (tagged e.g. 'base' or a run/epoch), computed once and memoised."""
     return results.memo("discovery", lambda: circuits.discover(model, study.test, study.abc, thresholds, progress),
                         model=study.model_name, tag=tag, data=study.test.fingerprint(), thresholds=thresholds)

@@ -44,7 +44,8 @@ def table(res: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
                  "ours": f"{_fmt(amp.get('logit_diff_base'))} -> {_fmt(ld1)}", "verdict": verdict(ld1, up, False)})
     sd0, sd1 = cor.get("sd_logit_diff_base"), cor.get("sd_logit_diff_last")
     rows.append({"claim": "Subject Duplication flips the logit difference", "paper": "3.55 -> -11.06 (5 epochs)",
-                 "ours": f"{_fmt(sd0)} -> {_fmt(sd1)}", "verdict": verdict(sd1, sd1 is not None and sd1 < 0, sd1 is not None and sd0 is not None and sd1 < sd0)})
+                 "ours": f"{_fmt(sd0)} -> {_fmt(sd1)}", "verdict": verdict(sd1, sd1 is not None and sd0 is not None and sd0 > 0 > sd1,
+                                    sd1 is not None and sd0 is not None and sd1 < sd0 - 0.5)})
     loc = cor.get("localization")
     rows.append({"claim": "corruption is localized to circuit heads (share of CMAP effect in the circuit / share of heads)",
                  "paper": "localized (Fig. 11)", "ours": _fmt(loc), "verdict": verdict(loc, loc is not None and loc >= 2, loc is not None and loc > 1)})
