@@ -13,6 +13,7 @@ The steps alternate (ours, plain / plain, ours) so that load from other processe
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(a.seed)
     losses = {"ours": [], "plain": []}
     seconds = {"ours": 0.0, "plain": 0.0}
+    step_times: dict[str, list[float]] = {"ours": [], "plain": []}
     step = 0
     for epoch in range(a.epochs):
         order = torch.randperm(a.n, generator=generator)
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                 loss, dt = _timed(runs_[name])
                 losses[name].append(loss)
                 seconds[name] += dt
+                step_times[name].append(dt)
             step += 1
             print(f"  step {step}: loss ours {losses['ours'][-1]:.6f} plain {losses['plain'][-1]:.6f}  "
                   f"time ours {seconds['ours']:.1f} s plain {seconds['plain']:.1f} s", flush=True)
@@ -101,6 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ours:  {rate['ours']:.2f} samples/s ({seconds['ours']:.1f} s)")
     print(f"plain: {rate['plain']:.2f} samples/s ({seconds['plain']:.1f} s)")
     print(f"ratio: {rate['ours'] / rate['plain']:.2f}x")
+    med = {k: statistics.median(v) for k, v in step_times.items()}
+    paired = statistics.median(p / o for o, p in zip(step_times["ours"], step_times["plain"]))
+    print(f"median step: ours {med['ours']:.2f} s ({a.batch_size / med['ours']:.2f} samples/s), plain "
+          f"{med['plain']:.2f} s ({a.batch_size / med['plain']:.2f} samples/s); median paired ratio {paired:.2f}x "
+          "(robust to load from other processes)")
     print(f"max |loss difference| over {step} steps: {diff:.2e} ({'ok' if diff <= 1e-4 else 'ABOVE'} 1e-4); "
           f"max |weight difference| after training: {w_diff:.2e}")
 

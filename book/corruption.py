@@ -39,13 +39,12 @@ batch_size = 16
 import matplotlib.pyplot as plt
 from myst_nb import glue
 
-from ioi_utils import attribution, claims, data, patching, plotting, results, study, training
+from ioi_utils import attribution, claims, patching, plotting, results, study
 
 s = study.prepare(model_name, n_prompts, n_eval, seed, device, batch_size)
 base_circuit = study.discover_cached(s, s.model, "base").circuit
 base = study.behaviour(s.model, s)
-runs = {rule: training.train(study.train_config(s, "toxic", toxic_epochs, list(range(1, toxic_epochs + 1)),
-                                                batch_size, dataset=rule), progress=False) for rule in data.TOXIC_RULES}
+runs = study.toxic_runs(s, toxic_epochs, batch_size)
 
 # %% [markdown]
 # ## Behaviour per epoch

@@ -39,8 +39,7 @@ from ioi_utils import circuits, claims, data, patching, plotting, results, study
 s = study.prepare(model_name, n_prompts, n_eval, seed, device, batch_size)
 base_circuit = study.discover_cached(s, s.model, "base").circuit
 base = study.behaviour(s.model, s)
-toxic = {rule: training.train(study.train_config(s, "toxic", toxic_epochs, list(range(1, toxic_epochs + 1)),
-                                                 batch_size, dataset=rule), progress=False) for rule in data.TOXIC_RULES}
+toxic = study.toxic_runs(s, toxic_epochs, batch_size)
 reversed_ = {rule: training.train(study.train_config(s, "reversal", reversal_epochs, list(range(1, reversal_epochs + 1)),
                                                      batch_size, dataset=rule, source=run), progress=False) for rule, run in toxic.items()}
 

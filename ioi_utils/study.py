@@ -107,3 +107,11 @@ def localization(effects, heads) -> float:
         return float("nan")
     inside = sum(abs(effects[h].item()) for h in heads)
     return (inside / total) / (len(heads) / effects.numel())
+
+
+def toxic_runs(study_: Study, epochs: int, batch_size: int) -> dict:
+    """rule -> the toxic fine-tuning run of every toxic dataset (trained once, then reused from the run cache)."""
+    from . import training
+
+    return {rule: training.train(train_config(study_, "toxic", epochs, range(1, epochs + 1), batch_size, dataset=rule),
+                                 progress=False) for rule in data.TOXIC_RULES}
