@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import torch
 
 from . import attribution, data, metrics, patching
-from .patching import Head, Receivers
+from .patching import Head, Receivers, all_heads
 
 CLASSES: dict[str, str] = {
     "NM": "Name Mover", "NNM": "Negative Name Mover", "BNM": "Backup Name Mover", "SIN": "S-Inhibition",
@@ -182,11 +182,6 @@ class Faithfulness:
     def wang(self) -> float:
         """1 - |F(M) - F(C)| / |F(M)|."""
         return metrics.faithfulness(self.f_circuit, self.f_model, "wang")
-
-
-def all_heads(model) -> list[Head]:
-    """Every (layer, head) of a model."""
-    return [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
 
 
 def _model_minus(model, heads: Sequence[Head]) -> dict[Head, tuple[str, ...]]:
