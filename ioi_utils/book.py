@@ -1,35 +1,48 @@
 """Execute the book's chapters with papermill and build the HTML with Jupyter Book.
 
-Usage: ``python -m ioi_utils.book --profile smoke|offline|paper [--chapters a b] [--out-dir DIR] [--no-build]``
+Usage: ``python -m ioi_utils.book --profile smoke|offline|paper [--chapters a b] [--out-dir DIR] [--strict]
+[--no-build]``
 
 Chapters are the jupytext percent sources ``book/<name>.py`` listed in ``_toc.yml``. Each one is
-executed (in TOC order, kernel cwd = ``book/``) with the profile's parameters injected, stripped of
-volatile metadata so that re-running unchanged code gives no diff, and written to
-``book/<name>.ipynb`` (or ``<out-dir>/<name>.ipynb``). Then ``jupyter-book build book/ -W`` runs.
+executed (in TOC order, kernel cwd = ``book/``) with the profile's parameters injected, into a staging
+folder ``_build/staging/<profile>-<UTC time>/``; its cell progress and the kernel's stdout/stderr stream
+to ``_build/logs/<name>.log``. Only when every requested chapter succeeded are the notebooks, stripped of
+volatile metadata, moved into ``book/`` (or ``--out-dir``), all together, each by an atomic replace; a
+failed or interrupted run leaves the target untouched and says where its partial notebooks are. Then the
+run's timings go to ``_build/execution-<profile>.json`` and ``$IOI_UTILS_RESULTS/<profile>/execution.json``
+and ``jupyter-book build book/ -W`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import json
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import yaml
 
 # Papermill parameters injected into every chapter. Keep this a plain literal: edit values here.
+# Every profile reports claims that do not hold (a finding, not a crash); `--strict` makes them raise.
+# The runner adds `strict`, `enforce_claims` (both = --strict) and `execution_info` (see chapter_parameters).
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         "profile": "smoke",
-        "enforce_claims": False,  # a random tiny model: claims are reported, not enforced
+        "enforce_claims": False,
         "model_name": "tiny",
         "seed": 0,
         "device": "auto",
@@ -42,7 +55,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "offline": {
         "profile": "offline",
-        "enforce_claims": True,
+        "enforce_claims": False,
         "model_name": "smollm2-135m",
         "seed": 0,
         "device": "auto",
@@ -55,7 +68,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "paper": {
         "profile": "paper",
-        "enforce_claims": True,
+        "enforce_claims": False,
         "model_name": "gpt2",
         "seed": 0,
         "device": "auto",
@@ -80,12 +93,12 @@ _CARRIAGE_RETURN = re.compile(r"^.*\r(?=[^\n])", re.MULTILINE)  # as nbval: keep
 
 BOOK_DIR = "book"
 TOC_FILE = "_toc.yml"
-FAILED_DIR = Path("_build") / "failed"
+BUILD_DIR = Path("_build")
+STAGING_DIR = BUILD_DIR / "staging"  # <profile>-<UTC time>/<chapter>.ipynb, kept when a run fails
+LOG_DIR = BUILD_DIR / "logs"  # <chapter>.log: papermill's cell progress and the kernel's stdout/stderr
+EXECUTION_FILE = "execution.json"  # the record of the last successful run, in $IOI_UTILS_RESULTS/<profile>/
+KEEP_STAGING = 5  # failed/interrupted staging folders kept (the newest ones)
 KERNEL = "python3"
-
-
-class ChapterFailed(RuntimeError):
-    """A chapter raised while executing; the message is one line."""
 
 
 def default_root() -> Path:
@@ -112,6 +125,11 @@ def toc_chapters(toc_path: Path) -> list[str]:
     """Return the root and all chapter file names of a jb-book _toc.yml, in order."""
     toc = yaml.safe_load(toc_path.read_text())
     return [str(toc["root"]), *_toc_entries([{k: v for k, v in toc.items() if k != "root"}])]
+
+
+def executable_chapters(root: Path, names: Sequence[str]) -> list[str]:
+    """The TOC entries that have a jupytext source book/<name>.py (markdown pages are not executed)."""
+    return [name for name in names if (root / BOOK_DIR / f"{name}.py").is_file()]
 
 
 def select_chapters(all_chapters: Sequence[str], wanted: Sequence[str] | None) -> list[str]:
@@ -192,17 +210,26 @@ def _temp_file(folder: Path, prefix: str, suffix: str) -> Path:
     return Path(name)
 
 
+def write_text_atomic(text: str, path: Path) -> None:
+    """Write a text file via a temp file in the same folder and os.replace (complete or absent)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_file(path.parent, f".{path.stem}.", f"{path.suffix}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_atomic(nb: Any, path: Path) -> None:
     """Write a notebook via a temp file in the same folder and os.replace."""
     import nbformat
 
-    tmp = _temp_file(path.parent, f".{path.stem}.", ".ipynb.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            nbformat.write(nb, handle)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    text = nbformat.writes(nb)
+    write_text_atomic(text if text.endswith("\n") else text + "\n", path)
 
 
 def _describe(exc: BaseException) -> str:
@@ -210,15 +237,6 @@ def _describe(exc: BaseException) -> str:
     ename = getattr(exc, "ename", None) or type(exc).__name__
     evalue = str(getattr(exc, "evalue", None) or exc).strip().splitlines()
     return f"{ename}: {evalue[0]}" if evalue else ename
-
-
-def _keep_partial(partial: Path, target: Path) -> Path | None:
-    """Move a partially executed notebook to target; return target, or None if nothing was written."""
-    if not partial.exists() or partial.stat().st_size == 0:
-        return None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(partial), target)
-    return target
 
 
 def load_source(src: Path) -> Any:
@@ -230,29 +248,271 @@ def load_source(src: Path) -> Any:
     return nb
 
 
-def execute_chapter(src: Path, out: Path, params: dict[str, Any], failed_dir: Path) -> Path:
-    """Execute one jupytext source with papermill into `out`; raise ChapterFailed on error."""
+# ---------------------------------------------------------------- run metadata
+
+
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 with seconds, e.g. 2025-03-01T12:00:00Z."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """Stdout of a git command in root, or None if git fails or is missing."""
+    try:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_commit(root: Path) -> str:
+    """Short hash of HEAD, with '+dirty' if the work tree has changes; 'unknown' outside git."""
+    head = _git(root, "rev-parse", "--short", "HEAD")
+    if not head:
+        return "unknown"
+    return f"{head}+dirty" if _git(root, "status", "--porcelain") else head
+
+
+def results_dir(profile: str) -> Path:
+    """$IOI_UTILS_RESULTS/<profile> (default ~/.cache/ioi_utils/results/<profile>), as ioi_utils.results."""
+    default = Path.home() / ".cache" / "ioi_utils" / "results"
+    return Path(os.environ.get("IOI_UTILS_RESULTS", default)).expanduser() / profile
+
+
+def record_paths(root: Path, profile: str) -> list[Path]:
+    """Where a run's execution record is written, the one read first for estimates first."""
+    return [root / BUILD_DIR / f"execution-{profile}.json", results_dir(profile) / EXECUTION_FILE]
+
+
+def load_record(root: Path, profile: str) -> dict[str, Any]:
+    """The last successful run's execution record of this profile, or {} if there is none."""
+    for path in record_paths(root, profile):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("seconds_per_chapter"), dict):
+            return record
+    return {}
+
+
+def previous_total(record: dict[str, Any], all_chapters: Sequence[str]) -> float | None:
+    """Total seconds of the recorded run if it executed every chapter of the TOC, else None."""
+    seconds = record.get("seconds_per_chapter", {})
+    return float(sum(seconds.values())) if seconds and set(all_chapters) <= set(seconds) else None
+
+
+def estimate_left(previous: dict[str, float], remaining: Sequence[str]) -> float | None:
+    """Seconds the remaining chapters took last time, or None if any of them has no recorded time."""
+    if any(name not in previous for name in remaining):
+        return None
+    return float(sum(previous[name] for name in remaining))
+
+
+def fmt_seconds(seconds: float) -> str:
+    """A duration for humans: 12.3 s, 4 min 05 s, 1 h 02 min."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def chapter_parameters(profile: str, strict: bool, info: dict[str, Any]) -> dict[str, Any]:
+    """The papermill parameters of every chapter: the profile's, strict/enforce_claims, execution_info."""
+    return {**copy.deepcopy(PROFILES[profile]), "strict": strict, "enforce_claims": strict,
+            "execution_info": dict(info)}
+
+
+# ---------------------------------------------------------------- execution
+
+
+class ChapterFailed(RuntimeError):
+    """A chapter raised while executing; the message is one line."""
+
+
+@dataclass
+class Execution:
+    """One run of the runner: what it executes, where it stages and publishes, what it measured."""
+
+    root: Path
+    profile: str
+    chapters: list[str]
+    target: Path
+    staging: Path
+    info: dict[str, Any]
+    previous: dict[str, float] = field(default_factory=dict)  # seconds per chapter of the last run
+    seconds: dict[str, float] = field(default_factory=dict)  # seconds per chapter of this run
+    staged: list[Path] = field(default_factory=list)
+    published: bool = False
+
+    def log(self, name: str) -> Path:
+        """The log file of a chapter."""
+        return self.root / LOG_DIR / f"{name}.log"
+
+
+def new_staging(root: Path, profile: str) -> Path:
+    """Create and return a fresh staging folder _build/staging/<profile>-<UTC time>."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    folder = root / STAGING_DIR / f"{profile}-{stamp}"
+    for n in range(1, 1000):
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            folder = root / STAGING_DIR / f"{profile}-{stamp}-{n}"
+    raise RuntimeError(f"cannot create a staging folder under {root / STAGING_DIR}")
+
+
+def prune_staging(root: Path, keep: int = KEEP_STAGING) -> None:
+    """Delete all but the newest `keep` staging folders."""
+    folders = sorted((p for p in (root / STAGING_DIR).glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for old in folders[: max(0, len(folders) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class LogStream:
+    """A text file for tqdm bars and kernel output: text after a bar that is still drawing gets a new line."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle, self.bar_open = handle, False
+
+    def write(self, text: str) -> int:
+        """Write text, starting a new line if it would otherwise continue a progress bar's line."""
+        if text and self.bar_open and not text.startswith(("\r", "\n")):
+            self.handle.write("\n")
+        self.handle.write(text)
+        if text:
+            self.bar_open = "\r" in text and not text.endswith("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush the file, so `tail -f` sees the text at once."""
+        self.handle.flush()
+
+
+def execute_chapter(src: Path, out: Path, params: dict[str, Any], log: Path) -> None:
+    """Execute one jupytext source with papermill into `out` (saved after every cell), streaming to `log`."""
     import papermill as pm
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = _temp_file(out.parent, f".{out.stem}.partial.", ".ipynb")
-    try:
-        nb = pm.execute_notebook(
-            load_source(src),
-            str(partial),
-            parameters=copy.deepcopy(params),
-            cwd=str(src.parent),
-            kernel_name=KERNEL,
-            progress_bar=sys.stderr.isatty(),
-        )
-    except Exception as exc:
-        kept = _keep_partial(partial, failed_dir / out.name)
-        where = f"partially executed notebook: {kept}" if kept else "no notebook was written"
-        raise ChapterFailed(f"chapter '{src.stem}' failed: {_describe(exc)}; {where}") from exc
-    finally:
-        partial.unlink(missing_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w", encoding="utf-8") as raw:
+        handle = LogStream(raw)
+        handle.write(f"# {src.name} -> {out}, started {utc_now()}\n")
+        handle.flush()
+        try:
+            nb = pm.execute_notebook(
+                load_source(src), str(out), parameters=copy.deepcopy(params), cwd=str(src.parent),
+                kernel_name=KERNEL, progress_bar={"file": handle, "ascii": True},
+                stdout_file=handle, stderr_file=handle,
+            )
+        except Exception as exc:
+            handle.write(f"\n# FAILED: {_describe(exc)}\n")
+            raise ChapterFailed(f"chapter '{src.stem}' failed: {_describe(exc)}") from exc
+        handle.write(f"\n# done {utc_now()}\n")
     write_atomic(scrub_outputs(strip_volatile(nb)), out)
-    return out
+
+
+def _relative(path: Path, root: Path) -> Path:
+    """Path relative to root when possible, for short messages."""
+    try:
+        return path.resolve().relative_to(root)
+    except ValueError:
+        return path
+
+
+def _left(ex: Execution, remaining: Sequence[str]) -> str:
+    """'about X left' from the previous run's times, or 'no estimate yet'."""
+    left = estimate_left(ex.previous, remaining)
+    return "no estimate of what is left" if left is None else f"about {fmt_seconds(left)} left"
+
+
+def run_chapters(ex: Execution, params: dict[str, Any]) -> None:
+    """Execute the chapters in order into the staging folder, one progress line per start and end."""
+    book, start_all, n = ex.root / BOOK_DIR, time.perf_counter(), len(ex.chapters)
+    for i, name in enumerate(ex.chapters, 1):
+        src, tag = book / f"{name}.py", f"[{i}/{n}] {name}"
+        print(f"{tag}: running ({_left(ex, ex.chapters[i - 1:])}); log: {_relative(ex.log(name), ex.root)}", flush=True)
+        start = time.perf_counter()
+        try:
+            execute_chapter(src, ex.staging / f"{name}.ipynb", params, ex.log(name))
+        except ChapterFailed:
+            print(f"{tag}: FAILED after {fmt_seconds(time.perf_counter() - start)}", flush=True)
+            raise
+        ex.seconds[name] = round(time.perf_counter() - start, 1)
+        ex.staged.append(ex.staging / f"{name}.ipynb")
+        print(f"{tag}: done in {fmt_seconds(ex.seconds[name])}; elapsed {fmt_seconds(time.perf_counter() - start_all)}, "
+              f"{_left(ex, ex.chapters[i:])}", flush=True)
+
+
+def threading_is_main() -> bool:
+    """True in the main thread (only there can signal masks and handlers be changed safely)."""
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends (in the main thread, where the OS allows it)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    can = hasattr(signal, "pthread_sigmask") and threading_is_main()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held) if can else None
+    try:
+        yield
+    finally:
+        if can:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def publish(staged: Sequence[Path], target: Path) -> list[Path]:
+    """Copy every staged file next to its destination, then os.replace them all; return the destinations."""
+    target.mkdir(parents=True, exist_ok=True)
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for src in staged:
+            tmp = _temp_file(target, f".{src.stem}.", f"{src.suffix}.tmp")
+            temps.append((tmp, target / src.name))
+            shutil.copyfile(src, tmp)
+        with signals_deferred():
+            for tmp, dest in temps:
+                os.replace(tmp, dest)
+    finally:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+    return [dest for _, dest in temps]
+
+
+def execution_record(ex: Execution) -> dict[str, Any]:
+    """The JSON record of a successful run: model, profile, commit, date, seconds_per_chapter, total_seconds."""
+    return {"model": ex.info["model"], "profile": ex.profile, "commit": ex.info["commit"], "date": ex.info["date"],
+            "seconds_per_chapter": dict(ex.seconds), "total_seconds": round(sum(ex.seconds.values()), 1)}
+
+
+def write_record(ex: Execution) -> list[Path]:
+    """Write the execution record, atomically, to _build/ and $IOI_UTILS_RESULTS/<profile>/; return the paths."""
+    text = json.dumps(execution_record(ex), indent=1, sort_keys=True) + "\n"
+    paths = record_paths(ex.root, ex.profile)
+    for path in paths:
+        write_text_atomic(text, path)
+    return paths
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM handler: unwind like Ctrl-C, so the kernel is shut down and the target stays untouched."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt for the duration of the block (main thread only)."""
+    if not threading_is_main():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 class _DropUnknownParameter(logging.Filter):
@@ -274,34 +534,6 @@ def kernel_env(root: Path) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
 
 
-def _relative(path: Path, root: Path) -> Path:
-    """Path relative to root when possible, for short messages."""
-    try:
-        return path.resolve().relative_to(root)
-    except ValueError:
-        return path
-
-
-def run_chapters(root: Path, chapters: Sequence[str], params: dict[str, Any], out_dir: Path | None) -> None:
-    """Execute the chapters in order, printing one line per chapter with its wall time."""
-    book = root / BOOK_DIR
-    for i, name in enumerate(chapters, 1):
-        src = book / f"{name}.py"
-        if not src.is_file():
-            print(f"[{i}/{len(chapters)}] {name}: no {BOOK_DIR}/{name}.py, skipped", flush=True)
-            continue
-        out = (out_dir or book) / f"{name}.ipynb"
-        tag = f"[{i}/{len(chapters)}] {name}"
-        print(f"{tag}: running {BOOK_DIR}/{name}.py", flush=True)
-        start = time.perf_counter()
-        try:
-            execute_chapter(src, out, params, root / FAILED_DIR)
-        except ChapterFailed:
-            print(f"{tag}: FAILED after {time.perf_counter() - start:.1f} s", flush=True)
-            raise
-        print(f"{tag}: done in {time.perf_counter() - start:.1f} s -> {_relative(out, root)}", flush=True)
-
-
 def build_book(root: Path) -> int:
     """Run `jupyter-book build book/ -W` from the repo root; return its exit code."""
     script = Path(sys.executable).with_name("jupyter-book")
@@ -315,10 +547,44 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ioi_utils.book", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", required=True, choices=sorted(PROFILES), help="parameter set for all chapters")
     parser.add_argument("--chapters", nargs="+", metavar="NAME", help="only these chapters (default: all in _toc.yml)")
-    parser.add_argument("--out-dir", type=Path, help="write executed notebooks here instead of book/ (implies --no-build)")
+    parser.add_argument("--out-dir", type=Path, help="publish the executed notebooks here instead of book/ (implies --no-build)")
+    parser.add_argument("--strict", action="store_true",
+                        help="claim checks that fail raise (papermill parameters strict=enforce_claims=True); "
+                             "by default they are reported")
     parser.add_argument("--no-build", action="store_true", help="skip `jupyter-book build book/ -W`")
     parser.add_argument("--root", type=Path, default=None, help="repository root (default: found from the cwd)")
     return parser.parse_args(argv)
+
+
+def prepare(root: Path, args: argparse.Namespace, all_chapters: Sequence[str], chapters: list[str]) -> Execution:
+    """Collect the run's metadata and previous timings and create its staging folder."""
+    record = load_record(root, args.profile)
+    info = {"model": PROFILES[args.profile]["model_name"], "profile": args.profile, "commit": git_commit(root),
+            "date": utc_now(), "previous_total_seconds": previous_total(record, all_chapters)}
+    target = args.out_dir.resolve() if args.out_dir else root / BOOK_DIR
+    return Execution(root=root, profile=args.profile, chapters=chapters, target=target,
+                     staging=new_staging(root, args.profile), info=info,
+                     previous={k: float(v) for k, v in record.get("seconds_per_chapter", {}).items()})
+
+
+def _unpublished(ex: Execution, why: str) -> None:
+    """Tell the user that the target is untouched and where the partial notebooks are."""
+    print(f"{why}: {ex.target} was not changed; the notebooks of this run (the last one partial) are in "
+          f"{_relative(ex.staging, ex.root)}/", file=sys.stderr, flush=True)
+
+
+def execute(ex: Execution, strict: bool) -> None:
+    """Run the chapters into staging, publish them all, write the execution record, drop the staging folder."""
+    start = time.perf_counter()
+    run_chapters(ex, chapter_parameters(ex.profile, strict, ex.info))
+    published = publish(ex.staged, ex.target)
+    ex.published = True
+    print(f"published {len(published)} notebook(s) to {_relative(ex.target, ex.root)}/ "
+          f"after {fmt_seconds(time.perf_counter() - start)}", flush=True)
+    for path in write_record(ex):
+        print(f"execution record: {_relative(path, ex.root)}", flush=True)
+    shutil.rmtree(ex.staging, ignore_errors=True)
+    prune_staging(ex.root)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -326,20 +592,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     root = (args.root or default_root()).resolve()
     try:
-        chapters = select_chapters(toc_chapters(root / TOC_FILE), args.chapters)
+        all_chapters = executable_chapters(root, toc_chapters(root / TOC_FILE))
+        chapters = select_chapters(all_chapters, args.chapters)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     kernel_env(root)
     quiet_papermill()
-    out_dir = args.out_dir.resolve() if args.out_dir else None
-    print(f"profile {args.profile}: {PROFILES[args.profile]}", flush=True)
+    ex = prepare(root, args, all_chapters, chapters)
+    print(f"profile {args.profile}{' (strict)' if args.strict else ''}: {PROFILES[args.profile]}", flush=True)
+    print(f"execution: {ex.info}; staging in {_relative(ex.staging, root)}/", flush=True)
     try:
-        run_chapters(root, chapters, PROFILES[args.profile], out_dir)
+        with sigterm_as_interrupt():
+            execute(ex, args.strict)
     except ChapterFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
+        _unpublished(ex, "failed")
         return 1
-    if args.no_build or out_dir is not None:
+    except KeyboardInterrupt:
+        if ex.published:
+            print("interrupted after publishing; the execution record may be missing", file=sys.stderr)
+        else:
+            _unpublished(ex, "interrupted")
+        return 130
+    if args.no_build or args.out_dir is not None:
         return 0
     return build_book(root)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -87,8 +89,10 @@ def test_unknown_profile_is_rejected(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_toc_order_and_chapter_selection() -> None:
     """The TOC gives root then chapters; --chapters keeps TOC order and rejects unknown names."""
-    chapters = book.toc_chapters(ROOT / book.TOC_FILE)
-    assert chapters[0] == "intro" and chapters[-1] == "summary"
+    pages = book.toc_chapters(ROOT / book.TOC_FILE)
+    assert pages[0] == "intro" and "summary" in pages
+    chapters = book.executable_chapters(ROOT, pages)
+    assert chapters[-1] == "summary"
     assert book.select_chapters(chapters, None) == chapters
     assert book.select_chapters(chapters, ["summary", "intro"]) == ["intro", "summary"]
     with pytest.raises(ValueError, match="nope"):
@@ -117,3 +121,153 @@ def test_attention_view_snippet_is_small_and_deterministic() -> None:
     assert uid.split("-")[-1] == again.split('id="', 1)[1].split('"', 1)[0].split("-")[-1]
     with pytest.raises(ValueError, match="n_heads"):
         display.attention_view(["a", "b"], attention, ["L0H0", "L0H1"])
+
+
+# ---------------------------------------------------------------- staging, publication, records
+
+
+def _mini_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A repo root with a two-chapter TOC, their sources, old published notebooks and a results folder."""
+    root = tmp_path / "repo"
+    (root / "book").mkdir(parents=True)
+    (root / "_toc.yml").write_text("format: jb-book\nroot: a\nchapters:\n  - file: b\n  - file: notes\n")
+    (root / "book" / "notes.md").write_text("# Notes\n")  # a markdown page: not executed
+    for name in ("a", "b"):
+        (root / "book" / f"{name}.py").write_text("# %%\nx = 1\n")
+        (root / "book" / f"{name}.ipynb").write_text(f"old {name}\n")
+    monkeypatch.setenv("IOI_UTILS_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("PYTHONPATH", "")
+    return root
+
+
+def _fake_executor(calls: list[dict], fail: str | None = None, exc: type[BaseException] = book.ChapterFailed):
+    """A stand-in for execute_chapter: writes a small notebook, or a partial one and raises for `fail`."""
+
+    def run(src: Path, out: Path, params: dict, log: Path) -> None:
+        calls.append({"name": src.stem, "out": out, "params": params, "log": log})
+        nb = new_notebook(cells=[new_code_cell(f"# new {src.stem}")])
+        nbformat.write(nb, out)
+        if src.stem == fail:
+            raise exc(f"chapter '{src.stem}' failed: boom")
+
+    return run
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under folder (hidden ones included) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("exc", [book.ChapterFailed, KeyboardInterrupt])
+def test_failed_or_interrupted_run_leaves_target_untouched(tmp_path, monkeypatch, capsys, exc) -> None:
+    """A chapter that fails (or Ctrl-C/SIGTERM) publishes nothing; the partial notebooks stay in staging."""
+    root = _mini_repo(tmp_path, monkeypatch)
+    before = _snapshot(root / "book")
+    calls: list[dict] = []
+    monkeypatch.setattr(book, "execute_chapter", _fake_executor(calls, fail="b", exc=exc))
+    code = book.main(["--profile", "smoke", "--root", str(root), "--no-build"])
+    assert code == (1 if exc is book.ChapterFailed else 130)
+    assert _snapshot(root / "book") == before
+    staging = calls[0]["out"].parent
+    assert staging.parent == root / book.STAGING_DIR and staging.name.startswith("smoke-")
+    assert sorted(p.name for p in staging.iterdir()) == ["a.ipynb", "b.ipynb"]
+    assert str(staging.relative_to(root)) in capsys.readouterr().err
+    assert not (tmp_path / "results").exists() and not list((root / "_build").glob("execution-*.json"))
+
+
+def test_successful_run_publishes_all_and_writes_the_record(tmp_path, monkeypatch, capsys) -> None:
+    """All chapters succeed: every target notebook is replaced, staging is removed, execution.json is written."""
+    root = _mini_repo(tmp_path, monkeypatch)
+    calls: list[dict] = []
+    monkeypatch.setattr(book, "execute_chapter", _fake_executor(calls))
+    assert book.main(["--profile", "smoke", "--root", str(root), "--no-build"]) == 0
+    assert sorted(_snapshot(root / "book")) == ["a.ipynb", "a.py", "b.ipynb", "b.py", "notes.md"]  # no temp files
+    assert all(nbformat.read(root / "book" / f"{n}.ipynb", as_version=4).cells[0].source == f"# new {n}" for n in "ab")
+    assert not calls[0]["out"].parent.exists()
+    assert [c["log"] for c in calls] == [root / "_build" / "logs" / f"{n}.log" for n in "ab"]
+    out = capsys.readouterr().out
+    assert "[1/2] a: running (no estimate of what is left); log: _build/logs/a.log" in out
+    record = json.loads((tmp_path / "results" / "smoke" / "execution.json").read_text())
+    assert set(record) == {"model", "profile", "commit", "date", "seconds_per_chapter", "total_seconds"}
+    assert record["model"] == "tiny" and record["profile"] == "smoke" and set(record["seconds_per_chapter"]) == {"a", "b"}
+    assert (root / "_build" / "execution-smoke.json").read_text() == (tmp_path / "results" / "smoke" / "execution.json").read_text()
+    info = calls[0]["params"]["execution_info"]
+    assert set(info) == {"model", "profile", "commit", "date", "previous_total_seconds"}
+    assert info["previous_total_seconds"] is None and info["commit"] == "unknown"  # tmp_path is not a git repo
+    assert [c["name"] for c in calls] == ["a", "b"]
+    calls.clear()
+    assert book.main(["--profile", "smoke", "--root", str(root), "--no-build"]) == 0  # second run: an estimate
+    assert calls[0]["params"]["execution_info"]["previous_total_seconds"] == pytest.approx(record["total_seconds"], abs=0.2)
+    assert "[1/2] a: running (about" in capsys.readouterr().out
+
+
+def test_out_dir_receives_the_notebooks_and_book_is_untouched(tmp_path, monkeypatch) -> None:
+    """--out-dir publishes there (created if needed) and leaves book/ as it was."""
+    root = _mini_repo(tmp_path, monkeypatch)
+    before = _snapshot(root / "book")
+    monkeypatch.setattr(book, "execute_chapter", _fake_executor([]))
+    out_dir = tmp_path / "elsewhere" / "nbs"
+    assert book.main(["--profile", "smoke", "--root", str(root), "--out-dir", str(out_dir), "--chapters", "b"]) == 0
+    assert _snapshot(root / "book") == before and sorted(_snapshot(out_dir)) == ["b.ipynb"]
+
+
+def test_strict_maps_to_enforce_claims(tmp_path, monkeypatch) -> None:
+    """Profiles only report claims; --strict passes strict=enforce_claims=True to every chapter."""
+    assert all(p["enforce_claims"] is False for p in book.PROFILES.values())
+    params = book.chapter_parameters("smoke", False, {"model": "tiny"})
+    assert params["strict"] is params["enforce_claims"] is False and params["execution_info"] == {"model": "tiny"}
+    root = _mini_repo(tmp_path, monkeypatch)
+    calls: list[dict] = []
+    monkeypatch.setattr(book, "execute_chapter", _fake_executor(calls))
+    assert book.main(["--profile", "offline", "--root", str(root), "--no-build", "--strict"]) == 0
+    assert all(c["params"]["strict"] is c["params"]["enforce_claims"] is True for c in calls)
+    assert calls[0]["params"]["model_name"] == "smollm2-135m"
+
+
+def test_publish_replaces_every_file(tmp_path) -> None:
+    """publish copies then atomically replaces, leaving exactly the destination files."""
+    staging, target = tmp_path / "staging", tmp_path / "target"
+    staging.mkdir()
+    target.mkdir()
+    (target / "a.ipynb").write_text("old")
+    (target / "keep.txt").write_text("other")
+    for name in ("a", "b"):
+        (staging / f"{name}.ipynb").write_text(f"new {name}")
+    assert book.publish([staging / "a.ipynb", staging / "b.ipynb"], target) == [target / "a.ipynb", target / "b.ipynb"]
+    assert _snapshot(target) == {"a.ipynb": b"new a", "b.ipynb": b"new b", "keep.txt": b"other"}
+
+
+def test_estimates_and_durations() -> None:
+    """Estimates need a recorded time for every remaining chapter; totals only for complete runs."""
+    previous = {"a": 10.0, "b": 50.0}
+    assert book.estimate_left(previous, ["a", "b"]) == 60.0 and book.estimate_left(previous, []) == 0.0
+    assert book.estimate_left(previous, ["a", "c"]) is None
+    assert book.previous_total({"seconds_per_chapter": previous}, ["a", "b"]) == 60.0
+    assert book.previous_total({"seconds_per_chapter": previous}, ["a", "b", "c"]) is None
+    assert [book.fmt_seconds(s) for s in (3.25, 65, 3725)] == ["3.2 s", "1 min 05 s", "1 h 02 min"]
+
+
+def test_git_commit_marks_dirty_trees(tmp_path) -> None:
+    """The commit is a short hash, with +dirty when the work tree has changes."""
+    import subprocess
+
+    run = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)  # noqa: E731
+    run("init", "-q")
+    (tmp_path / "f").write_text("1")
+    run("add", "f")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    clean = book.git_commit(tmp_path)
+    assert re.fullmatch(r"[0-9a-f]{4,}", clean)
+    (tmp_path / "f").write_text("2")
+    assert book.git_commit(tmp_path) == f"{clean}+dirty"
+
+
+def test_log_stream_puts_output_after_a_bar_on_its_own_line() -> None:
+    """Kernel output that follows a progress bar starts a new line; bar redraws do not."""
+    import io
+
+    raw = io.StringIO()
+    log = book.LogStream(raw)
+    for text in ("start\n", "\r 10%|#", "\r 50%|#####", "[HOLDS] x\n", "\r100%|##########|", "\n", "end\n"):
+        log.write(text)
+    assert raw.getvalue() == "start\n\r 10%|#\r 50%|#####\n[HOLDS] x\n\r100%|##########|\nend\n"
