@@ -1,7 +1,13 @@
-"""Matplotlib figures for the book: head heat maps with circuit classes, checkpoint curves, bar charts."""
+"""Matplotlib figures for the book: head heat maps with circuit classes, checkpoint curves, bar charts.
+
+Importing this module applies `style()`: fonts of 10-13 pt and constrained layout for every figure. Sizes
+are chosen for the book's text column (about 8 inches at 100 dpi), so text stays readable when the page
+scales a figure to its width.
+"""
 
 from __future__ import annotations
 
+import textwrap
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -9,6 +15,7 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.patches import Patch, Rectangle
 
 Head = tuple[int, int]  # (layer, query head)
@@ -17,6 +24,29 @@ CLASS_COLORS: dict[str, str] = {
     "IND": "#ff7f0e", "DT": "#8c564b", "PT": "#e377c2",
 }
 DIVERGING, SEQUENTIAL = "RdBu_r", "viridis"
+BOOK_WIDTH = 8.0  # inches: the book's text column at 100 dpi
+MAX_WIDTH = 10.0  # inches: wider figures are scaled down too much by the page
+STYLE: dict[str, object] = {
+    "figure.dpi": 100,
+    "font.size": 11,
+    "axes.titlesize": 12,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+    "legend.title_fontsize": 10,
+    "figure.titlesize": 13,
+    "figure.constrained_layout.use": True,  # labels, tick labels, colour bars and legends never overlap
+}
+CLASS_LABEL_PT = 8  # the NM/SIN/... labels drawn inside heat-map cells
+
+
+def style() -> None:
+    """Apply the book's matplotlib defaults (font sizes, constrained layout); called on import."""
+    plt.rcParams.update(STYLE)
+
+
+style()
 
 
 def _array(values) -> np.ndarray:
@@ -35,8 +65,22 @@ def _new_ax(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes
 
 
 def _heatmap_size(n_layers: int, n_heads: int) -> tuple[float, float]:
-    """A figure size that keeps cells roughly square and labels readable."""
-    return (min(2.5 + 0.55 * n_heads, 14), min(1.5 + 0.32 * n_layers, 14))
+    """A figure size that grows with the heads (up to the book width) and layers: 0.3 inch per layer row."""
+    return (min(2.4 + 0.45 * n_heads, BOOK_WIDTH), min(max(2.8, 1.4 + 0.3 * n_layers), 12.0))
+
+
+def _wrap(title: str, inches: float) -> str:
+    """Break a title into lines that fit a width in inches at the title font size."""
+    points = FontProperties(size=plt.rcParams["axes.titlesize"]).get_size_in_points()
+    chars = max(8, int(inches * 72 / (0.55 * points)))
+    return "\n".join(textwrap.wrap(title, chars)) or title
+
+
+def _head_ticks(ax: Axes, n_layers: int, n_heads: int, inches_per_head: float) -> None:
+    """A tick per layer and per head; every other head label when columns are narrower than 0.25 inch."""
+    step = 1 if inches_per_head >= 0.25 else 2
+    ax.set_xticks(range(0, n_heads, step))
+    ax.set_yticks(range(n_layers))
 
 
 def _limits(values: np.ndarray, symmetric: bool) -> dict:
@@ -60,7 +104,7 @@ def _draw_classes(ax: Axes, classes: Mapping[str, Sequence[Head]], shape: tuple[
     for (layer, head), cls in labels.items():
         color = CLASS_COLORS.get(cls[0], "black")
         ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor=color, linewidth=2.2))
-        ax.text(head, layer, "/".join(cls), ha="center", va="center", fontsize=7, fontweight="bold",
+        ax.text(head, layer, "/".join(cls), ha="center", va="center", fontsize=CLASS_LABEL_PT, fontweight="bold",
                 color="black", bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.6})
     present = [c for c in classes if classes[c]]
     return [Patch(facecolor="none", edgecolor=CLASS_COLORS.get(c, "black"), linewidth=2, label=c) for c in present]
@@ -70,7 +114,7 @@ def _legend(fig: Figure, ax: Axes | None, handles: list[Patch]) -> None:
     """A class legend: outside the right edge of a figure we own, else inside the given axes."""
     if not handles:
         return
-    kw = {"handles": handles, "fontsize": 8, "title": "class", "title_fontsize": 8}
+    kw = {"handles": handles, "title": "class"}
     if ax is None:
         fig.legend(loc="outside right upper", frameon=False, **kw)
     else:
@@ -89,9 +133,8 @@ def head_heatmap(values, title: str, classes: Mapping[str, Sequence[Head]] | Non
     if vmax is not None:
         kw.update(vmin=-vmax if symmetric else kw.get("vmin"), vmax=vmax)
     im = ax.imshow(arr, aspect="auto", origin="upper", interpolation="nearest", **kw)
-    ax.set_xticks(range(arr.shape[1]))
-    ax.set_yticks(range(arr.shape[0]))
-    ax.tick_params(labelsize=7 if arr.shape[0] > 16 else 9)
+    width = ax.get_position().width * fig.get_figwidth()
+    _head_ticks(ax, arr.shape[0], arr.shape[1], width / arr.shape[1])
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_title(title)
@@ -113,7 +156,7 @@ def checkpoint_lines(x: Sequence[float | int | str], series: Mapping[str, Sequen
                      bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None) -> Figure:
     """One line per series across checkpoints/epochs, with optional (lower, upper) bands per series."""
     xs, ticks = _x_positions(x)
-    fig, ax = _new_ax(ax, (7, 4))
+    fig, ax = _new_ax(ax, (7.5, 4.2))
     for name, ys in series.items():
         ys = _array(ys)
         if len(ys) != len(xs):
@@ -130,7 +173,7 @@ def checkpoint_lines(x: Sequence[float | int | str], series: Mapping[str, Sequen
     ax.axhline(0, color="grey", linewidth=0.6, zorder=0)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     if len(series) > 1:
-        ax.legend(fontsize=8)
+        ax.legend()
     ax.grid(alpha=0.3)
     return fig
 
@@ -138,7 +181,8 @@ def checkpoint_lines(x: Sequence[float | int | str], series: Mapping[str, Sequen
 def bar_compare(labels: Sequence[str], values: Mapping[str, Sequence[float]], title: str, ylabel: str,
                 ax: Axes | None = None) -> Figure:
     """Grouped bars: one group per label, one bar per series in values."""
-    fig, ax = _new_ax(ax, (max(5, 0.9 * len(labels) * max(1, len(values)) ** 0.5 + 2), 4))
+    width = 0.6 * len(labels) * max(1, len(values)) ** 0.5 + 2
+    fig, ax = _new_ax(ax, (min(max(5.0, width), MAX_WIDTH), 4.2))
     n, width = len(values), 0.8 / max(1, len(values))
     xs = np.arange(len(labels))
     for i, (name, vals) in enumerate(values.items()):
@@ -150,7 +194,7 @@ def bar_compare(labels: Sequence[str], values: Mapping[str, Sequence[float]], ti
     ax.axhline(0, color="grey", linewidth=0.6)
     ax.set(title=title, ylabel=ylabel)
     if n > 1:
-        ax.legend(fontsize=8)
+        ax.legend()
     ax.grid(axis="y", alpha=0.3)
     return fig
 
@@ -166,15 +210,14 @@ def cmap_heatmaps(effects: Mapping[str, object], classes: Mapping[str, Sequence[
         raise ValueError(f"all maps must share one [n_layers, n_heads] shape, got {sorted(shapes)}")
     n_l, n_h = next(iter(shapes))
     m = max(float(np.nanmax(np.abs(a))) for a in arrays.values()) or 1.0
-    w, h = _heatmap_size(n_l, n_h)
-    fig, axes = plt.subplots(1, len(arrays), figsize=(min(w * len(arrays), 24), h + 0.4), squeeze=False,
+    panel = min(0.8 + 0.38 * n_h, (MAX_WIDTH - 1.6) / len(arrays))  # inches per map
+    _, h = _heatmap_size(n_l, n_h)
+    fig, axes = plt.subplots(1, len(arrays), figsize=(panel * len(arrays) + 1.6, h + 0.4), squeeze=False,
                              sharey=True, constrained_layout=True)
     for ax, (name, arr) in zip(axes[0], arrays.items()):
         im = ax.imshow(arr, aspect="auto", interpolation="nearest", cmap=DIVERGING, vmin=-m, vmax=m)
-        ax.set_xticks(range(n_h))
-        ax.set_yticks(range(n_l))
-        ax.tick_params(labelsize=7 if n_l > 16 else 9)
-        ax.set(title=name, xlabel="head")
+        _head_ticks(ax, n_l, n_h, (panel - 0.6) / n_h)
+        ax.set(title=_wrap(name, panel), xlabel="head")
         handles = _draw_classes(ax, classes, arr.shape) if classes else []
     axes[0][0].set_ylabel("layer")
     fig.colorbar(im, ax=list(axes[0]), label=cbar_label, fraction=0.05, pad=0.02)
