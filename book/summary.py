@@ -15,8 +15,9 @@
 #
 # Every row below is built from the numbers the previous chapters recorded in this execution (model and
 # profile named underneath). The paper's numbers are second-hand: the paper's full text could not be read
-# from where this book was made, so they come from a literature review that quotes it (see
-# `shared/paper_notes.md` in the project history). Verdicts: *reproduced* (same direction and comparable
+# from where this book was made, so they come from literature notes that quote it (see
+# [Appendix: our reading of the paper](paper.md), which also lists what the paper leaves open and what we
+# chose there). Verdicts: *reproduced* (same direction and comparable
 # size), *partly* (same direction, clearly smaller), *not reproduced*, *not measured*.
 
 # %% tags=["parameters"]

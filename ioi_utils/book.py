@@ -423,7 +423,9 @@ def _relative(path: Path, root: Path) -> Path:
 
 
 def _left(ex: Execution, remaining: Sequence[str]) -> str:
-    """'about X left' from the previous run's times, or 'no estimate yet'."""
+    """'about X left' from the previous run's times, or 'no estimate of what is left'."""
+    if not remaining:
+        return "nothing left"
     left = estimate_left(ex.previous, remaining)
     return "no estimate of what is left" if left is None else f"about {fmt_seconds(left)} left"
 
