@@ -40,6 +40,7 @@ seed = 0
 device = "auto"
 n_prompts = 64
 n_eval = 32
+execution_info = {}  # filled by `python -m ioi_utils.book`: model, profile, commit, date, previous_total_seconds
 
 # %%
 from IPython.display import Markdown, display
@@ -47,6 +48,10 @@ from myst_nb import glue
 
 from ioi_utils import claims, data, results, study
 
+run = {"model": model_name, "profile": profile, "commit": "unknown", "date": "unknown", **execution_info}
+print(f"this execution: model {run['model']}, profile {run['profile']}, commit {run['commit']}, date {run['date']}")
+if run.get("previous_total_seconds"):
+    print(f"the previous complete execution of this profile took {run['previous_total_seconds'] / 60:.1f} min")
 s = study.prepare(model_name, n_prompts, n_eval, seed, device)
 print(f"model: {model_name} ({s.model.cfg.n_layers} layers x {s.model.cfg.n_heads} heads); "
       f"{len(s.train)} training and {len(s.test)} held-out prompts")
