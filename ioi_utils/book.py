@@ -518,7 +518,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 class _DropUnknownParameter(logging.Filter):
-    """Hide papermill's 'Passed unknown parameter' warnings: profiles are shared, chapters use a subset."""
+    """Hide papermill's 'Passed unknown parameter' warnings: every chapter gets all profile keys and uses a subset."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Keep every record except the unknown-parameter warnings."""
@@ -579,8 +579,9 @@ def execute(ex: Execution, strict: bool) -> None:
     """Run the chapters into staging, publish them all, write the execution record, drop the staging folder."""
     start = time.perf_counter()
     run_chapters(ex, chapter_parameters(ex.profile, strict, ex.info))
-    published = publish(ex.staged, ex.target)
-    ex.published = True
+    with signals_deferred():  # a Ctrl-C now lands after the flag is set, so the message stays true
+        published = publish(ex.staged, ex.target)
+        ex.published = True
     print(f"published {len(published)} notebook(s) to {_relative(ex.target, ex.root)}/ "
           f"after {fmt_seconds(time.perf_counter() - start)}", flush=True)
     for path in write_record(ex):
