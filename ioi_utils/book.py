@@ -444,8 +444,9 @@ def run_chapters(ex: Execution, params: dict[str, Any]) -> None:
             raise
         ex.seconds[name] = round(time.perf_counter() - start, 1)
         ex.staged.append(ex.staging / f"{name}.ipynb")
-        print(f"{tag}: done in {fmt_seconds(ex.seconds[name])}; elapsed {fmt_seconds(time.perf_counter() - start_all)}, "
-              f"{_left(ex, ex.chapters[i:])}", flush=True)
+        elapsed = fmt_seconds(time.perf_counter() - start_all)
+        print(f"{tag}: done in {fmt_seconds(ex.seconds[name])}; elapsed {elapsed}, {_left(ex, ex.chapters[i:])}",
+              flush=True)
 
 
 def threading_is_main() -> bool:
@@ -549,7 +550,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ioi_utils.book", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", required=True, choices=sorted(PROFILES), help="parameter set for all chapters")
     parser.add_argument("--chapters", nargs="+", metavar="NAME", help="only these chapters (default: all in _toc.yml)")
-    parser.add_argument("--out-dir", type=Path, help="publish the executed notebooks here instead of book/ (implies --no-build)")
+    parser.add_argument("--out-dir", type=Path,
+                        help="publish the executed notebooks here instead of book/ (implies --no-build)")
     parser.add_argument("--strict", action="store_true",
                         help="claim checks that fail raise (papermill parameters strict=enforce_claims=True); "
                              "by default they are reported")
