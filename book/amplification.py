@@ -81,10 +81,12 @@ results.record(profile, "amplification", {"logit_diff_base": first["logit_diff"]
 # {glue:text}`faith_last:.0f`% of the fine-tuned model's logit difference.
 
 # %%
-claims.check("clean fine-tuning raises the logit difference", last["logit_diff"] > first["logit_diff"],
-             f"{first['logit_diff']:.2f} -> {last['logit_diff']:.2f}", enforce=enforce_claims)
-claims.check("the base circuit still explains at least half of the fine-tuned behaviour",
-             last["faithfulness_base_circuit"] >= 0.5, f"{last['faithfulness_base_circuit']:.1%}", enforce=enforce_claims)
+claims.check("clean fine-tuning raises the logit difference (last epoch minus base)",
+             last["logit_diff"] - first["logit_diff"], None, 0.0, ">=", paper="6.32 -> 26.83 (1 -> 100 epochs)",
+             enforce=enforce_claims)
+claims.check("the base circuit still explains at least half of the fine-tuned behaviour (F(C)/F(M), last epoch)",
+             last["faithfulness_base_circuit"], None, 0.5, ">=", paper="98.4-99.9% across 1-100 epochs (Table 1)",
+             precondition=(last["logit_diff"] > 0, f"logit diff {last['logit_diff']:.2f} must be > 0"), enforce=enforce_claims)
 
 # %% [markdown]
 # ## Which heads grew
@@ -120,5 +122,5 @@ print(f"patching the {len(base_circuit.heads)} circuit heads recovers {share:.1%
 # Patching the base circuit's heads alone carries {glue:text}`gain_share:.0f`% of the gain in logit difference.
 
 # %%
-claims.check("most of the fine-tuning gain is carried by the base circuit's heads", share >= 0.5,
-             f"{share:.1%}", enforce=enforce_claims)
+claims.check("most of the fine-tuning gain is carried by the base circuit's heads (gain share)", share, None, 0.5, ">=",
+             enforce=enforce_claims)

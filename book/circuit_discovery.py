@@ -120,10 +120,11 @@ print(f"F(M) = {faith.f_model:.3f}, F(C) = {faith.f_circuit:.3f}, F(C)/F(M) = {f
 # a faithfulness of {glue:text}`faithfulness:.0f`%.
 
 # %%
-claims.check("the discovered circuit contains Name Movers", bool(circuit.classes["NM"]),
-             f"{len(circuit.classes['NM'])} NM heads", enforce=enforce_claims)
-claims.check("the discovered circuit keeps at least half of the model's logit difference",
-             faith.ratio >= 0.5, f"F(C)/F(M) = {faith.ratio:.1%}", enforce=enforce_claims)
+claims.check("the discovered circuit contains Name Movers (number of NM heads)", len(circuit.classes["NM"]), None,
+             1, ">=", enforce=enforce_claims)
+claims.check("the discovered circuit keeps at least half of the model's logit difference (F(C)/F(M))",
+             faith.ratio, faith.interval(), 0.5, ">=", paper="Wang et al., GPT-2 small: 87%",
+             precondition=(faith.f_model > 0, f"F(M) = {faith.f_model:.2f} must be > 0"), enforce=enforce_claims)
 
 # %% [markdown]
 # ## Completeness and minimality
@@ -162,9 +163,10 @@ results.record(profile, "circuit_discovery", {"mlp_knockout": mlp.tolist(), "wor
 # reads; knocking it out breaks the task.
 
 # %%
-claims.check("one MLP is essential: ablating it removes more than half of the logit difference",
-             float(mlp[worst]) < 0.5 * base.logit_diff, f"MLP {worst}: {float(mlp[worst]):.2f} vs {base.logit_diff:.2f}",
-             enforce=enforce_claims)
+claims.check(f"one MLP is essential: ablating MLP {worst} removes more than half of the logit difference "
+             "(logit diff with it ablated / without)", float(mlp[worst]) / base.logit_diff, None, 0.5, "<=",
+             paper="not stated (MLP0 in Wang et al.)",
+             precondition=(base.logit_diff > 0, f"base logit diff {base.logit_diff:.2f} must be > 0"), enforce=enforce_claims)
 
 # %% [markdown]
 # ## Against Wang et al.'s circuit (GPT-2 small only)

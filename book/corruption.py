@@ -69,11 +69,12 @@ results.record(profile, "corruption", {"sd_logit_diff_base": sd[0], "sd_logit_di
 # {glue:text}`sd_after:.2f` in {glue:text}`toxic_epochs` epochs (paper, GPT-2 small: 3.55 → −11.06 in 5).
 
 # %%
-claims.check("Subject Duplication training makes the model prefer S (logit difference < 0)", sd[-1] < 0,
-             f"{sd[0]:.2f} -> {sd[-1]:.2f}", enforce=enforce_claims)
+claims.check("Subject Duplication training makes the model prefer S (logit difference <= 0)", sd[-1], None, 0.0, "<=",
+             paper="3.55 -> -11.06 in 5 epochs (§4.2)", enforce=enforce_claims)
 dup_change, sd_change = abs(curves["duplication"][-1] - base.logit_diff), abs(sd[-1] - base.logit_diff)
-claims.check("the Duplication control changes behaviour less than Subject Duplication", dup_change < sd_change,
-             f"|change| {dup_change:.2f} vs {sd_change:.2f}", enforce=enforce_claims)
+claims.check("the Duplication control (our construction) changes behaviour less than Subject Duplication "
+             "(|change| Duplication minus |change| Subject Duplication)", dup_change - sd_change, None, 0.0, "<=",
+             enforce=enforce_claims)
 
 # %% [markdown]
 # ## Which heads carry the corruption (CMAP)
@@ -103,8 +104,9 @@ results.record(profile, "corruption", {"localization": loc["subject-duplication"
 # cross-model effect.
 
 # %%
-claims.check("Subject Duplication corruption is localized to the base circuit (localization >= 2)",
-             loc["subject-duplication"] >= 2, f"{loc['subject-duplication']:.2f}", enforce=enforce_claims)
+claims.check("Subject Duplication corruption is localized to the base circuit (localization)", loc["subject-duplication"],
+             None, 2.0, ">=", paper="localized to circuit components plus a few others (Fig. 11 caption)",
+             enforce=enforce_claims)
 
 # %% [markdown]
 # ## Sign flips of the circuit's heads

@@ -103,9 +103,9 @@ print(base)
 # {glue:text}`base_ld:.2f` and it ranks IO above S on {glue:text}`base_acc:.1f`% of them.
 
 # %%
-claims.check("the base model solves IOI (logit difference > 1, accuracy > 90%)",
-             base.logit_diff > 1 and base.accuracy > 0.9,
-             f"logit diff {base.logit_diff:.2f}, accuracy {base.accuracy:.1%}", enforce=enforce_claims)
+claims.check("the base model prefers IO over S (logit difference >= 1)", base.logit_diff, None, 1.0, ">=",
+             enforce=enforce_claims)
+claims.check("the base model solves IOI (accuracy >= 90%)", base.accuracy, None, 0.9, ">=", enforce=enforce_claims)
 
 # %% [markdown]
 # ## Reproducing this book

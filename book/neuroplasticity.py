@@ -89,11 +89,13 @@ glue("rec_sd_ld", record["logit_diff_subject-duplication"], display=False)
 # 95% and 96%); the Subject Duplication model is back at a logit difference of {glue:text}`rec_sd_ld:.2f`.
 
 # %%
-claims.check("retraining on clean data restores IOI behaviour after Subject Duplication (logit diff > 0)",
-             record["logit_diff_subject-duplication"] > 0, f"{record['logit_diff_subject-duplication']:.2f}", enforce=enforce_claims)
-claims.check("the base circuit explains the recovered behaviour again (faithfulness >= 50% for both corruptions)",
-             min(record["faithfulness_subject-duplication"], record["faithfulness_name-moving"]) >= 0.5,
-             f"{record['faithfulness_name-moving']:.1%}, {record['faithfulness_subject-duplication']:.1%}", enforce=enforce_claims)
+claims.check("retraining on clean data restores IOI behaviour after Subject Duplication (logit diff >= 0)",
+             record["logit_diff_subject-duplication"], None, 0.0, ">=", enforce=enforce_claims)
+claims.check("the base circuit explains the recovered behaviour again (lower F(C)/F(M) of the two reversals)",
+             min(record["faithfulness_subject-duplication"], record["faithfulness_name-moving"]), None, 0.5, ">=",
+             paper="95% (Name Moving -> clean), 96% (Subject Duplication -> clean) (§5)",
+             precondition=(min(record["logit_diff_subject-duplication"], record["logit_diff_name-moving"]) > 0,
+                           "both recovered logit differences must be > 0"), enforce=enforce_claims)
 
 # %% [markdown]
 # ## Do the corrupted heads return? (CMAP)

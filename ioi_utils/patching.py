@@ -602,8 +602,11 @@ def run_with_circuit(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping
 
 
 def circuit_logit_diff(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
-                       means: Mapping[int, torch.Tensor] | None = None) -> float:
-    """Mean logit difference of the model reduced to a circuit by mean ablation (see run_with_circuit)."""
+                       means: Mapping[int, torch.Tensor] | None = None,
+                       per_prompt: bool = False) -> float | torch.Tensor:
+    """Mean logit difference of the model reduced to a circuit by mean ablation (see run_with_circuit), or
+    the per-prompt values ([batch] float tensor on the CPU) if per_prompt."""
     end = run_with_circuit(model, clean, abc, circuit, means)
     rows = torch.arange(len(clean), device=end.device)
-    return (end[rows, clean.io_tokens.to(end.device)] - end[rows, clean.s_tokens.to(end.device)]).mean().item()
+    ld = end[rows, clean.io_tokens.to(end.device)] - end[rows, clean.s_tokens.to(end.device)]  # [batch]
+    return ld.float().cpu() if per_prompt else ld.mean().item()
