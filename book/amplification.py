@@ -38,6 +38,7 @@ from myst_nb import glue
 from ioi_utils import attribution, circuits, claims, patching, plotting, results, study, training
 
 s = study.prepare(model_name, n_prompts, n_eval, seed, device, batch_size)
+execution = results.execution_id(profile, s.model)  # stamps this execution's records
 base_circuit = study.discover_cached(s, s.model, "base").circuit
 run = training.train(study.train_config(s, "clean", max(clean_epochs), clean_epochs, batch_size), progress=False)
 print(run)
@@ -73,7 +74,7 @@ glue("last_epoch", last["epoch"], display=False)
 glue("faith_last", 100 * last["faithfulness_base_circuit"], display=False)
 results.record(profile, "amplification", {"logit_diff_base": first["logit_diff"], "logit_diff_first": rows[1]["logit_diff"],
                                           "logit_diff_last": last["logit_diff"], "faithfulness_last": last["faithfulness_base_circuit"],
-                                          "rows": rows})
+                                          "rows": rows}, execution=execution)
 
 # %% [markdown]
 # Fine-tuning moves the held-out logit difference from {glue:text}`ld_base:.2f` (base model) to
@@ -115,7 +116,7 @@ fig = plotting.head_heatmap(effects, "CMAP: fine-tuned head output -> base model
 plt.show()
 share = study.gain_share(tuned, s.model, s.test, base_circuit.heads)
 glue("gain_share", 100 * share, display=False)
-results.record(profile, "amplification", {"gain_share_circuit": share})
+results.record(profile, "amplification", {"gain_share_circuit": share}, execution=execution)
 print(f"patching the {len(base_circuit.heads)} circuit heads recovers {share:.1%} of the fine-tuning gain")
 
 # %% [markdown]

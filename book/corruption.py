@@ -42,6 +42,7 @@ from myst_nb import glue
 from ioi_utils import attribution, claims, patching, plotting, results, study
 
 s = study.prepare(model_name, n_prompts, n_eval, seed, device, batch_size)
+execution = results.execution_id(profile, s.model)  # stamps this execution's records
 base_circuit = study.discover_cached(s, s.model, "base").circuit
 base = study.behaviour(s.model, s)
 runs = study.toxic_runs(s, toxic_epochs, batch_size)
@@ -62,7 +63,7 @@ sd = curves["subject-duplication"]
 glue("sd_before", sd[0], display=False)
 glue("sd_after", sd[-1], display=False)
 glue("toxic_epochs", toxic_epochs, display=False)
-results.record(profile, "corruption", {"sd_logit_diff_base": sd[0], "sd_logit_diff_last": sd[-1], "curves": curves})
+results.record(profile, "corruption", {"sd_logit_diff_base": sd[0], "sd_logit_diff_last": sd[-1], "curves": curves}, execution=execution)
 
 # %% [markdown]
 # Subject Duplication moves the logit difference from {glue:text}`sd_before:.2f` to
@@ -97,7 +98,7 @@ for rule, run in runs.items():
 for rule, v in loc.items():
     print(f"{rule:>20}: localization {v:.2f}")
 glue("loc_sd", loc["subject-duplication"], display=False)
-results.record(profile, "corruption", {"localization": loc["subject-duplication"], "localization_all": loc})
+results.record(profile, "corruption", {"localization": loc["subject-duplication"], "localization_all": loc}, execution=execution)
 
 # %% [markdown]
 # For Subject Duplication the circuit's heads carry {glue:text}`loc_sd:.1f` times their share of the
@@ -121,4 +122,4 @@ flips = [h for h in base_circuit.heads if float(dla_base[h]) * float(dla_sd[h]) 
 for h in base_circuit.heads:
     print(f"{base_circuit.class_of(h):>4} {h[0]}.{h[1]}: DLA {float(dla_base[h]):+.3f} -> {float(dla_sd[h]):+.3f}")
 print(f"{len(flips)} of {len(base_circuit.heads)} circuit heads flip sign")
-results.record(profile, "corruption", {"sign_flips": [list(h) for h in flips]})
+results.record(profile, "corruption", {"sign_flips": [list(h) for h in flips]}, execution=execution)

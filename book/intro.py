@@ -48,6 +48,7 @@ from myst_nb import glue
 from ioi_utils import claims, data, results, study
 
 s = study.prepare(model_name, n_prompts, n_eval, seed, device)
+execution = results.execution_id(profile, s.model)  # stamps this execution's records
 print(f"model: {model_name} ({s.model.cfg.n_layers} layers x {s.model.cfg.n_heads} heads); "
       f"{len(s.train)} training and {len(s.test)} held-out prompts")
 
@@ -95,7 +96,7 @@ glue("base_ld", base.logit_diff, display=False)
 glue("base_acc", 100 * base.accuracy, display=False)
 glue("n_test", len(s.test), display=False)
 results.record(profile, "intro", {"model": model_name, "base_logit_diff": base.logit_diff,
-                                  "base_accuracy": base.accuracy, "n_test": len(s.test)})
+                                  "base_accuracy": base.accuracy, "n_test": len(s.test)}, execution=execution)
 print(base)
 
 # %% [markdown]

@@ -37,6 +37,7 @@ from myst_nb import glue
 from ioi_utils import circuits, claims, data, patching, plotting, results, study, training
 
 s = study.prepare(model_name, n_prompts, n_eval, seed, device, batch_size)
+execution = results.execution_id(profile, s.model)  # stamps this execution's records
 base_circuit = study.discover_cached(s, s.model, "base").circuit
 base = study.behaviour(s.model, s)
 toxic = study.toxic_runs(s, toxic_epochs, batch_size)
@@ -78,7 +79,7 @@ for rule, (_, rec) in rows.items():
     overlap = len(set(own.heads) & set(base_circuit.heads)) / max(1, len(set(own.heads) | set(base_circuit.heads)))
     record[f"overlap_{rule}"] = overlap
     print(f"{rule:>20}: re-discovered circuit shares {overlap:.0%} of heads with the base circuit (Jaccard)")
-results.record(profile, "neuroplasticity", record)
+results.record(profile, "neuroplasticity", record, execution=execution)
 glue("rec_sd_faith", 100 * record["faithfulness_subject-duplication"], display=False)
 glue("rec_nm_faith", 100 * record["faithfulness_name-moving"], display=False)
 glue("rec_sd_ld", record["logit_diff_subject-duplication"], display=False)

@@ -60,7 +60,7 @@ def discover_cached(study: Study, model, tag: str, thresholds: circuits.Threshol
                     progress: bool = False) -> circuits.Discovery:
     """Circuit discovery on `model` (tagged e.g. 'base' or a run/epoch), computed once and memoised."""
     return results.memo("discovery", lambda: circuits.discover(model, study.test, study.abc, thresholds, progress),
-                        model=study.model_name, tag=tag, data=study.test.fingerprint(), thresholds=thresholds)
+                        model, model_name=study.model_name, tag=tag, data=study.test.fingerprint(), thresholds=thresholds)
 
 
 def behaviour(model, study: Study) -> evaluate.Evaluation:
@@ -78,7 +78,7 @@ def checkpoint_row(study_: Study, model, tag: str, base_circuit: circuits.Circui
         return {"epoch": epoch, "logit_diff": ev.logit_diff, "accuracy": ev.accuracy,
                 "faithfulness_base_circuit": f_base.ratio, "faithfulness_own_circuit": f_own.ratio,
                 "circuit_size": len(own.heads), "circuit": own.to_json()}
-    return results.memo("checkpoint_row", compute, model=study_.model_name, tag=tag,
+    return results.memo("checkpoint_row", compute, model, model_name=study_.model_name, tag=tag,
                         data=study_.test.fingerprint(), base=base_circuit.to_json())
 
 

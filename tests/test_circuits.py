@@ -190,12 +190,14 @@ def test_smollm_knockout_and_interval_match_hand_rolled():
     model, tok = models.load_model("smollm2-135m", device="cpu")
     clean = data.make_ioi_dataset(tok, n=16, seed=0, prepend_bos=model.prepend_bos)
     abc = data.make_abc_dataset(clean)
-    circuit = C.Circuit({"NM": [(20, 0), (22, 3)], "IND": [(8, 1)], "PT": [(3, 2)]})
+    layers = lambda a, b: [(l, h) for l in range(a, b) for h in range(model.cfg.n_heads)]  # noqa: E731
+    circuit = C.Circuit({"NM": layers(15, 30), "IND": layers(5, 15), "PT": layers(0, 5)})  # every head, some positions
     means = _means_by_hand(model, abc)
     f = C.faithfulness(model, clean, abc, circuit)
     expected = _ld_by_hand(model, clean, means, circuit.positions())
     everywhere = _ld_by_hand(model, clean, means, {h: ("ALL",) for h in circuit.heads})
     scale = abs(f.f_model)
     assert abs(f.f_circuit - expected) < 1e-3 * scale and abs(expected - everywhere) > 1e-2 * scale
+    assert everywhere == pytest.approx(f.f_model, rel=1e-3)  # every head everywhere is the model
     lo, hi = f.interval()
     assert lo <= f.ratio <= hi and hi - lo > 0
