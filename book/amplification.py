@@ -114,10 +114,12 @@ effects = patching.cmap(tuned, s.model, s.test, "output")
 fig = plotting.head_heatmap(effects, "CMAP: fine-tuned head output -> base model", base_circuit.classes,
                             cbar_label="change of base logit diff")
 plt.show()
-share = study.gain_share(tuned, s.model, s.test, base_circuit.heads)
+share = study.gain_share(tuned, s.model, s.test, base_circuit)
+ceiling = study.gain_share_ceiling(tuned, s.model, s.test)
 glue("gain_share", 100 * share, display=False)
-results.record(profile, "amplification", {"gain_share_circuit": share}, execution=execution)
-print(f"patching the {len(base_circuit.heads)} circuit heads recovers {share:.1%} of the fine-tuning gain")
+results.record(profile, "amplification", {"gain_share_circuit": share, "gain_share_ceiling": ceiling}, execution=execution)
+print(f"patching the {len(base_circuit.heads)} circuit heads at their positions recovers {share:.1%} of the fine-tuning gain "
+      f"(every head at every position: {ceiling:.1%}, the most z-patching can carry)")
 
 # %% [markdown]
 # Patching the base circuit's heads alone carries {glue:text}`gain_share:.0f`% of the gain in logit difference.
