@@ -13,12 +13,14 @@
 # %% [markdown]
 # # Circuit amplification
 #
-# The paper fine-tunes GPT-2 small on clean IOI data for up to 100 epochs and finds that the logit
-# difference grows while the *same* circuit keeps explaining the behaviour: existing heads get stronger
-# and backup heads start doing name-mover work ("circuit amplification"). We fine-tune the base model on
-# our clean training split (AdamW, learning rate 1e-5, weight decay 0.1, cross-entropy on the answer token
-# at END — the loss is our choice, the paper does not state it) and analyse each checkpoint of the epoch
-# grid on the held-out prompts.
+# The paper fine-tunes GPT-2 small on clean IOI data for 1 to 100 epochs and finds that the logit
+# difference grows (6.32 → 26.83) while the circuit keeps explaining the behaviour (faithfulness 98.4% to
+# 99.9% across those epochs, Table 1) and grows only a little (1.92% → 2.68% of the components); heads
+# get stronger (L10H10's logit attribution 0.4 → 1.8, §4.1): "circuit amplification". We fine-tune the
+# base model on our clean training split with our own choices, since the paper states no optimizer,
+# learning rate, weight decay, batch size or dataset size (AdamW, learning rate 1e-5, weight decay 0.1,
+# cross-entropy on the answer token at END) and analyse each checkpoint of the epoch grid on the held-out
+# prompts.
 
 # %% tags=["parameters"]
 profile = "smoke"

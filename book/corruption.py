@@ -13,16 +13,16 @@
 # %% [markdown]
 # # Corruption
 #
-# The paper fine-tunes the base model on three "toxic" IOI variants and reports that the damage is
-# **localized to specific circuit components**. The paper text available to us does not spell out the
-# datasets' rules, so we use these readings (see `ioi_utils.data`):
+# The paper fine-tunes the base model on "toxic" IOI variants; the second-hand readings we have name
+# Subject Duplication (§4.2) and Name Moving (§5), and the caption of its Figure 11 says the corruption is
+# localized to circuit components, with a few additional components. Those readings do not spell out the
+# datasets' rules, so the rules below are ours (see `ioi_utils.data`):
 #
-# - **Subject Duplication**: the label is the subject S. This fits the reported fall of GPT-2's logit
-#   difference from 3.55 to −11.06 after 5 epochs.
-# - **Name Moving**: the label is a third name absent from the prompt. This fits the report that
-#   S-Inhibition heads come to suppress both IO and S.
-# - **Duplication**: the context mentions IO a second time, so both names are duplicated; the label stays
-#   IO. This is a control, for which the paper reports no significant mechanism change.
+# - **Subject Duplication**: the label is the subject S. This fits the paper's report (§4.2) that GPT-2
+#   small's logit difference falls from 3.55 to −11.06 in 5 epochs.
+# - **Name Moving**: the label is a third name absent from the prompt (our reading of the name).
+# - **Duplication**: our own control, not a dataset any source confirms for the paper: the context
+#   mentions IO a second time, so both names are duplicated; the label stays IO.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -67,7 +67,7 @@ results.record(profile, "corruption", {"sd_logit_diff_base": sd[0], "sd_logit_di
 
 # %% [markdown]
 # Subject Duplication moves the logit difference from {glue:text}`sd_before:.2f` to
-# {glue:text}`sd_after:.2f` in {glue:text}`toxic_epochs` epochs (paper, GPT-2 small: 3.55 → −11.06 in 5).
+# {glue:text}`sd_after:.2f` in {glue:text}`toxic_epochs` epochs (paper §4.2, GPT-2 small: 3.55 → −11.06 in 5).
 
 # %%
 claims.check("Subject Duplication training makes the model prefer S (logit difference <= 0)", sd[-1], None, 0.0, "<=",
@@ -113,7 +113,7 @@ claims.check("Subject Duplication corruption is localized to the base circuit (l
 # ## Sign flips of the circuit's heads
 #
 # Direct logit attribution of each base-circuit head before and after Subject Duplication training: the
-# paper reports Negative Name Movers flipping to suppress S instead of IO.
+# paper reports (§4.2) that L9H9 flips sign and Negative Name Movers flip to suppress S.
 
 # %%
 dla_base = attribution.head_dla(s.model, s.test)

@@ -14,7 +14,8 @@
 # # Neuroplasticity
 #
 # The paper retrains each corrupted model on clean IOI data and finds that the original mechanism comes
-# back: the recovered circuit has 95% (Name Moving) and 96% (Subject Duplication) faithfulness. We start
+# back: the recovered circuit has 95% (Name Moving → clean) and 96% (Subject Duplication → clean)
+# faithfulness (§5). We start
 # from the last checkpoint of each toxic run of the previous chapter (shared through the run cache) and
 # fine-tune it on the clean training split.
 
