@@ -55,11 +55,16 @@ def test_record_is_fresh_per_execution_and_load_refuses_others(root, tiny):
     ex = results.execution_id("p", tiny)
     assert ex == results.execution_id("p", tiny) and ex != results.execution_id("q", tiny)
     assert ex != results.execution_id("p", _nudged(tiny))
-    results.record("p", "intro", {"a": 1, "old": 0}, execution="older")
-    results._WRITTEN.clear()  # a new process (kernel) executes the chapter again
-    results.record("p", "intro", {"a": 2}, execution=ex)
-    results.record("p", "intro", {"b": 3}, execution=ex)  # same execution: added
-    assert results.load("p", ex) == {"intro": {"a": 2, "b": 3}}  # nothing of the older execution
+    for earlier in ("older", ex):  # another execution, or an earlier kernel of this one (e.g. before an edit)
+        results._WRITTEN.clear()
+        results.record("p", "intro", {"a": 1, "old": 0}, execution=earlier)
+        results._WRITTEN.clear()  # a new process (kernel) executes the chapter again
+        results.record("p", "intro", {"a": 2}, execution=ex)
+        results.record("p", "intro", {"b": 3}, execution=ex)  # same process and execution: added
+        assert results.load("p", ex) == {"intro": {"a": 2, "b": 3}}  # nothing of the earlier file
+    results.record("q", "intro", {"a": 1}, execution="one")
+    results.record("q", "intro", {"c": 4}, execution="other")  # the same process switching execution
+    assert results.load("q", "other") == {"intro": {"c": 4}}
     results._WRITTEN.clear()
     results.record("p", "summary_input", {"c": 1}, execution="older")
     with pytest.raises(results.StaleRecord, match="summary_input.json .* from execution older, not the current"):
