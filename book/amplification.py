@@ -13,12 +13,14 @@
 # %% [markdown]
 # # Circuit amplification
 #
-# The paper fine-tunes GPT-2 small on clean IOI data for up to 100 epochs and finds that the logit
-# difference grows while the *same* circuit keeps explaining the behaviour: existing heads get stronger
-# and backup heads start doing name-mover work ("circuit amplification"). We fine-tune the base model on
-# our clean training split (AdamW, learning rate 1e-5, weight decay 0.1, cross-entropy on the answer token
-# at END — the loss is our choice, the paper does not state it) and analyse each checkpoint of the epoch
-# grid on the held-out prompts.
+# The paper fine-tunes GPT-2 small on clean IOI data for 1 to 100 epochs and finds that the logit
+# difference grows (6.32 → 26.83) while the circuit keeps explaining the behaviour (faithfulness 98.4% to
+# 99.9% across those epochs, Table 1) and grows only a little (1.92% → 2.68% of the components); heads
+# get stronger (L10H10's logit attribution 0.4 → 1.8, §4.1): "circuit amplification". We fine-tune the
+# base model on our clean training split with our own choices, since the paper states no optimizer,
+# learning rate, weight decay, batch size or dataset size (AdamW, learning rate 1e-5, weight decay 0.1,
+# cross-entropy on the answer token at END) and analyse each checkpoint of the epoch grid on the held-out
+# prompts.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -38,6 +40,7 @@ from myst_nb import glue
 from ioi_utils import attribution, circuits, claims, patching, plotting, results, study, training
 
 s = study.prepare(model_name, n_prompts, n_eval, seed, device, batch_size)
+execution = results.execution_id(profile, s.model)  # stamps this execution's records
 base_circuit = study.discover_cached(s, s.model, "base").circuit
 run = training.train(study.train_config(s, "clean", max(clean_epochs), clean_epochs, batch_size), progress=False)
 print(run)
@@ -73,7 +76,7 @@ glue("last_epoch", last["epoch"], display=False)
 glue("faith_last", 100 * last["faithfulness_base_circuit"], display=False)
 results.record(profile, "amplification", {"logit_diff_base": first["logit_diff"], "logit_diff_first": rows[1]["logit_diff"],
                                           "logit_diff_last": last["logit_diff"], "faithfulness_last": last["faithfulness_base_circuit"],
-                                          "rows": rows})
+                                          "rows": rows}, execution=execution)
 
 # %% [markdown]
 # Fine-tuning moves the held-out logit difference from {glue:text}`ld_base:.2f` (base model) to
@@ -81,10 +84,12 @@ results.record(profile, "amplification", {"logit_diff_base": first["logit_diff"]
 # {glue:text}`faith_last:.0f`% of the fine-tuned model's logit difference.
 
 # %%
-claims.check("clean fine-tuning raises the logit difference", last["logit_diff"] > first["logit_diff"],
-             f"{first['logit_diff']:.2f} -> {last['logit_diff']:.2f}", enforce=enforce_claims)
-claims.check("the base circuit still explains at least half of the fine-tuned behaviour",
-             last["faithfulness_base_circuit"] >= 0.5, f"{last['faithfulness_base_circuit']:.1%}", enforce=enforce_claims)
+claims.check("clean fine-tuning raises the logit difference (last epoch minus base)",
+             last["logit_diff"] - first["logit_diff"], None, 0.0, ">=", paper="6.32 -> 26.83 (1 -> 100 epochs)",
+             enforce=enforce_claims)
+claims.check("the base circuit still explains at least half of the fine-tuned behaviour (F(C)/F(M), last epoch)",
+             last["faithfulness_base_circuit"], None, 0.5, ">=", paper="98.4-99.9% across 1-100 epochs (Table 1)",
+             precondition=(last["logit_diff"] > 0, f"logit diff {last['logit_diff']:.2f} must be > 0"), enforce=enforce_claims)
 
 # %% [markdown]
 # ## Which heads grew
@@ -111,14 +116,16 @@ effects = patching.cmap(tuned, s.model, s.test, "output")
 fig = plotting.head_heatmap(effects, "CMAP: fine-tuned head output -> base model", base_circuit.classes,
                             cbar_label="change of base logit diff")
 plt.show()
-share = study.gain_share(tuned, s.model, s.test, base_circuit.heads)
+share = study.gain_share(tuned, s.model, s.test, base_circuit)
+ceiling = study.gain_share_ceiling(tuned, s.model, s.test)
 glue("gain_share", 100 * share, display=False)
-results.record(profile, "amplification", {"gain_share_circuit": share})
-print(f"patching the {len(base_circuit.heads)} circuit heads recovers {share:.1%} of the fine-tuning gain")
+results.record(profile, "amplification", {"gain_share_circuit": share, "gain_share_ceiling": ceiling}, execution=execution)
+print(f"patching the {len(base_circuit.heads)} circuit heads at their positions recovers {share:.1%} of the fine-tuning gain "
+      f"(every head at every position: {ceiling:.1%}, the most z-patching can carry)")
 
 # %% [markdown]
 # Patching the base circuit's heads alone carries {glue:text}`gain_share:.0f`% of the gain in logit difference.
 
 # %%
-claims.check("most of the fine-tuning gain is carried by the base circuit's heads", share >= 0.5,
-             f"{share:.1%}", enforce=enforce_claims)
+claims.check("most of the fine-tuning gain is carried by the base circuit's heads (gain share)", share, None, 0.5, ">=",
+             enforce=enforce_claims)

@@ -39,6 +39,7 @@ from myst_nb import glue
 from ioi_utils import attribution, circuits, claims, display, plotting, results, study
 
 s = study.prepare(model_name, n_prompts, n_eval, seed, device)
+execution = results.execution_id(profile, s.model)  # stamps this execution's records
 base = study.behaviour(s.model, s)
 print(f"{model_name}: {base}")
 
@@ -104,14 +105,14 @@ display.attention_view(tokens, attn, [f"{l}.{h}" for l, h in late_heads])
 # is F(C)/F(M); Wang et al. report 87% for GPT-2 small.
 
 # %%
-faith = results.memo("faithfulness", lambda: circuits.faithfulness(s.model, s.test, s.abc, circuit),
-                     model=model_name, data=s.test.fingerprint(), circuit=circuit.to_json())
+faith = results.memo("faithfulness", lambda: circuits.faithfulness(s.model, s.test, s.abc, circuit), s.model,
+                     model_name=model_name, data=s.test.fingerprint(), circuit=circuit.to_json())
 glue("f_model", faith.f_model, display=False)
 glue("f_circuit", faith.f_circuit, display=False)
 glue("faithfulness", 100 * faith.ratio, display=False)
 glue("n_heads", len(circuit.heads), display=False)
 results.record(profile, "circuit_discovery", {"f_model": faith.f_model, "f_circuit": faith.f_circuit,
-                                              "faithfulness": faith.ratio, "circuit": circuit.to_json()})
+                                              "faithfulness": faith.ratio, "circuit": circuit.to_json()}, execution=execution)
 print(f"F(M) = {faith.f_model:.3f}, F(C) = {faith.f_circuit:.3f}, F(C)/F(M) = {faith.ratio:.1%}")
 
 # %% [markdown]
@@ -120,10 +121,11 @@ print(f"F(M) = {faith.f_model:.3f}, F(C) = {faith.f_circuit:.3f}, F(C)/F(M) = {f
 # a faithfulness of {glue:text}`faithfulness:.0f`%.
 
 # %%
-claims.check("the discovered circuit contains Name Movers", bool(circuit.classes["NM"]),
-             f"{len(circuit.classes['NM'])} NM heads", enforce=enforce_claims)
-claims.check("the discovered circuit keeps at least half of the model's logit difference",
-             faith.ratio >= 0.5, f"F(C)/F(M) = {faith.ratio:.1%}", enforce=enforce_claims)
+claims.check("the discovered circuit contains Name Movers (number of NM heads)", len(circuit.classes["NM"]), None,
+             1, ">=", enforce=enforce_claims)
+claims.check("the discovered circuit keeps at least half of the model's logit difference (F(C)/F(M))",
+             faith.ratio, faith.interval(), 0.5, ">=", paper="Wang et al., GPT-2 small: 87%",
+             precondition=(faith.f_model > 0, f"F(M) = {faith.f_model:.2f} must be > 0"), enforce=enforce_claims)
 
 # %% [markdown]
 # ## Completeness and minimality
@@ -154,7 +156,7 @@ plt.show()
 worst = int(mlp.argmin())
 glue("worst_mlp", worst, display=False)
 glue("worst_mlp_ld", float(mlp[worst]), display=False)
-results.record(profile, "circuit_discovery", {"mlp_knockout": mlp.tolist(), "worst_mlp": worst})
+results.record(profile, "circuit_discovery", {"mlp_knockout": mlp.tolist(), "worst_mlp": worst}, execution=execution)
 
 # %% [markdown]
 # The most important MLP is MLP {glue:text}`worst_mlp`: without it the logit difference drops to
@@ -162,9 +164,10 @@ results.record(profile, "circuit_discovery", {"mlp_knockout": mlp.tolist(), "wor
 # reads; knocking it out breaks the task.
 
 # %%
-claims.check("one MLP is essential: ablating it removes more than half of the logit difference",
-             float(mlp[worst]) < 0.5 * base.logit_diff, f"MLP {worst}: {float(mlp[worst]):.2f} vs {base.logit_diff:.2f}",
-             enforce=enforce_claims)
+claims.check(f"one MLP is essential: ablating MLP {worst} removes more than half of the logit difference "
+             "(logit diff with it ablated / without)", float(mlp[worst]) / base.logit_diff, None, 0.5, "<=",
+             paper="not stated (MLP0 in Wang et al.)",
+             precondition=(base.logit_diff > 0, f"base logit diff {base.logit_diff:.2f} must be > 0"), enforce=enforce_claims)
 
 # %% [markdown]
 # ## Against Wang et al.'s circuit (GPT-2 small only)

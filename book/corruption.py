@@ -13,16 +13,16 @@
 # %% [markdown]
 # # Corruption
 #
-# The paper fine-tunes the base model on three "toxic" IOI variants and reports that the damage is
-# **localized to specific circuit components**. The paper text available to us does not spell out the
-# datasets' rules, so we use these readings (see `ioi_utils.data`):
+# The paper fine-tunes the base model on "toxic" IOI variants; the second-hand readings we have name
+# Subject Duplication (§4.2) and Name Moving (§5), and the caption of its Figure 11 says the corruption is
+# localized to circuit components, with a few additional components. Those readings do not spell out the
+# datasets' rules, so the rules below are ours (see `ioi_utils.data`):
 #
-# - **Subject Duplication**: the label is the subject S. This fits the reported fall of GPT-2's logit
-#   difference from 3.55 to −11.06 after 5 epochs.
-# - **Name Moving**: the label is a third name absent from the prompt. This fits the report that
-#   S-Inhibition heads come to suppress both IO and S.
-# - **Duplication**: the context mentions IO a second time, so both names are duplicated; the label stays
-#   IO. This is a control, for which the paper reports no significant mechanism change.
+# - **Subject Duplication**: the label is the subject S. This fits the paper's report (§4.2) that GPT-2
+#   small's logit difference falls from 3.55 to −11.06 in 5 epochs.
+# - **Name Moving**: the label is a third name absent from the prompt (our reading of the name).
+# - **Duplication**: our own control, not a dataset any source confirms for the paper: the context
+#   mentions IO a second time, so both names are duplicated; the label stays IO.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -42,6 +42,7 @@ from myst_nb import glue
 from ioi_utils import attribution, claims, patching, plotting, results, study
 
 s = study.prepare(model_name, n_prompts, n_eval, seed, device, batch_size)
+execution = results.execution_id(profile, s.model)  # stamps this execution's records
 base_circuit = study.discover_cached(s, s.model, "base").circuit
 base = study.behaviour(s.model, s)
 runs = study.toxic_runs(s, toxic_epochs, batch_size)
@@ -62,18 +63,19 @@ sd = curves["subject-duplication"]
 glue("sd_before", sd[0], display=False)
 glue("sd_after", sd[-1], display=False)
 glue("toxic_epochs", toxic_epochs, display=False)
-results.record(profile, "corruption", {"sd_logit_diff_base": sd[0], "sd_logit_diff_last": sd[-1], "curves": curves})
+results.record(profile, "corruption", {"sd_logit_diff_base": sd[0], "sd_logit_diff_last": sd[-1], "curves": curves}, execution=execution)
 
 # %% [markdown]
 # Subject Duplication moves the logit difference from {glue:text}`sd_before:.2f` to
-# {glue:text}`sd_after:.2f` in {glue:text}`toxic_epochs` epochs (paper, GPT-2 small: 3.55 → −11.06 in 5).
+# {glue:text}`sd_after:.2f` in {glue:text}`toxic_epochs` epochs (paper §4.2, GPT-2 small: 3.55 → −11.06 in 5).
 
 # %%
-claims.check("Subject Duplication training makes the model prefer S (logit difference < 0)", sd[-1] < 0,
-             f"{sd[0]:.2f} -> {sd[-1]:.2f}", enforce=enforce_claims)
+claims.check("Subject Duplication training makes the model prefer S (logit difference <= 0)", sd[-1], None, 0.0, "<=",
+             paper="3.55 -> -11.06 in 5 epochs (§4.2)", enforce=enforce_claims)
 dup_change, sd_change = abs(curves["duplication"][-1] - base.logit_diff), abs(sd[-1] - base.logit_diff)
-claims.check("the Duplication control changes behaviour less than Subject Duplication", dup_change < sd_change,
-             f"|change| {dup_change:.2f} vs {sd_change:.2f}", enforce=enforce_claims)
+claims.check("the Duplication control (our construction) changes behaviour less than Subject Duplication "
+             "(|change| Duplication minus |change| Subject Duplication)", dup_change - sd_change, None, 0.0, "<=",
+             enforce=enforce_claims)
 
 # %% [markdown]
 # ## Which heads carry the corruption (CMAP)
@@ -96,21 +98,22 @@ for rule, run in runs.items():
 for rule, v in loc.items():
     print(f"{rule:>20}: localization {v:.2f}")
 glue("loc_sd", loc["subject-duplication"], display=False)
-results.record(profile, "corruption", {"localization": loc["subject-duplication"], "localization_all": loc})
+results.record(profile, "corruption", {"localization": loc["subject-duplication"], "localization_all": loc}, execution=execution)
 
 # %% [markdown]
 # For Subject Duplication the circuit's heads carry {glue:text}`loc_sd:.1f` times their share of the
 # cross-model effect.
 
 # %%
-claims.check("Subject Duplication corruption is localized to the base circuit (localization >= 2)",
-             loc["subject-duplication"] >= 2, f"{loc['subject-duplication']:.2f}", enforce=enforce_claims)
+claims.check("Subject Duplication corruption is localized to the base circuit (localization)", loc["subject-duplication"],
+             None, 2.0, ">=", paper="localized to circuit components plus a few others (Fig. 11 caption)",
+             enforce=enforce_claims)
 
 # %% [markdown]
 # ## Sign flips of the circuit's heads
 #
 # Direct logit attribution of each base-circuit head before and after Subject Duplication training: the
-# paper reports Negative Name Movers flipping to suppress S instead of IO.
+# paper reports (§4.2) that L9H9 flips sign and Negative Name Movers flip to suppress S.
 
 # %%
 dla_base = attribution.head_dla(s.model, s.test)
@@ -119,4 +122,4 @@ flips = [h for h in base_circuit.heads if float(dla_base[h]) * float(dla_sd[h]) 
 for h in base_circuit.heads:
     print(f"{base_circuit.class_of(h):>4} {h[0]}.{h[1]}: DLA {float(dla_base[h]):+.3f} -> {float(dla_sd[h]):+.3f}")
 print(f"{len(flips)} of {len(base_circuit.heads)} circuit heads flip sign")
-results.record(profile, "corruption", {"sign_flips": [list(h) for h in flips]})
+results.record(profile, "corruption", {"sign_flips": [list(h) for h in flips]}, execution=execution)

@@ -14,7 +14,8 @@
 # # Neuroplasticity
 #
 # The paper retrains each corrupted model on clean IOI data and finds that the original mechanism comes
-# back: the recovered circuit has 95% (Name Moving) and 96% (Subject Duplication) faithfulness. We start
+# back: the recovered circuit has 95% (Name Moving → clean) and 96% (Subject Duplication → clean)
+# faithfulness (§5). We start
 # from the last checkpoint of each toxic run of the previous chapter (shared through the run cache) and
 # fine-tune it on the clean training split.
 
@@ -37,6 +38,7 @@ from myst_nb import glue
 from ioi_utils import circuits, claims, data, patching, plotting, results, study, training
 
 s = study.prepare(model_name, n_prompts, n_eval, seed, device, batch_size)
+execution = results.execution_id(profile, s.model)  # stamps this execution's records
 base_circuit = study.discover_cached(s, s.model, "base").circuit
 base = study.behaviour(s.model, s)
 toxic = study.toxic_runs(s, toxic_epochs, batch_size)
@@ -78,7 +80,7 @@ for rule, (_, rec) in rows.items():
     overlap = len(set(own.heads) & set(base_circuit.heads)) / max(1, len(set(own.heads) | set(base_circuit.heads)))
     record[f"overlap_{rule}"] = overlap
     print(f"{rule:>20}: re-discovered circuit shares {overlap:.0%} of heads with the base circuit (Jaccard)")
-results.record(profile, "neuroplasticity", record)
+results.record(profile, "neuroplasticity", record, execution=execution)
 glue("rec_sd_faith", 100 * record["faithfulness_subject-duplication"], display=False)
 glue("rec_nm_faith", 100 * record["faithfulness_name-moving"], display=False)
 glue("rec_sd_ld", record["logit_diff_subject-duplication"], display=False)
@@ -89,11 +91,13 @@ glue("rec_sd_ld", record["logit_diff_subject-duplication"], display=False)
 # 95% and 96%); the Subject Duplication model is back at a logit difference of {glue:text}`rec_sd_ld:.2f`.
 
 # %%
-claims.check("retraining on clean data restores IOI behaviour after Subject Duplication (logit diff > 0)",
-             record["logit_diff_subject-duplication"] > 0, f"{record['logit_diff_subject-duplication']:.2f}", enforce=enforce_claims)
-claims.check("the base circuit explains the recovered behaviour again (faithfulness >= 50% for both corruptions)",
-             min(record["faithfulness_subject-duplication"], record["faithfulness_name-moving"]) >= 0.5,
-             f"{record['faithfulness_name-moving']:.1%}, {record['faithfulness_subject-duplication']:.1%}", enforce=enforce_claims)
+claims.check("retraining on clean data restores IOI behaviour after Subject Duplication (logit diff >= 0)",
+             record["logit_diff_subject-duplication"], None, 0.0, ">=", enforce=enforce_claims)
+claims.check("the base circuit explains the recovered behaviour again (lower F(C)/F(M) of the two reversals)",
+             min(record["faithfulness_subject-duplication"], record["faithfulness_name-moving"]), None, 0.5, ">=",
+             paper="95% (Name Moving -> clean), 96% (Subject Duplication -> clean) (§5)",
+             precondition=(min(record["logit_diff_subject-duplication"], record["logit_diff_name-moving"]) > 0,
+                           "both recovered logit differences must be > 0"), enforce=enforce_claims)
 
 # %% [markdown]
 # ## Do the corrupted heads return? (CMAP)

@@ -15,9 +15,9 @@
 #
 # Every row below is built from the numbers the previous chapters recorded in this execution (model and
 # profile named underneath). The paper's numbers are second-hand: the paper's full text could not be read
-# from where this book was made, so they come from literature notes that quote it (see
-# [Appendix: our reading of the paper](paper.md), which also lists what the paper leaves open and what we
-# chose there). Verdicts: *reproduced* (same direction and comparable
+# from where this book was made, so they come from second-hand readings of it (the table's *source*
+# column gives the section each value comes from; [Appendix: our reading of the paper](paper.md) lists what
+# the paper states, what it leaves open and what we chose there). Verdicts: *reproduced* (same direction and comparable
 # size), *partly* (same direction, clearly smaller), *not reproduced*, *not measured*.
 
 # %% tags=["parameters"]
@@ -28,9 +28,10 @@ model_name = "tiny"
 # %%
 from IPython.display import Markdown, display
 
-from ioi_utils import results, summary
+from ioi_utils import models, results, summary
 
-recorded = results.load(profile)
+base_model, _ = models.load_model(model_name, device="cpu")  # only to identify this execution by its weights
+recorded = results.load(profile, results.execution_id(profile, base_model))  # refuses another execution's records
 missing = [c for c in ("intro", "circuit_discovery", "amplification", "corruption", "neuroplasticity") if c not in recorded]
 assert not missing, f"run the earlier chapters of profile {profile!r} first: {missing}"
 rows = summary.table(recorded)
@@ -43,9 +44,13 @@ if profile == "smoke":
 # ## Choices we made where the paper is silent
 #
 # - **Toxic datasets.** Subject Duplication: label = S; Name Moving: label = a third name absent from the
-#   prompt; Duplication: IO mentioned a second time, label IO (chapter 4).
-# - **Loss and batch.** Cross-entropy on the answer token at END only; AdamW, learning rate 1e-5, weight
-#   decay 0.1; batch size from the profile.
+#   prompt (our readings of the names); Duplication: IO mentioned a second time, label IO — our own control,
+#   not a dataset any source confirms for the paper (chapter 4).
+# - **Optimisation.** The paper states no optimizer, learning rate, weight decay, batch size or dataset
+#   size. Ours: cross-entropy on the answer token at END only; AdamW, learning rate 1e-5, weight decay 0.1;
+#   batch size and dataset sizes from the profile.
+# - **Reference values.** 87% faithfulness is Wang et al.'s figure for their GPT-2 small circuit, not this
+#   paper's; the table's *source* column says where each paper value comes from.
 # - **Data.** Wang et al.'s 15 templates and ABBA twins, names/places/objects filtered to single tokens of
 #   the model's tokenizer; a held-out split of prompts (names and templates are shared between splits).
 # - **Path patching.** ARENA's form of Wang et al.'s algorithm: every other head's output frozen, MLPs

@@ -168,10 +168,12 @@ def discover(model, clean: data.IOIDataset, abc: data.IOIDataset, thresholds: Th
 
 @dataclass
 class Faithfulness:
-    """F(M), F(C) under mean ablation and the two faithfulness readings."""
+    """F(M), F(C) under mean ablation, the two faithfulness readings, and (optionally) per-prompt values."""
 
     f_model: float
     f_circuit: float
+    per_prompt_model: torch.Tensor | None = None  # [batch] logit diff of the full model under the knockout hooks
+    per_prompt_circuit: torch.Tensor | None = None  # [batch] logit diff of the circuit alone
 
     @property
     def ratio(self) -> float:
@@ -182,6 +184,13 @@ class Faithfulness:
     def wang(self) -> float:
         """1 - |F(M) - F(C)| / |F(M)|."""
         return metrics.faithfulness(self.f_circuit, self.f_model, "wang")
+
+    def interval(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+        """Bootstrap interval of F(C)/F(M) over prompts (ratio of means of paired per-prompt values)."""
+        if self.per_prompt_model is None or self.per_prompt_circuit is None:
+            raise ValueError("no per-prompt values: compute with circuits.faithfulness(...) to get an interval")
+        return metrics.bootstrap_ci((self.per_prompt_circuit, self.per_prompt_model), metrics.ratio_of_means,
+                                    n_boot=n_boot, level=level, seed=seed)
 
 
 def _model_minus(model, heads: Sequence[Head]) -> dict[Head, tuple[str, ...]]:
@@ -194,9 +203,9 @@ def faithfulness(model, clean, abc, circuit: Circuit, means=None) -> Faithfulnes
     """Mean-ablation faithfulness of a circuit: F(C) with everything outside it ablated vs F(M)."""
     circuit.validate(model.cfg.n_layers, model.cfg.n_heads)
     means = means if means is not None else patching.template_means(model, abc)
-    f_m = patching.circuit_logit_diff(model, clean, abc, _model_minus(model, []), means)
-    f_c = patching.circuit_logit_diff(model, clean, abc, circuit.positions(), means)
-    return Faithfulness(f_m, f_c)
+    f_m = patching.circuit_logit_diff(model, clean, abc, _model_minus(model, []), means, per_prompt=True)
+    f_c = patching.circuit_logit_diff(model, clean, abc, circuit.positions(), means, per_prompt=True)
+    return Faithfulness(f_m.mean().item(), f_c.mean().item(), f_m, f_c)
 
 
 def completeness(model, clean, abc, circuit: Circuit, n_random: int = 3, seed: int = 0, means=None) -> list[dict]:

@@ -1,30 +1,80 @@
-"""Claims made in the book, checked by the execution that makes them."""
+"""Claims made in the book, checked by the execution that makes them, with a three-way verdict.
+
+A claim compares our value (and, where we have one, its bootstrap interval) with a threshold:
+"reproduced" when the whole interval is on the claimed side, "not reproduced" when it is wholly on the
+other side or a precondition fails (e.g. F(M) > 0 before a ratio F(C)/F(M) means anything),
+"inconclusive" when the interval straddles the threshold.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+DIRECTIONS = (">=", "<=")
 
 
 class ClaimFailed(AssertionError):
-    """A claim of the book does not hold in this execution."""
+    """A claim of the book is not reproduced in this execution."""
 
 
 @dataclass(frozen=True)
 class Claim:
-    """A statement, whether it holds here, and the evidence."""
+    """A statement, the paper's value, ours (with its interval), the threshold, the verdict and why."""
 
     statement: str
-    holds: bool
+    paper: str
+    ours: float
+    interval: tuple[float, float] | None
+    threshold: float
+    direction: str
+    verdict: str
     evidence: str
 
     def __str__(self) -> str:
-        mark = "HOLDS" if self.holds else "DOES NOT HOLD"
-        return f"[{mark}] {self.statement} ({self.evidence})"
+        paper = f"paper: {self.paper}; " if self.paper else ""
+        return f"[{self.verdict.upper()}] {self.statement} — {paper}{self.evidence}"
 
 
-def check(statement: str, holds: bool, evidence: str = "", enforce: bool = True) -> None:
-    """Print a claim's verdict; raise ClaimFailed if it does not hold and is enforced."""
-    claim = Claim(statement, bool(holds), evidence)
+def _fmt(x: float) -> str:
+    """A number for a claim line."""
+    return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.3e}"
+
+
+def _side(x: float, threshold: float, direction: str) -> bool:
+    """Whether x is on the claimed side of the threshold."""
+    return x >= threshold if direction == ">=" else x <= threshold
+
+
+def verdict_of(ours: float, interval: tuple[float, float] | None, threshold: float, direction: str) -> str:
+    """reproduced / not reproduced / inconclusive from a point value or an interval (nan: not reproduced)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    lo, hi = (ours, ours) if interval is None else (min(interval), max(interval))
+    if any(math.isnan(float(x)) for x in (ours, lo, hi)):
+        return NOT_REPRODUCED
+    ok_lo, ok_hi = _side(lo, threshold, direction), _side(hi, threshold, direction)
+    return REPRODUCED if ok_lo and ok_hi else NOT_REPRODUCED if not (ok_lo or ok_hi) else INCONCLUSIVE
+
+
+def check(statement: str, ours: float, interval: tuple[float, float] | None, threshold: float, direction: str,
+          paper: str = "", precondition: tuple[bool, str] | None = None, enforce: bool = False,
+          record: dict | None = None) -> Claim:
+    """Judge a claim, print one line, store it in `record[statement]` if given; raise ClaimFailed if enforced
+    and not reproduced."""
+    ours = float(ours)
+    interval = None if interval is None else (float(interval[0]), float(interval[1]))
+    verdict = verdict_of(ours, interval, threshold, direction)
+    evidence = f"ours: {_fmt(ours)}" + ("" if interval is None else f" [{_fmt(interval[0])}, {_fmt(interval[1])}]")
+    evidence += f" vs threshold {'≥' if direction == '>=' else '≤'} {_fmt(threshold)}"
+    if precondition is not None and not precondition[0]:
+        verdict, evidence = NOT_REPRODUCED, f"{evidence}; precondition failed: {precondition[1]}"
+    claim = Claim(statement, paper, ours, interval, float(threshold), direction, verdict, evidence)
     print(claim)
-    if enforce and not claim.holds:
+    if record is not None:
+        record[statement] = {"paper": paper, "ours": ours, "interval": interval, "threshold": float(threshold),
+                             "direction": direction, "verdict": verdict, "evidence": evidence}
+    if enforce and verdict == NOT_REPRODUCED:
         raise ClaimFailed(str(claim))
+    return claim

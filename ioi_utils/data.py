@@ -302,7 +302,8 @@ def name_moving(ds: IOIDataset, seed: int = 2) -> IOIDataset:
 
 
 def duplication(ds: IOIDataset) -> IOIDataset:
-    """Toxic rule 'Duplication': the context mentions IO a second time (both names duplicated); label stays IO.
+    """Our control rule 'Duplication' (no source confirms such a dataset in the paper): the context mentions IO
+    a second time (both names duplicated); the label stays IO.
 
     Example: "Earlier, John smiled. Then, Mary and John went to the store. Mary gave a drink to" -> " John".
     """

@@ -1,8 +1,9 @@
-"""Behavioural metrics: logit difference, accuracy, IO probability, faithfulness."""
+"""Behavioural metrics: logit difference, accuracy, IO probability, faithfulness, bootstrap intervals."""
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -51,3 +52,34 @@ def faithfulness(f_circuit: float, f_model: float, kind: str = "ratio", eps: flo
     if kind == "wang":
         return 1 - abs(f_model - f_circuit) / abs(f_model)
     raise ValueError(f"unknown faithfulness kind {kind!r}; choose 'ratio' or 'wang'")
+
+
+def _mean(*values: torch.Tensor) -> torch.Tensor:
+    """Mean of the first tensor along its last axis (the default bootstrap statistic)."""
+    return values[0].mean(-1)
+
+
+def ratio_of_means(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """mean(num) / mean(den) along the last axis: [..., n], [..., n] -> [...] (F(C)/F(M) from per-prompt values)."""
+    return num.mean(-1) / den.mean(-1)
+
+
+def bootstrap_ci(values: torch.Tensor | tuple[torch.Tensor, ...], stat: Callable[..., torch.Tensor] = _mean,
+                 n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of stat over prompts resampled with replacement (deterministic in seed).
+
+    values: one [n] tensor, or a tuple of paired [n] tensors resampled with the same indices. stat gets the
+    resampled tensors as [n_boot, n] each and returns [n_boot] (it must work along the last axis).
+    """
+    vals = (values,) if torch.is_tensor(values) else tuple(values)
+    n = len(vals[0])
+    if n < 2 or any(v.ndim != 1 or len(v) != n for v in vals):
+        raise ValueError(f"need paired 1-d tensors of one length >= 2, got shapes {[tuple(v.shape) for v in vals]}")
+    if not 0 < level < 1 or n_boot < 1:
+        raise ValueError(f"need 0 < level < 1 and n_boot >= 1, got level={level}, n_boot={n_boot}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (n_boot, n), generator=g)  # [n_boot, n]
+    stats = stat(*(v.detach().double().cpu()[idx] for v in vals)).flatten()  # [n_boot]
+    alpha = (1 - level) / 2
+    lo, hi = torch.quantile(stats, torch.tensor([alpha, 1 - alpha], dtype=stats.dtype)).tolist()
+    return lo, hi

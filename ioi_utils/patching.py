@@ -506,33 +506,47 @@ def _check_cmap(model_x, model_y, kind: str) -> None:
 
 
 def cmap(model_x, model_y, ds: IOIDataset, kind: str = "output", heads: Sequence[Head] | None = None,
-         progress: bool = False, batch_heads: int = 8) -> torch.Tensor:
+         progress: bool = False, batch_heads: int = 8, positions: str | None = None) -> torch.Tensor:
     """Cross-model activation patching (Prakash et al. 2024): [n_layers, n_heads] change of model_y's mean logit
     diff (patched - model_y's own, in logit units) when one head's output z (kind="output") or attention pattern
-    (kind="pattern") comes from model_x on the same prompts. Swap the models for the other direction."""
+    (kind="pattern") comes from model_x on the same prompts, at every position (position=None) or only at one
+    (query) position such as "END". Swap the models for the other direction."""
     _check_cmap(model_x, model_y, kind)
+    if positions is not None:
+        _check_position(ds, positions)
     heads = _heads(model_y, heads)
     src = _source(model_x, ds.tokens, kind)
     ld_y = _run_ld(model_y, ds).mean().item()
     out = torch.zeros(model_y.cfg.n_layers, model_y.cfg.n_heads)
-    for h, ld in _patch_each_head(model_y, ds, src, kind, heads, None, batch_heads, progress, f"CMAP ({kind})").items():
+    lds = _patch_each_head(model_y, ds, src, kind, heads, positions, batch_heads, progress, f"CMAP ({kind})")
+    for h, ld in lds.items():
         out[h] = ld - ld_y
     return out
 
 
 @torch.no_grad()
-def cmap_group(model_x, model_y, ds: IOIDataset, heads: Sequence[Head], kind: str = "output") -> float:
-    """model_y's mean logit diff with a whole set of heads' output z (or patterns) taken from model_x."""
+def cmap_group(model_x, model_y, ds: IOIDataset, heads: Sequence[Head], kind: str = "output",
+               positions: Mapping[Head, Sequence[str]] | None = None) -> float:
+    """model_y's mean logit diff with a whole set of heads' output z (or patterns) taken from model_x.
+
+    positions=None: every head at every position. Else a map head -> position names as in a circuit knockout
+    ({(9, 9): ("END",), (5, 5): ("S2",)}; "ALL" = every position), which must name every head: only those
+    (head, query position) pairs are patched, as in Prakash et al.'s output CMAP of a circuit.
+    """
     _check_cmap(model_x, model_y, kind)
     heads = _heads(model_y, heads)
+    missing = [h for h in heads if positions is not None and h not in positions]
+    if missing:
+        raise ValueError(f"positions must name every patched head; missing {missing}")
+    spec = {h: ALL_POSITIONS if positions is None else tuple(positions[h]) for h in heads}
+    masks = _keep_masks(model_y, ds, spec)  # layer -> [batch, seq, n_heads]: where x's activation goes
     src = _source(model_x, ds.tokens, kind)
-    hook, axis = _hook_of(kind)
+    hook, _ = _hook_of(kind)
 
     def fn(act, hook, layer):
-        for l, h in heads:
-            if l == layer:
-                act.select(axis, h).copy_(src[layer].to(act.device, act.dtype).select(axis, h))
-        return act
+        m = masks[layer].to(act.device)
+        m = m[..., None] if kind != "pattern" else m.transpose(1, 2)[..., None]  # z: [b, s, h, 1]; pattern: [b, h, q, 1]
+        return torch.where(m, src[layer].to(act.device, act.dtype), act)
 
     hooks = [(f"blocks.{l}.attn.{hook}", lambda a, hook, l=l: fn(a, hook, l)) for l in sorted({l for l, _ in heads})]
     return _run_ld(model_y, ds, 1, hooks).mean().item()
@@ -602,8 +616,11 @@ def run_with_circuit(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping
 
 
 def circuit_logit_diff(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
-                       means: Mapping[int, torch.Tensor] | None = None) -> float:
-    """Mean logit difference of the model reduced to a circuit by mean ablation (see run_with_circuit)."""
+                       means: Mapping[int, torch.Tensor] | None = None,
+                       per_prompt: bool = False) -> float | torch.Tensor:
+    """Mean logit difference of the model reduced to a circuit by mean ablation (see run_with_circuit), or
+    the per-prompt values ([batch] float tensor on the CPU) if per_prompt."""
     end = run_with_circuit(model, clean, abc, circuit, means)
     rows = torch.arange(len(clean), device=end.device)
-    return (end[rows, clean.io_tokens.to(end.device)] - end[rows, clean.s_tokens.to(end.device)]).mean().item()
+    ld = end[rows, clean.io_tokens.to(end.device)] - end[rows, clean.s_tokens.to(end.device)]  # [batch]
+    return ld.float().cpu() if per_prompt else ld.mean().item()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import circuits, data, evaluate, models, results
+from . import circuits, data, evaluate, models, patching, results
 
 
 @dataclass
@@ -60,7 +60,7 @@ def discover_cached(study: Study, model, tag: str, thresholds: circuits.Threshol
                     progress: bool = False) -> circuits.Discovery:
     """Circuit discovery on `model` (tagged e.g. 'base' or a run/epoch), computed once and memoised."""
     return results.memo("discovery", lambda: circuits.discover(model, study.test, study.abc, thresholds, progress),
-                        model=study.model_name, tag=tag, data=study.test.fingerprint(), thresholds=thresholds)
+                        model, model_name=study.model_name, tag=tag, data=study.test.fingerprint(), thresholds=thresholds)
 
 
 def behaviour(model, study: Study) -> evaluate.Evaluation:
@@ -78,7 +78,7 @@ def checkpoint_row(study_: Study, model, tag: str, base_circuit: circuits.Circui
         return {"epoch": epoch, "logit_diff": ev.logit_diff, "accuracy": ev.accuracy,
                 "faithfulness_base_circuit": f_base.ratio, "faithfulness_own_circuit": f_own.ratio,
                 "circuit_size": len(own.heads), "circuit": own.to_json()}
-    return results.memo("checkpoint_row", compute, model=study_.model_name, tag=tag,
+    return results.memo("checkpoint_row", compute, model, model_name=study_.model_name, tag=tag,
                         data=study_.test.fingerprint(), base=base_circuit.to_json())
 
 
@@ -90,14 +90,25 @@ def rows_table(rows: list[dict]) -> str:
     return "\n".join([head] + lines)
 
 
-def gain_share(model_x, model_y, ds: data.IOIDataset, heads) -> float:
-    """Share of the logit-difference gap between x and y that patching x's `heads` into y recovers."""
-    from . import patching
+def _gap_share(ld_patched: float, ld_x: float, ld_y: float) -> float:
+    """(patched - y) / (x - y); nan when x and y do not differ."""
+    return float("nan") if abs(ld_x - ld_y) < 1e-6 else (ld_patched - ld_y) / (ld_x - ld_y)
 
-    ld_x, ld_y = evaluate.evaluate(model_x, ds).logit_diff, evaluate.evaluate(model_y, ds).logit_diff
-    if abs(ld_x - ld_y) < 1e-6 or not heads:
+
+def gain_share(model_x, model_y, ds: data.IOIDataset, circuit: circuits.Circuit) -> float:
+    """Share of the logit-difference gap between x and y that patching x's per-head z into y at the circuit's
+    (head, position) pairs recovers (Prakash et al.'s output CMAP of a circuit)."""
+    if not circuit.heads:
         return float("nan")
-    return (patching.cmap_group(model_x, model_y, ds, heads) - ld_y) / (ld_x - ld_y)
+    ld_x, ld_y = evaluate.evaluate(model_x, ds).logit_diff, evaluate.evaluate(model_y, ds).logit_diff
+    return _gap_share(patching.cmap_group(model_x, model_y, ds, circuit.heads, positions=circuit.positions()), ld_x, ld_y)
+
+
+def gain_share_ceiling(model_x, model_y, ds: data.IOIDataset) -> float:
+    """gain_share of every head at every position: the most z-patching can carry (it cannot carry changes of
+    W_O, the MLPs or the embeddings)."""
+    ld_x, ld_y = evaluate.evaluate(model_x, ds).logit_diff, evaluate.evaluate(model_y, ds).logit_diff
+    return _gap_share(patching.cmap_group(model_x, model_y, ds, patching.all_heads(model_y)), ld_x, ld_y)
 
 
 def localization(effects, heads) -> float:

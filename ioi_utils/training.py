@@ -1,8 +1,8 @@
 """Full fine-tuning on IOI prompts: clean, toxic and reversal scenarios, cached and resumable runs.
 
 The objective is cross-entropy on the label token at the END position only (the prompt's last token
-predicts the answer); no other position is trained. AdamW with the paper's seed values (lr 1e-5,
-weight decay 0.1), constant learning rate, no warm-up, no gradient clipping, dropout off (the model
+predicts the answer); no other position is trained. AdamW with lr 1e-5 and weight decay 0.1 (our
+choices: the paper states no optimizer, learning rate, weight decay, batch size or dataset size), constant learning rate, no warm-up, no gradient clipping, dropout off (the model
 stays in eval mode, so training is deterministic; SmolLM2 has no dropout anyway).
 
 Speed: the vocabulary projection is computed only at END. The model runs up to its final norm
@@ -48,9 +48,9 @@ class TrainConfig:
     scenario: str = "clean"  # clean | toxic | reversal
     dataset: str = "clean"  # training labels: "clean", or a data.TOXIC_RULES name for the toxic scenario
     epochs: int = 5
-    lr: float = 1e-5  # paper seed value
-    weight_decay: float = 0.1  # paper seed value
-    batch_size: int = 16  # ours; not given by the paper
+    lr: float = 1e-5  # our choice; the paper states none
+    weight_decay: float = 0.1  # our choice; the paper states none
+    batch_size: int = 16  # our choice; the paper states none
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     seed: int = 0  # torch seed and the shuffling generator

@@ -49,3 +49,31 @@ def test_faithfulness_definitions():
     assert math.isnan(metrics.faithfulness(1.0, 0.0))
     with pytest.raises(ValueError, match="unknown faithfulness kind"):
         metrics.faithfulness(1.0, 1.0, kind="nope")
+
+
+def test_bootstrap_ci_is_deterministic_and_brackets_the_mean():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, generator=g) + 3
+    lo, hi = metrics.bootstrap_ci(x)
+    assert lo < x.mean().item() < hi and (lo, hi) == metrics.bootstrap_ci(x)
+    assert metrics.bootstrap_ci(x, seed=1) != (lo, hi)
+    lo90, hi90 = metrics.bootstrap_ci(x, level=0.90)
+    assert lo <= lo90 < hi90 <= hi  # a narrower level gives a narrower interval
+    se = x.std().item() / math.sqrt(len(x))  # the normal interval agrees roughly
+    assert lo == pytest.approx(x.mean().item() - 1.96 * se, abs=0.5 * se)
+    assert metrics.bootstrap_ci(torch.full((10,), 2.0)) == (2.0, 2.0)
+
+
+def test_bootstrap_ci_of_a_paired_ratio_resamples_pairs():
+    den = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    lo, hi = metrics.bootstrap_ci((2 * den, den), metrics.ratio_of_means)
+    assert lo == pytest.approx(2.0) and hi == pytest.approx(2.0)  # paired: every resample has ratio exactly 2
+    lo, hi = metrics.bootstrap_ci((den.flip(0), den), metrics.ratio_of_means)
+    assert lo < 1.0 < hi
+
+
+def test_bootstrap_ci_rejects_bad_input():
+    with pytest.raises(ValueError, match="paired"):
+        metrics.bootstrap_ci((torch.ones(3), torch.ones(4)))
+    with pytest.raises(ValueError, match="level"):
+        metrics.bootstrap_ci(torch.ones(3), level=1.5)

@@ -1,0 +1,124 @@
+"""study: CMAP gain shares at circuit positions, localization; summary: the table's verdicts."""
+
+import math
+
+import pytest
+import torch
+
+from ioi_utils import circuits as C, data, evaluate, models, patching as P, study, summary
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.set_num_threads(1)
+    model, tok = models.load_model("tiny", device="cpu", seed=0)
+    return model, data.make_ioi_dataset(tok, n=12, seed=0, prepend_bos=model.prepend_bos)
+
+
+def _changed(head, what: str, factor: float = 30.0):
+    """The tiny model with one head's query weights (what="q") or output projection (what="o") scaled."""
+    model, _ = models.load_model("tiny", device="cpu", seed=0)
+    l, h = head
+    dh = model.cfg.d_head
+    with torch.no_grad():
+        attn = model.blocks[l].attn
+        if what == "q":  # GPT-2 Conv1D [d_model, 3 * d_model], columns [q | k | v]
+            attn.qkv.original_component.weight[:, h * dh : (h + 1) * dh] *= factor
+        else:  # Conv1D [heads * d_head, d_model]
+            attn.o.original_component.weight[h * dh : (h + 1) * dh] *= factor
+    return model
+
+
+@torch.no_grad()
+def _patched_by_hand(model_x, model_y, ds, head, position: str) -> float:
+    """model_y's mean logit diff with one head's z taken from model_x at one position of each prompt."""
+    l, h = head
+    _, cache = model_x.run_with_cache(ds.tokens)
+    zx = cache[f"blocks.{l}.attn.hook_z"]
+
+    def hook(z, hook):
+        for i in range(len(ds)):
+            t = int(ds.positions[position][i])
+            z[i, t, h] = zx[i, t, h]
+        return z
+
+    logits = model_y.run_with_hooks(ds.tokens, fwd_hooks=[(f"blocks.{l}.attn.hook_z", hook)])
+    end = logits[torch.arange(len(ds)), ds.positions["END"]]
+    return (end[torch.arange(len(ds)), ds.io_tokens] - end[torch.arange(len(ds)), ds.s_tokens]).mean().item()
+
+
+def test_cmap_group_patches_only_the_circuit_positions(tiny):
+    y, ds = tiny
+    x = _changed((0, 1), "q")
+    ld_y = evaluate.evaluate(y, ds).logit_diff
+    at_end = P.cmap_group(x, y, ds, [(0, 1)], positions={(0, 1): ("END",)})
+    everywhere = P.cmap_group(x, y, ds, [(0, 1)], positions={(0, 1): ("ALL",)})
+    assert at_end == pytest.approx(_patched_by_hand(x, y, ds, (0, 1), "END"), abs=1e-6)
+    assert everywhere == pytest.approx(P.cmap_group(x, y, ds, [(0, 1)]), abs=1e-7)
+    assert abs(at_end - everywhere) > 5e-5  # the positions matter here (the gap x - y is ~1e-3)
+    per_head = P.cmap(x, y, ds, heads=[(0, 1)], positions="END")
+    assert per_head[0, 1].item() == pytest.approx(at_end - ld_y, abs=1e-6)
+    pattern = P.cmap_group(x, y, ds, [(0, 1)], "pattern", positions={(0, 1): ("END",)})
+    assert pattern == pytest.approx(at_end, abs=1e-6)  # only queries differ: the END pattern carries the END z
+    with pytest.raises(ValueError, match="missing"):
+        P.cmap_group(x, y, ds, [(0, 1), (1, 0)], positions={(0, 1): ("END",)})
+    with pytest.raises(ValueError, match="unknown position"):
+        P.cmap(x, y, ds, heads=[(0, 1)], positions="S3")
+
+
+def test_gain_share_known_values(tiny):
+    y, ds = tiny
+    x = _changed((1, 1), "q")  # differs only in a last-layer head's queries: its END z carries everything
+    assert abs(evaluate.evaluate(x, ds).logit_diff - evaluate.evaluate(y, ds).logit_diff) > 1e-3
+    assert study.gain_share(x, y, ds, C.Circuit({"NM": [(1, 1)]})) == pytest.approx(1.0, abs=1e-3)
+    assert study.gain_share(x, y, ds, C.Circuit({"NM": [(1, 0)]})) == pytest.approx(0.0, abs=1e-3)  # another head
+    assert study.gain_share_ceiling(x, y, ds) == pytest.approx(1.0, abs=1e-3)
+    w_o = _changed((1, 1), "o")  # W_O changes are invisible to z-patching
+    assert study.gain_share_ceiling(w_o, y, ds) == pytest.approx(0.0, abs=1e-3)
+    early = _changed((0, 1), "q")  # a layer-0 head kept at END only carries part of what it does
+    ld_x, ld_y = (evaluate.evaluate(m, ds).logit_diff for m in (early, y))
+    part = study.gain_share(early, y, ds, C.Circuit({"NM": [(0, 1)]}))
+    assert part == pytest.approx((_patched_by_hand(early, y, ds, (0, 1), "END") - ld_y) / (ld_x - ld_y), abs=1e-3)
+    assert part != pytest.approx(study.gain_share_ceiling(early, y, ds), abs=1e-2)
+    assert math.isnan(study.gain_share(y, y, ds, C.Circuit({"NM": [(1, 1)]})))  # no gap
+    assert math.isnan(study.gain_share(x, y, ds, C.Circuit({})))
+
+
+def test_localization():
+    effects = torch.zeros(2, 4)
+    effects[1, 0], effects[0, 1] = 3.0, -1.0
+    assert study.localization(effects, [(1, 0)]) == pytest.approx((3 / 4) / (1 / 8))
+    assert study.localization(effects, [(1, 0), (0, 1)]) == pytest.approx(1 / (2 / 8))
+    assert study.localization(effects, [(0, 0)]) == 0.0
+    assert math.isnan(study.localization(effects, [])) and math.isnan(study.localization(torch.zeros(2, 4), [(0, 0)]))
+
+
+def _recorded(**over):
+    res = {"circuit_discovery": {"faithfulness": 0.9, "worst_mlp": 0},
+           "amplification": {"faithfulness_last": 0.95, "logit_diff_base": 9.0, "logit_diff_first": 2.0, "logit_diff_last": 5.0},
+           "corruption": {"sd_logit_diff_base": 3.0, "sd_logit_diff_last": -2.0, "localization": 2.5},
+           "neuroplasticity": {"faithfulness_name-moving": 0.9, "faithfulness_subject-duplication": 0.65}}
+    for k, v in over.items():
+        chapter, key = k.split("__")
+        res[chapter][key] = v
+    return res
+
+
+def test_summary_table_verdicts():
+    rows = {r["claim"].split(" (")[0]: r for r in summary.table(_recorded())}
+    assert all(r["source"] for r in rows.values())
+    ld = rows["clean fine-tuning raises the logit difference"]
+    assert ld["ours"] == "2.00 -> 5.00" and ld["verdict"] == "reproduced"  # epoch 1 -> last, what the verdict tests
+    assert rows["faithfulness after clean fine-tuning"]["paper"] == "98.4-99.9% across 1-100 epochs"
+    assert rows["Subject Duplication flips the logit difference"]["verdict"] == "reproduced"
+    assert rows["faithfulness recovered by clean retraining after Name Moving"]["verdict"] == "reproduced"
+    assert rows["faithfulness recovered by clean retraining after Subject Duplication"]["verdict"] == "partly"
+    rows = {r["claim"].split(" (")[0]: r for r in summary.table(_recorded(
+        amplification__logit_diff_last=1.0, corruption__sd_logit_diff_last=1.0, corruption__localization=0.5))}
+    assert rows["clean fine-tuning raises the logit difference"]["verdict"] == "not reproduced"  # base 9.0 is not used
+    assert rows["Subject Duplication flips the logit difference"]["verdict"] == "partly"
+    assert rows["corruption is localized to circuit heads"]["verdict"] == "not reproduced"
+    empty = {r["claim"].split(" (")[0]: r["verdict"] for r in summary.table({})}
+    assert empty["base circuit faithfulness F(C)/F(M)"] == "not measured"
+    assert empty["clean fine-tuning raises the logit difference"] == "not measured"
+    assert "| source |" in summary.markdown(summary.table({}))
