@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--receivers", type=_heads, default=(), help="receiver heads, e.g. '20.1 22.3' (default: logits)")
     ap.add_argument("--component", default="q", choices=patching.COMPONENTS)
     ap.add_argument("--position", default="END", choices=data.POSITIONS)
-    ap.add_argument("--batch-heads", type=int, default=8, help="senders per forward where step 3 falls back to hooked forwards")
+    ap.add_argument("--batch-heads", type=int, default=8,
+                    help="senders per forward where step 3 falls back to hooked forwards")
     ap.add_argument("--max-senders", type=int, default=None,
                     help="time both on this many senders (evenly spread), and the fast path on all")
     ap.add_argument("--json", default=None, help="also write the measurements to this file")
