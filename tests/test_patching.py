@@ -1,7 +1,11 @@
 """Path patching (fast vs reference), activation patching, mean-ablation knockouts and CMAP."""
 
+import tempfile
+import warnings
+
 import pytest
 import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from ioi_utils import data, evaluate, models
 from ioi_utils import patching as P
@@ -14,6 +18,48 @@ def tiny():
     model, tok = models.load_model("tiny", device="cpu", seed=0)
     clean = data.make_ioi_dataset(tok, n=12, seed=0, prepend_bos=model.prepend_bos)
     return model, tok, clean, data.make_abc_dataset(clean)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    """A random 4-layer llama (RoPE, RMSNorm, 4 query heads sharing 2 key/value heads) and IOI prompts."""
+    with tempfile.TemporaryDirectory() as tmp:  # TransformerLens re-reads config and tokenizer from a folder
+        models.tiny_tokenizer().save_pretrained(tmp)
+        tok = AutoTokenizer.from_pretrained(tmp)
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+        hf = LlamaForCausalLM(cfg)
+        cfg.save_pretrained(tmp)
+        model = models._boot(tmp, hf, tok, torch.device("cpu"), torch.float32)
+    assert model.cfg.positional_embedding_type == "rotary" and P._n_kv(model) == 2
+    clean = data.make_ioi_dataset(tok, n=12, seed=0, prepend_bos=True)
+    return model, tok, clean, data.make_abc_dataset(clean)
+
+
+@pytest.fixture(scope="module")
+def sharp():
+    """The tiny GPT-2 with sharper queries and larger values (see _scaled_attention)."""
+    return _scaled_attention(scale_v=True)
+
+
+@pytest.fixture
+def windowed_only(monkeypatch):
+    """Make path_patch fail instead of silently falling back to hooked forwards in step 3."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("path_patch fell back to the generic step 3")
+
+    monkeypatch.setattr(P, "_step3_generic", refuse)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        yield
+
+
+def _assert_matches(fast, ref, rel=1e-3, floor=5e-5):
+    """fast == ref within rel of each entry plus rel of the largest |effect| (floor: float noise, which the
+    division by a random model's small clean logit diff amplifies)."""
+    torch.testing.assert_close(fast, ref, rtol=rel, atol=max(rel * ref.abs().max().item(), floor))
 
 
 def _scaled_attention(scale_v: bool):
@@ -47,6 +93,47 @@ def test_head_receivers_fast_equals_reference(tiny, component, position):
     assert fast[0].abs().max() > 1e-5
     torch.testing.assert_close(fast, ref, atol=ATOL, rtol=0)
     assert torch.equal(fast[1], torch.zeros(model.cfg.n_heads))  # senders at the receiver layer reach nothing
+
+
+WINDOW_CASES = [("q", "END"), ("k", "S2"), ("v", "S2"), ("kv", "S2"), ("k", "S1+1")]
+
+
+@pytest.mark.parametrize("component,position", WINDOW_CASES)
+def test_windowed_step3_equals_reference_gpt2(tiny, sharp, windowed_only, component, position):
+    _, _, clean, abc = tiny
+    model = sharp  # learned positions, LayerNorm, no GQA; sharp attention gives real effects
+    r = P.Receivers(((1, 0), (1, 3)), component, position)
+    fast = P.path_patch(model, clean, abc, r)
+    ref = P.path_patch_reference(model, clean, abc, r)
+    assert ref.abs().max() > 0.1
+    _assert_matches(fast, ref)
+
+
+@pytest.mark.parametrize("component,position", WINDOW_CASES)
+def test_windowed_step3_equals_reference_llama(tiny_llama, windowed_only, component, position):
+    model, _, clean, abc = tiny_llama  # RoPE, RMSNorm, grouped-query attention; receivers on two layers
+    r = P.Receivers(((2, 1), (3, 2)), component, position)
+    fast = P.path_patch(model, clean, abc, r)
+    ref = P.path_patch_reference(model, clean, abc, r)
+    assert ref.abs().max() > 1e-3
+    assert fast[3].abs().max() == 0  # senders at the last receiver layer reach nothing
+    _assert_matches(fast, ref)
+
+
+def test_generic_step3_equals_reference(tiny_llama, monkeypatch):
+    model, _, clean, abc = tiny_llama
+    monkeypatch.setattr(P, "_windowed_supported", lambda model: False)
+    r = P.Receivers(((3, 1),), "kv", "S2")
+    _assert_matches(P.path_patch(model, clean, abc, r, batch_heads=5), P.path_patch_reference(model, clean, abc, r))
+
+
+def test_windowed_step3_falls_back_when_its_clean_run_disagrees(tiny_llama, monkeypatch):
+    model, _, clean, abc = tiny_llama
+    monkeypatch.setattr(P, "_attn_scale", lambda model, layer: 1.0)  # a wrong model of the attention
+    r = P.Receivers(((3, 1),), "q", "END")
+    with pytest.warns(RuntimeWarning, match="disagrees"):
+        fast = P.path_patch(model, clean, abc, r)
+    _assert_matches(fast, P.path_patch_reference(model, clean, abc, r))
 
 
 def test_senders_subset_and_order(tiny):
@@ -204,9 +291,15 @@ def test_bad_inputs_raise(tiny):
         P.circuit_logit_diff(model, clean, abc, {}, P.template_means(model, abc[:6]))
 
 
+@pytest.fixture(scope="module")
+def smollm2():
+    """The real SmolLM2-135M (30 layers, 9 query heads on 3 key/value heads, RoPE) on CPU."""
+    return models.load_model("smollm2-135m", device="cpu")
+
+
 @pytest.mark.slow
-def test_smollm2_fast_equals_reference():
-    model, tok = models.load_model("smollm2-135m", device="cpu")
+def test_smollm2_fast_equals_reference(smollm2):
+    model, tok = smollm2
     clean = data.make_ioi_dataset(tok, n=8, seed=0, prepend_bos=model.prepend_bos)
     abc = data.make_abc_dataset(clean)
     senders = [(0, 3), (9, 0), (9, 8), (17, 4), (26, 1), (29, 5)]
@@ -219,3 +312,23 @@ def test_smollm2_fast_equals_reference():
     fast = P.path_patch(model, clean, abc, r, senders=senders)
     ref = P.path_patch_reference(model, clean, abc, r, senders=senders)
     torch.testing.assert_close(fast, ref, atol=ATOL, rtol=0)
+
+
+SMOLLM2_WINDOW_CASES = [  # a receiver, and ten senders: some of its strongest (found on 12 prompts) and some weak ones
+    (P.Receivers(((23, 3),), "q", "END"), [(0, 3), (5, 4), (9, 8), (17, 1), (18, 1), (19, 2), (20, 0), (21, 4), (22, 0),
+                                          (22, 3)]),
+    (P.Receivers(((20, 0),), "kv", "S2"), [(0, 3), (5, 4), (8, 1), (11, 6), (11, 8), (15, 7), (16, 2), (17, 4), (18, 0),
+                                          (19, 7)]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("receivers,senders", SMOLLM2_WINDOW_CASES, ids=["q-23.3-END", "kv-20.0-S2"])
+def test_smollm2_windowed_step3_equals_reference(smollm2, windowed_only, receivers, senders):
+    model, tok = smollm2  # RoPE and grouped-query attention (a kv receiver is a key/value group of 3 query heads)
+    clean = data.make_ioi_dataset(tok, n=12, seed=0, prepend_bos=model.prepend_bos)
+    abc = data.make_abc_dataset(clean)
+    fast = P.path_patch(model, clean, abc, receivers, senders=senders)
+    ref = P.path_patch_reference(model, clean, abc, receivers, senders=senders)
+    assert ref.abs().max() > 5e-3
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-3 * ref.abs().max().item())
