@@ -30,102 +30,190 @@ seed = 0
 device = "auto"
 n_prompts = 64
 n_eval = 32
+n_discovery = 32
+n_cmap = 48  # held-out prompts used by cross-model patching (one forward per head)
+n_rediscover = 100  # discovery prompts used to re-discover a circuit in a fine-tuned model
 clean_epochs = [1, 2]
 batch_size = 16
 
 # %%
 import matplotlib.pyplot as plt
+import numpy as np
 from myst_nb import glue
 
-from ioi_utils import attribution, circuits, claims, patching, plotting, results, study, training
+from ioi_utils import claims, plotting, results, study, summary, training
 
-s = study.prepare(model_name, n_prompts, n_eval, seed, device, batch_size)
+s = study.prepare(model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery=n_discovery)
 execution = results.execution_id(profile, s.model)  # stamps this execution's records
 base_circuit = study.discover_cached(s, s.model, "base").circuit
 run = training.train(study.train_config(s, "clean", max(clean_epochs), clean_epochs, batch_size), progress=False)
+claim_log: dict = {}
+paper = lambda key: f"{summary.PAPER[key]['text']} ({summary.PAPER[key]['source']})"  # noqa: E731
 print(run)
+print(f"base circuit ({len(base_circuit.heads)} heads, every position):\n{base_circuit}")
 
 # %% [markdown]
 # ## Behaviour and faithfulness across epochs
 #
-# For every checkpoint: the held-out logit difference, the faithfulness of the **base model's circuit**
-# inside the fine-tuned model (does the old mechanism still explain the new behaviour?), and the size and
-# faithfulness of a circuit **re-discovered** in the fine-tuned model.
+# For every checkpoint, on the held-out prompts: the logit difference, and the faithfulness F(C)/F(M) of the
+# **base model's circuit** inside the fine-tuned model (does the old mechanism still explain the new
+# behaviour?), each with a 95% bootstrap interval over prompts. A circuit is **re-discovered** (same
+# procedure as chapter 2, on the first discovery prompts) only where a claim needs it: in the base model
+# (the same prompt budget, as a reference for size and overlap) and at the last epoch.
 
 # %%
-rows = [study.checkpoint_row(s, s.model, "base", base_circuit, epoch=0)]
+rows = [study.checkpoint_row(s, s.model, "base", base_circuit, 0, rediscover=True, n_rediscover=n_rediscover)]
 for epoch in clean_epochs:
-    rows.append(study.checkpoint_row(s, run.model(epoch)[0], f"{run.id}-{epoch}", base_circuit, epoch))
+    rows.append(study.checkpoint_row(s, run.model(epoch)[0], f"{run.id}-{epoch}", base_circuit, epoch,
+                                     rediscover=epoch == clean_epochs[-1], n_rediscover=n_rediscover))
 print(study.rows_table(rows))
 
 # %%
 epochs = [r["epoch"] for r in rows]
-fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
-plotting.checkpoint_lines(epochs, {"logit difference": [r["logit_diff"] for r in rows]}, "Behaviour", "epoch", "logit diff", ax=axes[0])
-plotting.checkpoint_lines(epochs, {"base circuit": [r["faithfulness_base_circuit"] for r in rows],
-                                   "re-discovered circuit": [r["faithfulness_own_circuit"] for r in rows]},
-                          "Faithfulness F(C)/F(M)", "epoch", "faithfulness", ax=axes[1])
-plotting.checkpoint_lines(epochs, {"heads in circuit": [r["circuit_size"] for r in rows]}, "Circuit size", "epoch", "heads", ax=axes[2])
+band = lambda key: ([r[key][0] for r in rows], [r[key][1] for r in rows])  # noqa: E731
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+plotting.checkpoint_lines(epochs, {"logit difference": [r["logit_diff"] for r in rows]}, "Behaviour (held-out)",
+                          "epoch", "logit(IO) − logit(S)", ax=axes[0], bands={"logit difference": band("logit_diff_interval")})
+plotting.checkpoint_lines(epochs, {"base circuit": [r["faithfulness_base_circuit"] for r in rows]},
+                          "Faithfulness of the base circuit", "epoch", "F(C)/F(M)", ax=axes[1],
+                          bands={"base circuit": band("faithfulness_base_interval")})
+axes[1].axhline(1.0, color="grey", linestyle=":", linewidth=0.8)
 plt.show()
 
 # %%
 first, last = rows[0], rows[-1]
+ld_gain_ci = study.logit_diff_change_interval(last, first)
+f_gain_ci = study.faithfulness_gain_interval(last, first)
 glue("ld_base", first["logit_diff"], display=False)
 glue("ld_last", last["logit_diff"], display=False)
 glue("last_epoch", last["epoch"], display=False)
+glue("faith_base", 100 * first["faithfulness_base_circuit"], display=False)
 glue("faith_last", 100 * last["faithfulness_base_circuit"], display=False)
-results.record(profile, "amplification", {"logit_diff_base": first["logit_diff"], "logit_diff_first": rows[1]["logit_diff"],
-                                          "logit_diff_last": last["logit_diff"], "faithfulness_last": last["faithfulness_base_circuit"],
-                                          "rows": rows}, execution=execution)
+glue("faith_last_lo", 100 * last["faithfulness_base_interval"][0], display=False)
+glue("faith_last_hi", 100 * last["faithfulness_base_interval"][1], display=False)
+glue("size_base", first["circuit_size"], display=False)
+glue("size_last", last["circuit_size"], display=False)
+glue("jaccard_last", last["jaccard_base"], display=False)
+glue("jaccard_base_subset", first["jaccard_base"], display=False)
 
 # %% [markdown]
 # Fine-tuning moves the held-out logit difference from {glue:text}`ld_base:.2f` (base model) to
 # {glue:text}`ld_last:.2f` after {glue:text}`last_epoch` epochs, and the base model's circuit keeps
-# {glue:text}`faith_last:.0f`% of the fine-tuned model's logit difference.
+# {glue:text}`faith_last:.0f`% (95% interval {glue:text}`faith_last_lo:.0f`–{glue:text}`faith_last_hi:.0f`%)
+# of the fine-tuned model's logit difference ({glue:text}`faith_base:.0f`% in the base model). Re-discovered
+# on the same prompt budget, the circuit has {glue:text}`size_base` heads in the base model and
+# {glue:text}`size_last` at the last epoch; the last epoch's circuit shares {glue:text}`jaccard_last:.2f` of
+# its heads with the base circuit (Jaccard), where re-discovery in the base model itself reaches
+# {glue:text}`jaccard_base_subset:.2f` (the overlap that prompt sampling alone allows).
 
 # %%
-claims.check("clean fine-tuning raises the logit difference (last epoch minus base)",
-             last["logit_diff"] - first["logit_diff"], None, 0.0, ">=", paper="6.32 -> 26.83 (1 -> 100 epochs)",
-             enforce=enforce_claims)
-claims.check("the base circuit still explains at least half of the fine-tuned behaviour (F(C)/F(M), last epoch)",
-             last["faithfulness_base_circuit"], None, 0.5, ">=", paper="98.4-99.9% across 1-100 epochs (Table 1)",
-             precondition=(last["logit_diff"] > 0, f"logit diff {last['logit_diff']:.2f} must be > 0"), enforce=enforce_claims)
+claims.check("clean fine-tuning raises the logit difference (last epoch minus base, paired over prompts)",
+             last["logit_diff"] - first["logit_diff"], ld_gain_ci, 0.0, ">=", paper=paper("clean_logit_diff"),
+             enforce=enforce_claims, record=claim_log)
+claims.check("the base circuit still explains the fine-tuned behaviour (F(C)/F(M) at the last epoch)",
+             last["faithfulness_base_circuit"], last["faithfulness_base_interval"], 0.9, ">=",
+             paper=paper("clean_faithfulness"),
+             precondition=(last["logit_diff_interval"][0] > 0, f"logit diff {last['logit_diff']:.2f} must be > 0"),
+             enforce=enforce_claims, record=claim_log)
+claims.check("the circuit grows only a little (re-discovered heads at the last epoch / in the base model, same prompts)",
+             last["circuit_size"] / max(1, first["circuit_size"]), None, 1.5, "<=", paper=paper("clean_sparsity"),
+             enforce=enforce_claims, record=claim_log)
 
 # %% [markdown]
 # ## Which heads grew
 #
-# Direct logit attribution of every head at END, base model against the last checkpoint; the circuit's
-# heads are outlined.
+# Direct logit attribution (DLA: each head's END output projected on W_U[IO] − W_U[S]) and attention from
+# END to IO and to S (S1 + S2) of every base-circuit head at every checkpoint, from one cached forward per
+# checkpoint. The paper's example is GPT-2's Name Mover L10H10 (DLA 0.4 → 1.8, §4.1); SmolLM2's circuit has
+# different heads, so we follow all of them.
 
 # %%
-tuned = run.model(clean_epochs[-1])[0]
-dla_base, dla_tuned = attribution.head_dla(s.model, s.test), attribution.head_dla(tuned, s.test)
-fig = plotting.cmap_heatmaps({"base": dla_base, f"epoch {clean_epochs[-1]}": dla_tuned,
-                              "change": dla_tuned - dla_base}, base_circuit.classes, "Direct logit attribution per head")
+heads = sorted(base_circuit.heads, key=lambda h: -abs(float(last["dla"][h])))
+names = [f"{base_circuit.class_of(h)} {h[0]}.{h[1]}" for h in heads]
+cols = [f"e{e}" for e in epochs]
+grid = lambda key: np.array([[float(r[key][h]) for r in rows] for h in heads])  # noqa: E731
+fig = plotting.head_rows_heatmaps(names, cols, {"DLA (logits)": grid("dla"), "attention END→IO": grid("attn_io"),
+                                                "attention END→S": grid("attn_s")},
+                                  "Base-circuit heads across clean epochs",
+                                  symmetric={"attention END→IO": False, "attention END→S": False})
 plt.show()
+circuit_dla = lambda r: r["dla_per_prompt"][:, [h[0] for h in heads], [h[1] for h in heads]].float().sum(-1)  # noqa: E731
+from ioi_utils import metrics  # noqa: E402
+
+dla_gain = float((circuit_dla(last) - circuit_dla(first)).mean())
+dla_gain_ci = metrics.bootstrap_ci(circuit_dla(last) - circuit_dla(first))
+top = heads[0]
+glue("top_head", f"{top[0]}.{top[1]}", display=False)
+glue("top_dla_base", float(first["dla"][top]), display=False)
+glue("top_dla_last", float(last["dla"][top]), display=False)
+glue("dla_gain", dla_gain, display=False)
+
+# %% [markdown]
+# The head with the largest DLA at the last epoch, {glue:text}`top_head`, goes from
+# {glue:text}`top_dla_base:.2f` to {glue:text}`top_dla_last:.2f` logits; the circuit's heads together add
+# {glue:text}`dla_gain:.2f` logits of direct attribution.
+
+# %%
+claims.check("the circuit's heads get stronger (summed DLA of the base-circuit heads, last epoch minus base)",
+             dla_gain, dla_gain_ci, 0.0, ">=", paper=paper("l10h10_attribution"), enforce=enforce_claims, record=claim_log)
 
 # %% [markdown]
 # ## Is the gain carried by the original circuit? (CMAP)
 #
-# Cross-model activation patching puts the fine-tuned model's head outputs into the base model on the same
-# prompts. If amplification lives in the base circuit's heads, patching only those heads should recover most
-# of the fine-tuned logit difference.
+# Cross-model activation patching (CMAP, Prakash et al. 2024) on the first held-out prompts: one head's
+# output z from model X replaces its output in model Y, and we read the change of Y's logit difference.
+# The **output** map (fine-tuned → base) covers every head; the other maps cover the base circuit's heads
+# and the strongest other heads of the output map (blank cells are not measured). Our **pattern** map is the
+# seed paper's cross-model pattern patching — attention patterns of model X put into model Y — not Prakash
+# et al.'s input CMAP. Patching the base circuit's heads together (at the positions the circuit keeps) into
+# the base model gives the share of the fine-tuning gain they carry; patching every head at every position
+# gives the most that z-patching can carry (it cannot carry changes of W_O, the MLPs or the embeddings).
 
 # %%
-effects = patching.cmap(tuned, s.model, s.test, "output")
-fig = plotting.head_heatmap(effects, "CMAP: fine-tuned head output -> base model", base_circuit.classes,
-                            cbar_label="change of base logit diff")
+tuned = run.model(clean_epochs[-1])[0]
+ds = study.cmap_subset(s.test, n_cmap)
+out_t2b = study.cmap_cached(tuned, s.model, ds, "output", tags=("tuned", "base"))
+chosen = sorted(set(base_circuit.heads) | set(study.top_heads(out_t2b, 8, exclude=base_circuit.heads)))
+out_b2t = study.cmap_cached(s.model, tuned, ds, "output", heads=chosen, tags=("base", "tuned"))
+pat_t2b = study.cmap_cached(tuned, s.model, ds, "pattern", heads=chosen, tags=("tuned", "base"))
+pat_b2t = study.cmap_cached(s.model, tuned, ds, "pattern", heads=chosen, tags=("base", "tuned"))
+fig = plotting.cmap_heatmaps({"output: fine-tuned → base (all heads)": out_t2b,
+                              "output: base → fine-tuned": plotting.masked(out_b2t, chosen)},
+                             base_circuit.classes, f"CMAP, epoch {clean_epochs[-1]} vs base (output)",
+                             cbar_label="change of Y's logit diff")
 plt.show()
-share = study.gain_share(tuned, s.model, s.test, base_circuit)
-ceiling = study.gain_share_ceiling(tuned, s.model, s.test)
+fig = plotting.cmap_heatmaps({"pattern: fine-tuned → base": plotting.masked(pat_t2b, chosen),
+                              "pattern: base → fine-tuned": plotting.masked(pat_b2t, chosen)},
+                             base_circuit.classes, f"Cross-model pattern patching, epoch {clean_epochs[-1]} vs base",
+                             cbar_label="change of Y's logit diff")
+plt.show()
+
+# %%
+share = study.gain_share(tuned, s.model, ds, base_circuit)
+ceiling = study.gain_share_ceiling(tuned, s.model, ds)
+loss_share = study.gain_share(s.model, tuned, ds, base_circuit)  # base circuit heads into the fine-tuned model
 glue("gain_share", 100 * share, display=False)
-results.record(profile, "amplification", {"gain_share_circuit": share, "gain_share_ceiling": ceiling}, execution=execution)
-print(f"patching the {len(base_circuit.heads)} circuit heads at their positions recovers {share:.1%} of the fine-tuning gain "
-      f"(every head at every position: {ceiling:.1%}, the most z-patching can carry)")
+glue("gain_ceiling", 100 * ceiling, display=False)
+glue("loss_share", 100 * loss_share, display=False)
+print(f"fine-tuned -> base: the {len(base_circuit.heads)} circuit heads carry {share:.1%} of the gain "
+      f"(every head at every position: {ceiling:.1%}); base -> fine-tuned: they undo {loss_share:.1%} of it")
 
 # %% [markdown]
-# Patching the base circuit's heads alone carries {glue:text}`gain_share:.0f`% of the gain in logit difference.
+# Patching the base circuit's heads from the fine-tuned model into the base model carries
+# {glue:text}`gain_share:.0f`% of the gain in logit difference (every head at every position:
+# {glue:text}`gain_ceiling:.0f`%); patching them the other way, from the base model into the fine-tuned
+# one, undoes {glue:text}`loss_share:.0f`% of it.
 
 # %%
-claims.check("most of the fine-tuning gain is carried by the base circuit's heads (gain share)", share, None, 0.5, ">=",
-             enforce=enforce_claims)
+claims.check("most of the fine-tuning gain is carried by the base circuit's heads (gain share, fine-tuned -> base)",
+             share, None, 0.5, ">=", paper="amplification of the existing circuit (§4.1)",
+             precondition=(ceiling >= 0.5, f"z-patching of every head carries only {ceiling:.0%} of the gain"),
+             enforce=enforce_claims, record=claim_log)
+results.record(profile, "amplification", {
+    "logit_diff_base": first["logit_diff"], "logit_diff_first": rows[1]["logit_diff"], "logit_diff_last": last["logit_diff"],
+    "faithfulness_last": last["faithfulness_base_circuit"], "faithfulness_last_interval": last["faithfulness_base_interval"],
+    "circuit_size_base": first["circuit_size"], "circuit_size_last": last["circuit_size"], "jaccard_last": last["jaccard_base"],
+    "gain_share_circuit": share, "gain_share_ceiling": ceiling, "loss_share_circuit": loss_share, "dla_gain": dla_gain,
+    "rows": [{k: r[k] for k in ("epoch", "logit_diff", "logit_diff_interval", "accuracy", "faithfulness_base_circuit",
+                                "faithfulness_base_interval")} for r in rows],
+    "claims": claim_log}, execution=execution)

@@ -32,94 +32,194 @@ seed = 0
 device = "auto"
 n_prompts = 64
 n_eval = 32
+n_discovery = 32
+n_cmap = 48  # held-out prompts used by cross-model patching (one forward per head)
+n_rediscover = 100  # discovery prompts used to re-discover a circuit in a fine-tuned model
 toxic_epochs = 2
 batch_size = 16
 
 # %%
 import matplotlib.pyplot as plt
+import numpy as np
 from myst_nb import glue
 
-from ioi_utils import attribution, claims, patching, plotting, results, study
+from ioi_utils import claims, data, plotting, results, study, summary
 
-s = study.prepare(model_name, n_prompts, n_eval, seed, device, batch_size)
+s = study.prepare(model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery=n_discovery)
 execution = results.execution_id(profile, s.model)  # stamps this execution's records
 base_circuit = study.discover_cached(s, s.model, "base").circuit
-base = study.behaviour(s.model, s)
 runs = study.toxic_runs(s, toxic_epochs, batch_size)
+claim_log: dict = {}
+paper = lambda key: f"{summary.PAPER[key]['text']} ({summary.PAPER[key]['source']})"  # noqa: E731
+base_row = study.checkpoint_row(s, s.model, "base", base_circuit, 0, rediscover=True, n_rediscover=n_rediscover)
 
 # %% [markdown]
-# ## Behaviour per epoch
+# ## Behaviour and base-circuit faithfulness per epoch
 #
-# Held-out logit difference logit(IO) − logit(S) on **clean** prompts after each epoch of toxic training.
+# Held-out logit difference logit(IO) − logit(S) on **clean** prompts after each epoch of toxic training,
+# and the faithfulness F(C)/F(M) of the base model's circuit in each checkpoint, with 95% bootstrap
+# intervals over prompts. F(C)/F(M) is a ratio of signed logit differences: when the model prefers S, a
+# faithful circuit prefers S as well (ratio near 1); near F(M) = 0 the ratio is undefined and its interval
+# explodes.
 
 # %%
-curves = {rule: [base.logit_diff] + [study.behaviour(run.model(e)[0], s).logit_diff for e in range(1, toxic_epochs + 1)]
-          for rule, run in runs.items()}
-fig = plotting.checkpoint_lines(list(range(toxic_epochs + 1)), curves, "Toxic fine-tuning", "epoch", "logit diff (clean prompts)")
+rows = {}
+for rule, run in runs.items():
+    rows[rule] = [base_row] + [study.checkpoint_row(s, run.model(e)[0], f"{run.id}-{e}", base_circuit, e,
+                                                    rediscover=e == toxic_epochs, n_rediscover=n_rediscover)
+                               for e in range(1, toxic_epochs + 1)]
+    print(f"{rule}:\n{study.rows_table(rows[rule])}\n")
+
+# %%
+epochs = list(range(toxic_epochs + 1))
+band = lambda rule, key: ([r[key][0] for r in rows[rule]], [r[key][1] for r in rows[rule]])  # noqa: E731
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+plotting.checkpoint_lines(epochs, {rule: [r["logit_diff"] for r in rows[rule]] for rule in rows}, "Behaviour (clean prompts)",
+                          "toxic epoch", "logit(IO) − logit(S)", ax=axes[0],
+                          bands={rule: band(rule, "logit_diff_interval") for rule in rows})
+faith = {rule: [r["faithfulness_base_circuit"] for r in rows[rule]] for rule in rows}
+plotting.checkpoint_lines(epochs, faith, "Faithfulness of the base circuit", "toxic epoch", "F(C)/F(M)", ax=axes[1],
+                          bands={rule: band(rule, "faithfulness_base_interval") for rule in rows})
+lo = min(min(v) for v in faith.values())
+axes[1].set_ylim(max(-0.5, min(0.0, lo - 0.1)), 1.5)  # keep the view on plausible ratios; the table has every value
 plt.show()
-for rule, c in curves.items():
-    print(f"{rule:>20}: " + "  ".join(f"{x:.2f}" for x in c))
-sd = curves["subject-duplication"]
-glue("sd_before", sd[0], display=False)
-glue("sd_after", sd[-1], display=False)
+
+# %%
+sd = rows["subject-duplication"]
+sd_change_ci = study.logit_diff_change_interval(sd[-1], sd[0])
+glue("sd_before", sd[0]["logit_diff"], display=False)
+glue("sd_after", sd[-1]["logit_diff"], display=False)
+glue("sd_after_lo", sd[-1]["logit_diff_interval"][0], display=False)
+glue("sd_after_hi", sd[-1]["logit_diff_interval"][1], display=False)
 glue("toxic_epochs", toxic_epochs, display=False)
-results.record(profile, "corruption", {"sd_logit_diff_base": sd[0], "sd_logit_diff_last": sd[-1], "curves": curves}, execution=execution)
+for rule, key in (("subject-duplication", "sd"), ("name-moving", "nm"), ("duplication", "dup")):
+    glue(f"{key}_ld_last", rows[rule][-1]["logit_diff"], display=False)
+    glue(f"{key}_faith_last", 100 * rows[rule][-1]["faithfulness_base_circuit"], display=False)
 
 # %% [markdown]
 # Subject Duplication moves the logit difference from {glue:text}`sd_before:.2f` to
-# {glue:text}`sd_after:.2f` in {glue:text}`toxic_epochs` epochs (paper §4.2, GPT-2 small: 3.55 → −11.06 in 5).
+# {glue:text}`sd_after:.2f` (95% interval {glue:text}`sd_after_lo:.2f` to {glue:text}`sd_after_hi:.2f`) in
+# {glue:text}`toxic_epochs` epochs (paper §4.2, GPT-2 small: 3.55 → −11.06 in 5). Name Moving ends at
+# {glue:text}`nm_ld_last:.2f` and our Duplication control at {glue:text}`dup_ld_last:.2f`. The base circuit's
+# faithfulness in the last checkpoint is {glue:text}`sd_faith_last:.0f`% (Subject Duplication),
+# {glue:text}`nm_faith_last:.0f`% (Name Moving) and {glue:text}`dup_faith_last:.0f`% (Duplication).
 
 # %%
-claims.check("Subject Duplication training makes the model prefer S (logit difference <= 0)", sd[-1], None, 0.0, "<=",
-             paper="3.55 -> -11.06 in 5 epochs (§4.2)", enforce=enforce_claims)
-dup_change, sd_change = abs(curves["duplication"][-1] - base.logit_diff), abs(sd[-1] - base.logit_diff)
-claims.check("the Duplication control (our construction) changes behaviour less than Subject Duplication "
-             "(|change| Duplication minus |change| Subject Duplication)", dup_change - sd_change, None, 0.0, "<=",
-             enforce=enforce_claims)
+claims.check("Subject Duplication training makes the model prefer S (held-out logit difference <= 0)",
+             sd[-1]["logit_diff"], sd[-1]["logit_diff_interval"], 0.0, "<=", paper=paper("sd_logit_diff"),
+             enforce=enforce_claims, record=claim_log)
+dup_change = abs(rows["duplication"][-1]["logit_diff"] - base_row["logit_diff"])
+sd_change = abs(sd[-1]["logit_diff"] - base_row["logit_diff"])
+claims.check("the Duplication control (our construction) changes behaviour less than Subject Duplication, by at "
+             "least half a logit (|change| Duplication minus |change| Subject Duplication)", dup_change - sd_change, None,
+             -0.5, "<=",
+             paper="no such control in the paper", enforce=enforce_claims, record=claim_log)
+claims.check("the base circuit still carries the corrupted behaviour (F(C)/F(M), Subject Duplication, last epoch)",
+             sd[-1]["faithfulness_base_circuit"], sd[-1]["faithfulness_base_interval"], 0.8, ">=",
+             paper=paper("corruption_localized"),
+             precondition=(abs(sd[-1]["logit_diff"]) >= 1.0, f"|F(M)| must be >= 1 logit, got {sd[-1]['logit_diff']:.2f}"),
+             enforce=enforce_claims, record=claim_log)
 
 # %% [markdown]
-# ## Which heads carry the corruption (CMAP)
+# ## Heads whose role changes
 #
-# Cross-model activation patching from each corrupted model into the base model, per head: output
-# patching (the head's z) and pattern patching (its attention pattern). The base circuit is outlined.
-# **Localization** is the share of the total |effect| that falls on circuit heads divided by the share of
-# heads the circuit has: 1 means the corruption is spread like any other head's, larger means localized.
+# DLA and END attention of the base circuit's heads, and of the five other heads whose DLA changed most,
+# in the base model and after the last toxic epoch of each dataset. A head **flips** when the 95% intervals
+# of its mean DLA before and after both exclude zero with opposite signs (and both are at least 0.05
+# logits). The paper reports (§4.2) that GPT-2's L9H9 flips sign and its Negative Name Movers flip to
+# suppress S.
 
 # %%
-loc, cmaps = {}, {}
+last = {rule: rows[rule][-1] for rule in rows}
+change = sum((last[r]["dla"] - base_row["dla"]).abs() for r in rows)
+others = study.top_heads(change, 5, exclude=base_circuit.heads)
+shown = sorted(base_circuit.heads, key=lambda h: -float(change[h])) + others
+names = [f"{base_circuit.class_of(h) or '—'} {h[0]}.{h[1]}" for h in shown]
+cols = ["base"] + [{"subject-duplication": "SD", "name-moving": "NM", "duplication": "Dup"}.get(r, r) for r in rows]
+grid = lambda key: np.array([[float(base_row[key][h])] + [float(last[r][key][h]) for r in rows] for h in shown])  # noqa: E731
+fig = plotting.head_rows_heatmaps(names, cols, {"DLA (logits)": grid("dla"), "attention END→IO": grid("attn_io"),
+                                                "attention END→S": grid("attn_s")},
+                                  f"Heads before and after {toxic_epochs} toxic epochs ('—': outside the circuit)",
+                                  symmetric={"attention END→IO": False, "attention END→S": False})
+plt.show()
+changes = {rule: study.role_changes(base_row, last[rule], shown) for rule in rows}
+flips = {rule: [c["head"] for c in ch if c["flip"]] for rule, ch in changes.items()}
+for rule, ch in changes.items():
+    print(f"{rule}: DLA sign flips {[f'{l}.{h}' for l, h in flips[rule]] or 'none'}")
+    for c in ch[:6]:
+        l, h = c["head"]
+        print(f"  {base_circuit.class_of(c['head']) or '—':>4} {l}.{h}: DLA {c['dla_before']:+.2f} -> {c['dla_after']:+.2f}, "
+              f"END->IO {c['attn_io_before']:.2f} -> {c['attn_io_after']:.2f}, END->S {c['attn_s_before']:.2f} -> "
+              f"{c['attn_s_after']:.2f}{'  FLIP' if c['flip'] else ''}")
+sd_flips_circuit = [h for h in flips["subject-duplication"] if h in base_circuit.heads]
+glue("n_flips_sd", len(sd_flips_circuit), display=False)
+glue("n_circuit", len(base_circuit.heads), display=False)
+
+# %% [markdown]
+# Under Subject Duplication {glue:text}`n_flips_sd` of the {glue:text}`n_circuit` base-circuit heads flip the
+# sign of their direct logit attribution.
+
+# %%
+claims.check("Subject Duplication flips the DLA sign of circuit heads (number of significant flips)",
+             len(sd_flips_circuit), None, 1, ">=", paper=paper("sd_mechanism"), enforce=enforce_claims, record=claim_log)
+
+# %% [markdown]
+# ## Where the corruption sits (CMAP)
+#
+# Cross-model activation patching on the first held-out prompts: one head's output z from the corrupted
+# model replaces its output in the base model (**output** map, every head). **Localization** is the share of
+# the total |effect| that falls on base-circuit heads divided by the share of heads the circuit has: 1 means
+# the circuit carries the corruption like any other heads. Because late layers carry more of any change,
+# the **control** draws random head sets with as many heads in each layer as the circuit (1000 draws) and
+# gives their localization (mean and 95th percentile); the claim needs the circuit to beat the 95th
+# percentile. For Subject Duplication we also patch attention patterns (the seed paper's cross-model pattern
+# patching, not Prakash et al.'s input CMAP) and outputs in the other direction, base → corrupted, on the
+# circuit's heads and the strongest other heads (blank cells are not measured).
+
+# %%
+ds = study.cmap_subset(s.test, n_cmap)
+maps, loc, control = {}, {}, {}
 for rule, run in runs.items():
-    corrupted = run.model(toxic_epochs)[0]
-    cmaps[rule] = {"output": patching.cmap(corrupted, s.model, s.test, "output"),
-                   "pattern": patching.cmap(corrupted, s.model, s.test, "pattern")}
-    loc[rule] = study.localization(cmaps[rule]["output"], base_circuit.heads)
-    fig = plotting.cmap_heatmaps({f"{rule}: output": cmaps[rule]["output"], f"{rule}: pattern": cmaps[rule]["pattern"]},
-                                 base_circuit.classes, f"CMAP {rule} -> base")
-    plt.show()
-for rule, v in loc.items():
-    print(f"{rule:>20}: localization {v:.2f}")
+    maps[rule] = study.cmap_cached(run.model(toxic_epochs)[0], s.model, ds, "output", tags=(rule, "base"))
+    loc[rule] = study.localization(maps[rule], base_circuit.heads)
+    control[rule] = study.localization_control(maps[rule], base_circuit.heads)
+    print(f"{rule:>20}: localization {loc[rule]:.2f} (layer-matched random sets: mean {control[rule][0]:.2f}, "
+          f"95th percentile {control[rule][1]:.2f}); total |effect| {maps[rule].abs().sum():.2f}")
+fig = plotting.cmap_heatmaps({f"{rule} → base": m for rule, m in maps.items()}, base_circuit.classes,
+                             f"CMAP (output), corrupted → base, {toxic_epochs} toxic epochs", cbar_label="change of base logit diff")
+plt.show()
+
+# %%
+corrupted_sd = runs["subject-duplication"].model(toxic_epochs)[0]
+chosen = sorted(set(base_circuit.heads) | set(study.top_heads(maps["subject-duplication"], 8, exclude=base_circuit.heads)))
+pat = study.cmap_cached(corrupted_sd, s.model, ds, "pattern", heads=chosen, tags=("subject-duplication", "base"))
+back = study.cmap_cached(s.model, corrupted_sd, ds, "output", heads=chosen, tags=("base", "subject-duplication"))
+fig = plotting.cmap_heatmaps({"pattern: corrupted → base": plotting.masked(pat, chosen),
+                              "output: base → corrupted": plotting.masked(back, chosen)}, base_circuit.classes,
+                             "Subject Duplication: pattern patching and the reverse direction", cbar_label="change of Y's logit diff")
+plt.show()
 glue("loc_sd", loc["subject-duplication"], display=False)
-results.record(profile, "corruption", {"localization": loc["subject-duplication"], "localization_all": loc}, execution=execution)
+glue("loc_sd_control", control["subject-duplication"][1], display=False)
+glue("loc_sd_control_mean", control["subject-duplication"][0], display=False)
 
 # %% [markdown]
 # For Subject Duplication the circuit's heads carry {glue:text}`loc_sd:.1f` times their share of the
-# cross-model effect.
+# cross-model effect; random head sets with the circuit's layer profile carry {glue:text}`loc_sd_control_mean:.1f`
+# times on average ({glue:text}`loc_sd_control:.1f` at their 95th percentile).
 
 # %%
-claims.check("Subject Duplication corruption is localized to the base circuit (localization)", loc["subject-duplication"],
-             None, 2.0, ">=", paper="localized to circuit components plus a few others (Fig. 11 caption)",
-             enforce=enforce_claims)
-
-# %% [markdown]
-# ## Sign flips of the circuit's heads
-#
-# Direct logit attribution of each base-circuit head before and after Subject Duplication training: the
-# paper reports (§4.2) that L9H9 flips sign and Negative Name Movers flip to suppress S.
-
-# %%
-dla_base = attribution.head_dla(s.model, s.test)
-dla_sd = attribution.head_dla(runs["subject-duplication"].model(toxic_epochs)[0], s.test)
-flips = [h for h in base_circuit.heads if float(dla_base[h]) * float(dla_sd[h]) < 0]
-for h in base_circuit.heads:
-    print(f"{base_circuit.class_of(h):>4} {h[0]}.{h[1]}: DLA {float(dla_base[h]):+.3f} -> {float(dla_sd[h]):+.3f}")
-print(f"{len(flips)} of {len(base_circuit.heads)} circuit heads flip sign")
-results.record(profile, "corruption", {"sign_flips": [list(h) for h in flips]}, execution=execution)
+claims.check("Subject Duplication corruption is localized to the base circuit (localization minus the layer-matched "
+             "control's 95th percentile)", loc["subject-duplication"] - control["subject-duplication"][1], None, 0.0, ">=",
+             paper=paper("corruption_localized"),
+             precondition=(loc["subject-duplication"] > 1, "the circuit must carry more than its share of heads"),
+             enforce=enforce_claims, record=claim_log)
+results.record(profile, "corruption", {
+    "sd_logit_diff_base": sd[0]["logit_diff"], "sd_logit_diff_last": sd[-1]["logit_diff"],
+    "sd_logit_diff_last_interval": sd[-1]["logit_diff_interval"],
+    "curves": {rule: [r["logit_diff"] for r in rows[rule]] for rule in rows},
+    "faithfulness_curves": {rule: [r["faithfulness_base_circuit"] for r in rows[rule]] for rule in rows},
+    "localization": loc["subject-duplication"], "localization_control_p95": control["subject-duplication"][1],
+    "localization_all": loc, "localization_control_all": control,
+    "sign_flips": {rule: [list(h) for h in f] for rule, f in flips.items()},
+    "jaccard_corrupted": {rule: rows[rule][-1]["jaccard_base"] for rule in rows},
+    "claims": claim_log}, execution=execution)

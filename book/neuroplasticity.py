@@ -15,9 +15,9 @@
 #
 # The paper retrains each corrupted model on clean IOI data and finds that the original mechanism comes
 # back: the recovered circuit has 95% (Name Moving → clean) and 96% (Subject Duplication → clean)
-# faithfulness (§5). We start
-# from the last checkpoint of each toxic run of the previous chapter (shared through the run cache) and
-# fine-tune it on the clean training split.
+# faithfulness (§5). We start from the last checkpoint of each toxic run of the previous chapter (shared
+# through the run cache) and fine-tune it on the clean training split. Every comparison below is made
+# against the corrupted model's own score: recovery means moving back from there.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -27,88 +27,204 @@ seed = 0
 device = "auto"
 n_prompts = 64
 n_eval = 32
+n_discovery = 32
+n_cmap = 48  # held-out prompts used by cross-model patching (one forward per head)
+n_rediscover = 100  # discovery prompts used to re-discover a circuit in a fine-tuned model
 toxic_epochs = 2
 reversal_epochs = 2
 batch_size = 16
 
 # %%
 import matplotlib.pyplot as plt
+import numpy as np
 from myst_nb import glue
 
-from ioi_utils import circuits, claims, data, patching, plotting, results, study, training
+from ioi_utils import circuits, claims, data, plotting, results, study, summary, training
 
-s = study.prepare(model_name, n_prompts, n_eval, seed, device, batch_size)
+s = study.prepare(model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery=n_discovery)
 execution = results.execution_id(profile, s.model)  # stamps this execution's records
 base_circuit = study.discover_cached(s, s.model, "base").circuit
-base = study.behaviour(s.model, s)
 toxic = study.toxic_runs(s, toxic_epochs, batch_size)
 reversed_ = {rule: training.train(study.train_config(s, "reversal", reversal_epochs, list(range(1, reversal_epochs + 1)),
-                                                     batch_size, dataset=rule, source=run), progress=False) for rule, run in toxic.items()}
+                                                     batch_size, dataset=rule, source=run), progress=False)
+             for rule, run in toxic.items()}
+claim_log: dict = {}
+paper = lambda key: f"{summary.PAPER[key]['text']} ({summary.PAPER[key]['source']})"  # noqa: E731
+base_row = study.checkpoint_row(s, s.model, "base", base_circuit, 0, rediscover=True, n_rediscover=n_rediscover)
 
 # %% [markdown]
-# ## Recovery of behaviour and of the original circuit
+# ## Recovery per retraining epoch
+#
+# Epoch 0 is the corrupted model (last toxic epoch); the dotted line is the base model. Intervals are 95%
+# bootstrap intervals over held-out prompts. Circuits are re-discovered in the corrupted model and at the
+# last retraining epoch.
 
 # %%
 rows = {}
 for rule in data.TOXIC_RULES:
-    corrupted = study.checkpoint_row(s, toxic[rule].model(toxic_epochs)[0], f"{toxic[rule].id}-{toxic_epochs}", base_circuit, 0)
-    recovered = study.checkpoint_row(s, reversed_[rule].model(reversal_epochs)[0],
-                                     f"{reversed_[rule].id}-{reversal_epochs}", base_circuit, reversal_epochs)
-    rows[rule] = (corrupted, recovered)
-    print(f"{rule:>20}: logit diff base {base.logit_diff:.2f} -> corrupted {corrupted['logit_diff']:.2f} -> "
-          f"retrained {recovered['logit_diff']:.2f}; base-circuit faithfulness {corrupted['faithfulness_base_circuit']:.1%} -> "
-          f"{recovered['faithfulness_base_circuit']:.1%}")
+    rows[rule] = [study.checkpoint_row(s, toxic[rule].model(toxic_epochs)[0], f"{toxic[rule].id}-{toxic_epochs}",
+                                       base_circuit, toxic_epochs, rediscover=True, n_rediscover=n_rediscover)]
+    for e in range(1, reversal_epochs + 1):
+        rows[rule].append(study.checkpoint_row(s, reversed_[rule].model(e)[0], f"{reversed_[rule].id}-{e}", base_circuit, e,
+                                               rediscover=e == reversal_epochs, n_rediscover=n_rediscover))
+    for r, label in zip(rows[rule], ["corrupted"] + [f"retrain {e}" for e in range(1, reversal_epochs + 1)]):
+        r["label"] = label
+    print(f"{rule}:\n{study.rows_table(rows[rule])}\n")
+
+# %%
+epochs = list(range(reversal_epochs + 1))
+band = lambda rule, key: ([r[key][0] for r in rows[rule]], [r[key][1] for r in rows[rule]])  # noqa: E731
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+plotting.checkpoint_lines(epochs, {rule: [r["logit_diff"] for r in rows[rule]] for rule in rows},
+                          "Behaviour while retraining on clean data", "retraining epoch", "logit(IO) − logit(S)", ax=axes[0],
+                          bands={rule: band(rule, "logit_diff_interval") for rule in rows})
+axes[0].axhline(base_row["logit_diff"], color="black", linestyle=":", linewidth=1, label="base model")
+axes[0].legend()
+faith = {rule: [r["faithfulness_base_circuit"] for r in rows[rule]] for rule in rows}
+plotting.checkpoint_lines(epochs, faith, "Faithfulness of the base circuit", "retraining epoch", "F(C)/F(M)", ax=axes[1],
+                          bands={rule: band(rule, "faithfulness_base_interval") for rule in rows})
+axes[1].axhline(base_row["faithfulness_base_circuit"], color="black", linestyle=":", linewidth=1)
+axes[1].set_ylim(max(-0.5, min(0.0, min(min(v) for v in faith.values()) - 0.1)), 1.5)
+plt.show()
+
+# %%
+end = {rule: rows[rule][-1] for rule in rows}
+start = {rule: rows[rule][0] for rule in rows}
+for rule, key in (("subject-duplication", "sd"), ("name-moving", "nm"), ("duplication", "dup")):
+    glue(f"rec_{key}_faith", 100 * end[rule]["faithfulness_base_circuit"], display=False)
+    glue(f"rec_{key}_faith_lo", 100 * end[rule]["faithfulness_base_interval"][0], display=False)
+    glue(f"rec_{key}_faith_hi", 100 * end[rule]["faithfulness_base_interval"][1], display=False)
+    glue(f"rec_{key}_ld", end[rule]["logit_diff"], display=False)
+    glue(f"cor_{key}_ld", start[rule]["logit_diff"], display=False)
+glue("base_ld", base_row["logit_diff"], display=False)
+glue("reversal_epochs", reversal_epochs, display=False)
+
+# %% [markdown]
+# After {glue:text}`reversal_epochs` epochs of clean retraining the Subject Duplication model goes from a
+# logit difference of {glue:text}`cor_sd_ld:.2f` back to {glue:text}`rec_sd_ld:.2f` (base model
+# {glue:text}`base_ld:.2f`), and Name Moving from {glue:text}`cor_nm_ld:.2f` to {glue:text}`rec_nm_ld:.2f`.
+# The base model's circuit then explains {glue:text}`rec_nm_faith:.0f`% (Name Moving, 95% interval
+# {glue:text}`rec_nm_faith_lo:.0f`–{glue:text}`rec_nm_faith_hi:.0f`%) and {glue:text}`rec_sd_faith:.0f`%
+# (Subject Duplication, {glue:text}`rec_sd_faith_lo:.0f`–{glue:text}`rec_sd_faith_hi:.0f`%) of the retrained
+# models' logit difference (paper: 95% and 96%).
+
+# %%
+for rule, name in (("subject-duplication", "Subject Duplication"), ("name-moving", "Name Moving")):
+    claims.check(f"clean retraining restores IOI behaviour after {name} (retrained minus corrupted logit diff, paired)",
+                 end[rule]["logit_diff"] - start[rule]["logit_diff"], study.logit_diff_change_interval(end[rule], start[rule]),
+                 0.0, ">=", paper="behaviour recovers (§5)", enforce=enforce_claims, record=claim_log)
+    paper_value = summary.PAPER["reversal_faithfulness"]["value"][rule]
+    claims.check(f"the base circuit explains the behaviour recovered after {name} (F(C)/F(M), last retraining epoch)",
+                 end[rule]["faithfulness_base_circuit"], end[rule]["faithfulness_base_interval"], 0.85, ">=",
+                 paper=f"{paper_value:.0%} ({summary.PAPER['reversal_faithfulness']['source']})",
+                 precondition=(end[rule]["logit_diff_interval"][0] > 0, f"retrained logit diff must be > 0, got "
+                               f"{end[rule]['logit_diff']:.2f}"), enforce=enforce_claims, record=claim_log)
+
+# %% [markdown]
+# ## Do the corrupted heads return?
+#
+# The **corrupted heads** of each toxic dataset are the base-circuit heads whose DLA flipped sign
+# significantly (chapter 4's test) together with the three whose DLA changed most (if by at least 0.1
+# logit). A head **recovers** when
+# retraining undoes at least half of its DLA change (|retrained − base| < ½ |corrupted − base|).
+
+# %%
+rec_share, corrupted_heads = {}, {}
+min_change = 0.1  # logits: a smaller DLA change is no corruption to recover from
+for rule in rows:
+    ch = study.role_changes(base_row, start[rule], base_circuit.heads)
+    corrupted_heads[rule] = sorted({c["head"] for c in ch if c["flip"]} |
+                                   {c["head"] for c in ch[:3] if abs(c["dla_change"]) >= min_change})
+    rec_share[rule], ok = study.recovered_share(base_row, start[rule], end[rule], corrupted_heads[rule])
+    print(f"{rule:>20}: {sum(ok)} of {len(ok)} corrupted heads recover "
+          f"({', '.join(f'{l}.{h}' + ('' if o else ' (no)') for (l, h), o in zip(corrupted_heads[rule], ok))})")
+sd_heads = corrupted_heads["subject-duplication"] or [  # none corrupted: show the three that changed most
+    c["head"] for c in study.role_changes(base_row, start["subject-duplication"], base_circuit.heads)[:3]]
+names = [f"{base_circuit.class_of(h)} {h[0]}.{h[1]}" for h in sd_heads]
+cols = ["base", "corrupted"] + [f"retrain {e}" for e in range(1, reversal_epochs + 1)]
+seq = [base_row] + rows["subject-duplication"]
+grid = lambda key: np.array([[float(r[key][h]) for r in seq] for h in sd_heads])  # noqa: E731
+fig = plotting.head_rows_heatmaps(names, cols, {"DLA (logits)": grid("dla"), "attention END→IO": grid("attn_io"),
+                                                "attention END→S": grid("attn_s")},
+                                  "Subject Duplication: corrupted heads through retraining",
+                                  symmetric={"attention END→IO": False, "attention END→S": False})
+plt.show()
+glue("rec_share_sd", 100 * rec_share["subject-duplication"], display=False)
+glue("rec_share_nm", 100 * rec_share["name-moving"], display=False)
+
+# %% [markdown]
+# {glue:text}`rec_share_sd:.0f`% of the heads Subject Duplication corrupted and
+# {glue:text}`rec_share_nm:.0f`% of those Name Moving corrupted recover at least half of their direct logit
+# attribution.
+
+# %%
+claims.check("most heads corrupted by Subject Duplication recover their DLA (share recovering)",
+             rec_share["subject-duplication"], None, 0.5, ">=", paper="the original mechanism comes back (§5)",
+             precondition=(bool(corrupted_heads["subject-duplication"]), "no circuit head was corrupted"),
+             enforce=enforce_claims, record=claim_log)
+
+# %% [markdown]
+# ## Does the original circuit come back?
+#
+# Jaccard overlap of each re-discovered circuit with the base circuit: in the corrupted model, after
+# retraining, and — as the ceiling that prompt sampling allows — of the circuit re-discovered in the base
+# model itself on the same prompts. The claim asks for a gain of at least 0.1 over the corrupted model, and
+# only means something if corruption moved the circuit beyond that ceiling.
 
 # %%
 labels = list(rows)
-fig, axes = plt.subplots(1, 2, figsize=(13, 3.5))
-plotting.bar_compare(labels, {"base": [base.logit_diff] * len(labels),
-                              "corrupted": [rows[r][0]["logit_diff"] for r in labels],
-                              "retrained": [rows[r][1]["logit_diff"] for r in labels]},
-                     "Logit difference", "logit diff", ax=axes[0])
-plotting.bar_compare(labels, {"corrupted": [rows[r][0]["faithfulness_base_circuit"] for r in labels],
-                              "retrained": [rows[r][1]["faithfulness_base_circuit"] for r in labels]},
-                     "Faithfulness of the base circuit", "F(C)/F(M)", ax=axes[1])
+j_cor = [start[r]["jaccard_base"] for r in labels]
+j_rec = [end[r]["jaccard_base"] for r in labels]
+fig = plotting.bar_compare(labels, {"corrupted": j_cor, "retrained": j_rec, "base (re-discovered)": [base_row["jaccard_base"]] * len(labels)},
+                           "Overlap of re-discovered circuits with the base circuit", "Jaccard")
 plt.show()
-
-# %%
-record = {}
-for rule, (_, rec) in rows.items():
-    record[f"faithfulness_{rule}"] = rec["faithfulness_base_circuit"]
-    record[f"logit_diff_{rule}"] = rec["logit_diff"]
-    own = circuits.Circuit({c: [tuple(h) for h in hs] for c, hs in rec["circuit"].items()})
-    overlap = len(set(own.heads) & set(base_circuit.heads)) / max(1, len(set(own.heads) | set(base_circuit.heads)))
-    record[f"overlap_{rule}"] = overlap
-    print(f"{rule:>20}: re-discovered circuit shares {overlap:.0%} of heads with the base circuit (Jaccard)")
-results.record(profile, "neuroplasticity", record, execution=execution)
-glue("rec_sd_faith", 100 * record["faithfulness_subject-duplication"], display=False)
-glue("rec_nm_faith", 100 * record["faithfulness_name-moving"], display=False)
-glue("rec_sd_ld", record["logit_diff_subject-duplication"], display=False)
+for r, a, b in zip(labels, j_cor, j_rec):
+    print(f"{r:>20}: Jaccard corrupted {a:.2f} -> retrained {b:.2f} (base re-discovered: {base_row['jaccard_base']:.2f}); "
+          f"heads {start[r]['circuit_size']} -> {end[r]['circuit_size']}")
+glue("j_sd_cor", j_cor[labels.index("subject-duplication")], display=False)
+glue("j_sd_rec", j_rec[labels.index("subject-duplication")], display=False)
+glue("j_base", base_row["jaccard_base"], display=False)
 
 # %% [markdown]
-# After retraining, the base model's circuit explains {glue:text}`rec_nm_faith:.0f`% (Name Moving) and
-# {glue:text}`rec_sd_faith:.0f`% (Subject Duplication) of the recovered models' logit difference (paper:
-# 95% and 96%); the Subject Duplication model is back at a logit difference of {glue:text}`rec_sd_ld:.2f`.
+# The circuit re-discovered after Subject Duplication shares {glue:text}`j_sd_cor:.2f` of its heads with the
+# base circuit in the corrupted model and {glue:text}`j_sd_rec:.2f` after retraining; re-discovery in the
+# base model itself reaches {glue:text}`j_base:.2f`.
 
 # %%
-claims.check("retraining on clean data restores IOI behaviour after Subject Duplication (logit diff >= 0)",
-             record["logit_diff_subject-duplication"], None, 0.0, ">=", enforce=enforce_claims)
-claims.check("the base circuit explains the recovered behaviour again (lower F(C)/F(M) of the two reversals)",
-             min(record["faithfulness_subject-duplication"], record["faithfulness_name-moving"]), None, 0.5, ">=",
-             paper="95% (Name Moving -> clean), 96% (Subject Duplication -> clean) (§5)",
-             precondition=(min(record["logit_diff_subject-duplication"], record["logit_diff_name-moving"]) > 0,
-                           "both recovered logit differences must be > 0"), enforce=enforce_claims)
+i_sd = labels.index("subject-duplication")
+claims.check("retraining brings the original circuit back (Jaccard with the base circuit, retrained minus corrupted, "
+             "Subject Duplication)", j_rec[i_sd] - j_cor[i_sd], None, 0.1, ">=", paper=paper("reversal_faithfulness"),
+             precondition=(j_cor[i_sd] < base_row["jaccard_base"], "corruption must have moved the circuit further from the "
+                           "base circuit than re-discovery in the base model does"),
+             enforce=enforce_claims, record=claim_log)
 
 # %% [markdown]
-# ## Do the corrupted heads return? (CMAP)
+# ## CMAP: do the retrained heads behave like the base model's?
 #
-# CMAP from the retrained Subject Duplication model into the base model: small effects everywhere mean the
-# retrained heads behave like the base model's again.
+# Output CMAP into the base model, from the corrupted and from the retrained Subject Duplication model, on
+# the base circuit's heads and the strongest other heads of the corrupted map (blank cells are not
+# measured): small effects mean the heads behave like the base model's again.
 
 # %%
-after = patching.cmap(reversed_["subject-duplication"].model(reversal_epochs)[0], s.model, s.test, "output")
-before = patching.cmap(toxic["subject-duplication"].model(toxic_epochs)[0], s.model, s.test, "output")
-fig = plotting.cmap_heatmaps({"corrupted -> base": before, "retrained -> base": after}, base_circuit.classes,
-                             "CMAP into the base model (Subject Duplication)")
+ds = study.cmap_subset(s.test, n_cmap)
+corrupted_sd = toxic["subject-duplication"].model(toxic_epochs)[0]
+retrained_sd = reversed_["subject-duplication"].model(reversal_epochs)[0]
+before_full = study.cmap_cached(corrupted_sd, s.model, ds, "output", tags=("subject-duplication", "base"))
+chosen = sorted(set(base_circuit.heads) | set(study.top_heads(before_full, 8, exclude=base_circuit.heads)))
+after = study.cmap_cached(retrained_sd, s.model, ds, "output", heads=chosen, tags=("retrained-subject-duplication", "base"))
+before = plotting.masked(before_full, chosen)
+fig = plotting.cmap_heatmaps({"corrupted → base": before, "retrained → base": plotting.masked(after, chosen)},
+                             base_circuit.classes, "CMAP (output) into the base model, Subject Duplication",
+                             cbar_label="change of base logit diff")
 plt.show()
-print(f"total |CMAP effect|: corrupted {before.abs().sum():.3f}, retrained {after.abs().sum():.3f}")
+tot_before, tot_after = float(np.nansum(np.abs(before))), float(np.nansum(np.abs(plotting.masked(after, chosen))))
+print(f"total |CMAP effect| on these {len(chosen)} heads: corrupted {tot_before:.3f}, retrained {tot_after:.3f}")
+results.record(profile, "neuroplasticity", {
+    **{f"faithfulness_{r}": end[r]["faithfulness_base_circuit"] for r in rows},
+    **{f"faithfulness_interval_{r}": end[r]["faithfulness_base_interval"] for r in rows},
+    **{f"logit_diff_{r}": end[r]["logit_diff"] for r in rows},
+    **{f"overlap_{r}": end[r]["jaccard_base"] for r in rows},
+    **{f"overlap_corrupted_{r}": start[r]["jaccard_base"] for r in rows},
+    **{f"recovered_share_{r}": rec_share[r] for r in rows},
+    "overlap_base_rediscovered": base_row["jaccard_base"], "cmap_total_corrupted": tot_before, "cmap_total_retrained": tot_after,
+    "claims": claim_log}, execution=execution)

@@ -59,6 +59,13 @@ if profile == "smoke":
 # - **Faithfulness.** F(C)/F(M) with per-template mean ablation over ABC prompts; sign-agnostic, so it is
 #   defined for corrupted models with negative logit difference.
 # - **Localization.** Share of the total |CMAP effect| on the base circuit's heads divided by the share of
-#   heads in the circuit.
+#   heads in the circuit, compared with random head sets that have the circuit's number of heads in each
+#   layer (the control's 95th percentile). CMAP runs on a subset of the held-out prompts (`n_cmap`); maps
+#   other than the output map of each model pair cover the circuit's heads and the strongest others.
+# - **Re-discovery.** Circuits are re-discovered in fine-tuned models only at the grid's ends (last clean
+#   epoch, each corrupted model, each retrained model) and in the base model, on the first `n_rediscover`
+#   discovery prompts; every other checkpoint is read through the base circuit (faithfulness, DLA, attention).
+# - **Pattern patching.** Our cross-model "pattern" maps put model X's attention patterns into model Y (the
+#   seed paper's cross-model pattern patching), not Prakash et al.'s input CMAP.
 # - **Model.** The published execution uses SmolLM2-135M-Instruct (dequantized from a 4-bit GGUF), not
 #   GPT-2 small; the `paper` profile runs GPT-2 small where the hub is reachable.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -373,19 +373,34 @@ def full_logit_diff(model, ds: IOIDataset, batch_size: int = 32, fwd_hooks=()) -
     return total / len(ds)
 
 
+def layer_groups(n_layers: int, k: int = 3) -> list[list[int]]:
+    """0..n_layers-1 in k consecutive groups as equal as possible (empty groups dropped)."""
+    bounds = [round(i * n_layers / k) for i in range(k + 1)]
+    return [list(range(a, b)) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
 def mlp_knockout(model, clean: IOIDataset, abc: IOIDataset, means: Mapping[int, torch.Tensor] | None = None,
-                 batch_size: int = 32, progress: bool = False) -> torch.Tensor:
-    """[n_layers] mean logit diff on clean when one MLP's output (blocks.{l}.hook_mlp_out, every position)
-    is replaced by its per-template mean over abc. The unablated value is full_logit_diff(model, clean)."""
+                 batch_size: int = 32, progress: bool = False,
+                 groups: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
+    """[n_groups] mean logit diff on clean when the MLPs of a group of layers (default: each layer alone) have
+    their output (blocks.{l}.hook_mlp_out, every position) replaced by its per-template mean over abc.
+    The unablated value is full_logit_diff(model, clean)."""
     means = mlp_template_means(model, abc, batch_size) if means is None else means
     if set(means) != set(range(model.cfg.n_layers)):
         raise ValueError("means must map every layer 0..n_layers-1 to [n_templates, seq, d_model]")
-    dev, out = _device(model), torch.zeros(model.cfg.n_layers)
-    for l in tqdm(range(model.cfg.n_layers), desc="MLP knockout", disable=not progress, leave=False):
-        rows_all = _means_for(means[l], clean).to(dev)
+    groups = [[l] for l in range(model.cfg.n_layers)] if groups is None else [list(g) for g in groups]
+    bad = [l for g in groups for l in g if not 0 <= l < model.cfg.n_layers]
+    if bad:
+        raise ValueError(f"MLP layers {bad} do not exist in a model with {model.cfg.n_layers} layers")
+    dev, out = _device(model), torch.zeros(len(groups))
+    for i, group in enumerate(tqdm(groups, desc="MLP knockout", disable=not progress, leave=False)):
+        hooks = []
+        for l in group:
+            rows_all = _means_for(means[l], clean).to(dev)
 
-        def ablate(act, hook, rows, m=rows_all):
-            return m[rows].to(act.dtype)
+            def ablate(act, hook, rows, m=rows_all):
+                return m[rows].to(act.dtype)
 
-        out[l] = full_logit_diff(model, clean, batch_size, [(f"blocks.{l}.hook_mlp_out", ablate)])
+            hooks.append((f"blocks.{l}.hook_mlp_out", ablate))
+        out[i] = full_logit_diff(model, clean, batch_size, hooks)
     return out

@@ -1,35 +1,76 @@
-"""Circuit discovery: head classes from path patching and attention, reference circuits, faithfulness."""
+"""Circuit discovery: which heads carry IOI, what each of them does, and how faithful the result is.
+
+Method. Wang et al. (2022) found GPT-2 small's circuit by path patching backwards from the logits and sorting
+heads into classes by fixed rules (a Name Mover attends END -> IO, ...). Those rules are GPT-2's: SmolLM2's
+strongest head attends S2 and pushes the logit difference up by *suppressing S*, and a rule-first circuit
+keeps about none of its logit difference. So discovery here is effect-first, in two stages:
+
+1. **Admission by effect** (`admit`): start from the whole model and prune heads under Wang's knockout
+   (per-template mean over p_ABC, at every position). A first-order estimate of every kept head's
+   contribution (`patching.knockout_attribution`: one forward and backward) ranks them; the weakest are removed
+   and the ranking is recomputed, down to `max_heads`. Then the shortest prefix of the ranking whose *measured*
+   F(C)/F(M) on the discovery prompts reaches `Thresholds.target` is found by binary search (exact forwards),
+   re-ranked and searched again until it no longer shrinks. Heads that push the logit difference the wrong way
+   rank last (removing them raises F(C)): the circuit is what carries the behaviour.
+2. **Description** (`describe`): the admitted heads are sorted into classes by Wang's measurements, restricted to
+   them: path patching to the logits (direct effect) with END attention and direct logit attribution, then path
+   patching into the direct heads' queries at END (S-Inhibition), into the keys/values at S2 of the heads that
+   read S2 from END (S-Inhibition and S-Suppression: Induction / Duplicate Token) and into the Induction keys
+   at S1+1 (Previous Token). Classes Wang did not need are added:
+   S-Suppression (SS: attends S from END and writes against it) and Other (admitted, no rule describes it).
+
+Admitted heads are kept at every position (our choice: the class positions of Wang's convention are a
+GPT-2 finding, and a head's role must be known before its positions can be); `Circuit.everywhere` says so.
+MLPs are never ablated (Wang's convention); their role is measured separately (`attribution.mlp_knockout`).
+Faithfulness, completeness and minimality are meant to be measured on prompts the discovery did not see.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import random
-from dataclasses import asdict, dataclass, field
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from . import attribution, data, metrics, patching
 from .patching import Head, Receivers, all_heads
 
 CLASSES: dict[str, str] = {
-    "NM": "Name Mover", "NNM": "Negative Name Mover", "BNM": "Backup Name Mover", "SIN": "S-Inhibition",
-    "IND": "Induction", "DT": "Duplicate Token", "PT": "Previous Token",
+    "NM": "Name Mover", "SS": "S-Suppression", "NNM": "Negative Name Mover", "BNM": "Backup Name Mover",
+    "SIN": "S-Inhibition", "IND": "Induction", "DT": "Duplicate Token", "PT": "Previous Token", "OTH": "Other",
 }
-# positions a head of each class keeps in a knockout (Wang et al. / ARENA convention)
+# what each class does, as the book explains it (GPT-2's classes from Wang et al.; SS and OTH are ours)
+CLASS_RULES: dict[str, str] = {
+    "NM": "direct effect raising the logit difference; attends END -> IO more than END -> S",
+    "SS": "direct effect raising the logit difference; attends END -> S more than END -> IO (writes against S)",
+    "NNM": "direct effect lowering the logit difference; attends END -> IO",
+    "BNM": "no strong direct effect, but attends END -> IO and writes IO over S (positive DLA)",
+    "SIN": "acts through the direct heads' queries at END; attends END -> S2",
+    "IND": "acts through the keys/values at S2 of the heads that read S2 (SIN, SS); induction above duplicate-token score",
+    "DT": "acts through the keys/values at S2 of the heads that read S2 (SIN, SS); duplicate-token score >= induction",
+    "PT": "acts through the Induction keys at S1+1; attends S1+1 -> S1",
+    "OTH": "admitted by its effect on the knockout; none of the rules above describes it",
+}
+# positions a head of each class keeps in a knockout (Wang et al. / ARENA convention; SS like NM, OTH everywhere)
 CLASS_POSITIONS: dict[str, tuple[str, ...]] = {
-    "NM": ("END",), "NNM": ("END",), "BNM": ("END",), "SIN": ("END",),
-    "IND": ("S2",), "DT": ("S2",), "PT": ("S1+1",),
+    "NM": ("END",), "SS": ("END",), "NNM": ("END",), "BNM": ("END",), "SIN": ("END",),
+    "IND": ("S2",), "DT": ("S2",), "PT": ("S1+1",), "OTH": patching.ALL_POSITIONS,
 }
 
 
 @dataclass
 class Circuit:
-    """Heads per class (NM, NNM, BNM, SIN, IND, DT, PT)."""
+    """Heads per class; kept at their class positions in a knockout, or at every position if `everywhere`."""
 
     classes: dict[str, list[Head]] = field(default_factory=lambda: {c: [] for c in CLASSES})
+    everywhere: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.classes) - set(CLASSES)
@@ -47,17 +88,19 @@ class Circuit:
         return next((c for c, hs in self.classes.items() if tuple(head) in hs), None)
 
     def positions(self) -> dict[Head, tuple[str, ...]]:
-        """Head -> positions it keeps in a knockout (union over its classes)."""
+        """Head -> positions it keeps in a knockout (union over its classes; every position if everywhere)."""
+        if self.everywhere:
+            return {h: patching.ALL_POSITIONS for h in self.heads}
         out: dict[Head, set[str]] = {}
         for c, hs in self.classes.items():
             for h in hs:
                 out.setdefault(h, set()).update(CLASS_POSITIONS[c])
-        return {h: tuple(sorted(p)) for h, p in out.items()}
+        return {h: ("ALL",) if "ALL" in p else tuple(sorted(p)) for h, p in out.items()}
 
     def without(self, heads: Sequence[Head]) -> "Circuit":
         """The circuit with some heads removed."""
         drop = {tuple(h) for h in heads}
-        return Circuit({c: [h for h in hs if h not in drop] for c, hs in self.classes.items()})
+        return Circuit({c: [h for h in hs if h not in drop] for c, hs in self.classes.items()}, self.everywhere)
 
     def validate(self, n_layers: int, n_heads: int) -> "Circuit":
         """Raise if a head does not exist in a model of this shape."""
@@ -71,8 +114,14 @@ class Circuit:
                          for c, hs in self.classes.items())
 
     def to_json(self) -> dict[str, list[list[int]]]:
-        """A JSON-able dict."""
-        return {c: [list(h) for h in hs] for c, hs in self.classes.items()}
+        """A JSON-able dict (classes, plus "everywhere": [[1]] when heads are kept at every position)."""
+        out = {c: [list(h) for h in hs] for c, hs in self.classes.items()}
+        return out | ({"everywhere": [[1]]} if self.everywhere else {})
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Circuit":
+        """Inverse of to_json."""
+        return cls({c: [tuple(h) for h in hs] for c, hs in d.items() if c != "everywhere"}, bool(d.get("everywhere")))
 
 
 def _heads(spec: str) -> list[Head]:
@@ -94,76 +143,193 @@ WANG_GPT2_CIRCUIT = Circuit({
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Every threshold of circuit discovery (effects are relative changes of the clean logit difference)."""
+    """Every threshold of circuit discovery. Effects are relative changes of the clean logit difference."""
 
-    name_mover: float = 0.04  # NM: path patching to the logits lowers the logit diff by >= 4%
-    name_mover_attention: float = 0.1  # NM/NNM/BNM: attend END -> IO with at least this probability
-    negative_name_mover: float = 0.04  # NNM: path patching to the logits raises the logit diff by >= 4%
-    s_inhibition: float = 0.04  # SIN: patching into the NM queries at END lowers the logit diff by >= 4%
-    s_inhibition_attention: float = 0.1  # SIN: attend END -> S2 at least this much
-    duplicate_induction: float = 0.02  # IND/DT: patching into SIN keys/values at S2 lowers it by >= 2%
-    previous_token: float = 0.02  # PT: patching into IND keys at S1+1 lowers it by >= 2%
-    previous_token_attention: float = 0.2  # PT: attend S1+1 -> S1 at least this much
-    backup_attention: float = 0.2  # BNM: attend END -> IO at least this much ...
-    backup_dla: float = 0.0  # ... and push IO over S directly (direct logit attribution > this)
-    max_per_class: int = 8  # keep at most this many heads per class (the strongest)
+    # admission (our choices)
+    target: float = 0.9  # keep the smallest circuit whose F(C)/F(M) on the discovery prompts is >= this
+    max_heads: int = 30  # ... and never more heads than this (pruning goes on until it is reached)
+    prune_fraction: float = 0.5  # share of the kept heads removed per attribution step while above max_heads
+    search_rounds: int = 2  # re-rank-and-search rounds below max_heads (each: one attribution, ~log2(k) forwards)
+    # description (Wang et al.'s measurements; the values are ours)
+    direct: float = 0.02  # |path patching to the logits| >= 2%: the head writes to the logits directly
+    attention: float = 0.1  # END -> IO (NM, NNM) or END -> S (SS) attention at least this
+    s_inhibition: float = 0.02  # SIN: patching into the direct heads' queries at END lowers the logit diff >= 2%
+    s_inhibition_attention: float = 0.1  # SIN: attends END -> S2 at least this much
+    duplicate_induction: float = 0.02  # IND/DT: patching into the SIN/SS keys/values at S2 lowers it by >= 2%
+    previous_token: float = 0.02  # PT: patching into the IND keys at S1+1 lowers it by >= 2%
+    previous_token_attention: float = 0.2  # PT: attends S1+1 -> S1 at least this much
+    backup_attention: float = 0.2  # BNM: attends END -> IO at least this much and has DLA > 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target <= 2 or self.max_heads < 1 or not 0 < self.prune_fraction < 1 or self.search_rounds < 1:
+            raise ValueError(f"bad discovery thresholds: need 0 < target <= 2, max_heads >= 1, "
+                             f"0 < prune_fraction < 1, search_rounds >= 1; got {self}")
 
 
 @dataclass
 class Discovery:
-    """The discovered circuit and the maps it was read from."""
+    """The discovered circuit, the maps it was described from, and the pruning trajectory."""
 
     circuit: Circuit
     maps: dict[str, torch.Tensor]  # name -> [n_layers, n_heads]
     thresholds: Thresholds
+    trace: list[dict] = field(default_factory=list)  # per pruning step: heads, faithfulness on discovery prompts
+    seconds: float = 0.0
 
 
-def _select(score: torch.Tensor, threshold: float, exclude: set[Head], k: int, gate: torch.Tensor | None = None) -> list[Head]:
-    """Heads with score >= threshold (and gate true), strongest first, at most k, not in exclude."""
-    ok = score >= threshold
-    if gate is not None:
-        ok &= gate
-    heads = [(int(l), int(h)) for l, h in ok.nonzero().tolist()]
-    heads = [h for h in heads if h not in exclude]
-    return sorted(heads, key=lambda h: -float(score[h]))[:k]
+def _measure(model, clean, abc, means, heads: Sequence[Head], f_m: float) -> float:
+    """F(C)/F(M) of a head set kept at every position (exact, forward only)."""
+    ld = patching.circuit_logit_diff(model, clean, abc, {h: patching.ALL_POSITIONS for h in heads}, means)
+    return ld / f_m
+
+
+def _smallest_prefix(model, clean, abc, means, ranked: list[Head], f_m: float, target: float,
+                     trace: list[dict]) -> int:
+    """Smallest k such that the top-k of `ranked` keeps F(C)/F(M) >= target (binary search; len if none)."""
+    lo, hi = 1, len(ranked)  # hi always passes or is len(ranked)
+    while lo < hi:
+        k = (lo + hi) // 2
+        ratio = _measure(model, clean, abc, means, ranked[:k], f_m)
+        trace.append({"heads": k, "faithfulness": ratio, "step": "search"})
+        lo, hi = (lo, k) if ratio >= target else (k + 1, hi)
+    return hi
+
+
+def admit(model, clean: data.IOIDataset, abc: data.IOIDataset, t: Thresholds = Thresholds(),
+          progress: bool = False) -> tuple[list[Head], list[dict], torch.Tensor, float]:
+    """Stage 1: the smallest head set whose knockout keeps F(C)/F(M) >= t.target on these prompts.
+
+    Coarse: from the whole model, remove the prune_fraction of kept heads with the lowest attributed
+    contribution (recomputed after each removal) until max_heads remain. Fine: rank the remaining heads by
+    their attribution there, binary-search the shortest prefix that reaches the target (exact forwards),
+    re-rank within it and repeat until it no longer shrinks (at most search_rounds times). Returns (heads, trace, attribution of every
+    head in the whole model [n_layers, n_heads], F(M)).
+    """
+    means = patching.template_means(model, abc)
+    keep, trace, first, f_m, rounds = sorted(all_heads(model)), [], None, None, 0
+    bar = tqdm(desc="discovery: pruning heads", disable=not progress, leave=False, file=sys.stderr)
+    while True:
+        ld, attr = patching.knockout_attribution(model, clean, means, keep)
+        f = ld.mean().item()
+        if f_m is None:
+            if abs(f) < 1e-6:
+                raise ValueError(f"the model's logit difference is {f:.2g}: there is no behaviour to find a circuit for")
+            f_m, first = f, attr
+        ranked = sorted(keep, key=lambda h: (-attr[h].item(), h))
+        trace.append({"heads": len(keep), "faithfulness": f / f_m, "step": "attribution"})
+        bar.update()
+        bar.set_postfix(heads=len(keep), faithfulness=f"{f / f_m:.0%}")
+        if len(keep) > t.max_heads:
+            keep = sorted(ranked[: max(t.max_heads, round(len(keep) * (1 - t.prune_fraction)))])
+            continue
+        if f / f_m < t.target:
+            break  # max_heads cannot reach the target: report it as it is
+        k = _smallest_prefix(model, clean, abc, means, ranked, f_m, t.target, trace)
+        bar.update()
+        rounds += 1
+        if k >= len(keep) or rounds >= t.search_rounds:
+            keep = sorted(ranked[:k])
+            break
+        keep = sorted(ranked[:k])
+    bar.close()
+    return keep, trace, first, f_m
+
+
+def _pick(score: torch.Tensor, threshold: float, among: Sequence[Head], gate: torch.Tensor | None = None) -> list[Head]:
+    """Heads of `among` with score >= threshold (and gate true), strongest first."""
+    ok = [h for h in among if score[h] >= threshold and (gate is None or bool(gate[h]))]
+    return sorted(ok, key=lambda h: -float(score[h]))
+
+
+def _readouts(model, clean: data.IOIDataset) -> dict[str, torch.Tensor]:
+    """Attention readouts and direct logit attribution of every head: name -> [n_layers, n_heads]."""
+    cache = attribution.run_cache(model, clean, names_filter=lambda n: n.endswith("hook_pattern"))
+    maps = {f"attn_end_{k.lower()}": attribution.attention_to(model, clean, "END", k, cache=cache)
+            for k in ("IO", "S1", "S2")}
+    maps["attn_end_s"] = maps["attn_end_s1"] + maps["attn_end_s2"]
+    maps["previous_token"] = attribution.previous_token_scores(model, clean, cache=cache)
+    maps["duplicate_token"] = attribution.duplicate_token_scores(model, clean, cache=cache)
+    maps["induction"] = attribution.induction_scores(model, clean, cache=cache)
+    maps["dla"] = attribution.head_dla(model, clean)
+    return maps
+
+
+def _classify_direct(maps: dict[str, torch.Tensor], heads: Sequence[Head], t: Thresholds) -> dict[str, list[Head]]:
+    """NM / SS / NNM / BNM among heads, from the direct path, END attention and DLA."""
+    io, s, dla = maps["attn_end_io"], maps["attn_end_s"], maps["dla"]
+    helps, hurts = _pick(-maps["direct"], t.direct, heads), _pick(maps["direct"], t.direct, heads)
+    c = {"NM": [h for h in helps if io[h] >= t.attention and io[h] >= s[h]],
+         "SS": [h for h in helps if s[h] >= t.attention and s[h] > io[h]],
+         "NNM": [h for h in hurts if io[h] >= t.attention]}
+    direct = set(helps) | set(hurts)
+    c["BNM"] = [h for h in heads if h not in direct and io[h] >= t.backup_attention and dla[h] > 0]
+    return c
+
+
+def describe(model, clean: data.IOIDataset, abc: data.IOIDataset, heads: Sequence[Head],
+             t: Thresholds = Thresholds(), progress: bool = False) -> tuple[Circuit, dict[str, torch.Tensor]]:
+    """Stage 2: sort admitted heads into classes with Wang et al.'s path-patching steps, restricted to them."""
+    heads = sorted(tuple(h) for h in heads)
+    maps = _readouts(model, clean)
+    pp = lambda receivers, senders: patching.path_patch(model, clean, abc, receivers, senders=senders,  # noqa: E731
+                                                          progress=progress)
+    maps["direct"] = pp(patching.LOGITS, heads)
+    c = {x: [] for x in CLASSES} | _classify_direct(maps, heads, t)
+    used = set(c["NM"]) | set(c["SS"]) | set(c["NNM"]) | set(c["BNM"])
+    movers = c["NM"] + c["SS"]
+    rest = lambda: [h for h in heads if h not in used]  # noqa: E731
+    if movers and rest():
+        maps["to_movers_q"] = pp(Receivers(tuple(movers), "q", "END"), rest())
+        c["SIN"] = _pick(-maps["to_movers_q"], t.s_inhibition, rest(), maps["attn_end_s2"] >= t.s_inhibition_attention)
+        used |= set(c["SIN"])
+    readers = c["SIN"] + c["SS"]  # heads that read S2 from END: GPT-2's S-Inhibition, SmolLM2's S-Suppression
+    if readers and rest():
+        maps["to_s2_readers_kv"] = pp(Receivers(tuple(readers), "kv", "S2"), rest())
+        dup_or_ind = _pick(-maps["to_s2_readers_kv"], t.duplicate_induction, rest())
+        c["DT"] = [h for h in dup_or_ind if maps["duplicate_token"][h] >= maps["induction"][h]]
+        c["IND"] = [h for h in dup_or_ind if maps["duplicate_token"][h] < maps["induction"][h]]
+        used |= set(c["DT"]) | set(c["IND"])
+    if c["IND"] and rest():
+        maps["to_ind_k"] = pp(Receivers(tuple(c["IND"]), "k", "S1+1"), rest())
+        c["PT"] = _pick(-maps["to_ind_k"], t.previous_token, rest(), maps["previous_token"] >= t.previous_token_attention)
+        used |= set(c["PT"])
+    c["OTH"] = rest()
+    return Circuit(c, everywhere=True), maps
 
 
 def discover(model, clean: data.IOIDataset, abc: data.IOIDataset, thresholds: Thresholds = Thresholds(),
              progress: bool = False) -> Discovery:
-    """Wang et al.'s pipeline, automated: NM/NNM from the direct path, then SIN, IND/DT, PT, BNM."""
-    t, k = thresholds, thresholds.max_per_class
-    cache = attribution.run_cache(model, clean, names_filter=lambda n: n.endswith("hook_pattern"))
-    maps = {
-        "direct": patching.path_patch(model, clean, abc, progress=progress),
-        "attn_end_io": attribution.attention_to(model, clean, "END", "IO", cache=cache),
-        "attn_end_s2": attribution.attention_to(model, clean, "END", "S2", cache=cache),
-        "previous_token": attribution.previous_token_scores(model, clean, cache=cache),
-        "duplicate_token": attribution.duplicate_token_scores(model, clean, cache=cache),
-        "induction": attribution.induction_scores(model, clean, cache=cache),
-    }
-    maps["dla"] = attribution.head_dla(model, clean)  # = the head's END output projected on W_U[IO] - W_U[S]
-    names_attended = maps["attn_end_io"] >= t.name_mover_attention
-    c: dict[str, list[Head]] = {x: [] for x in CLASSES}
-    c["NM"] = _select(-maps["direct"], t.name_mover, set(), k, names_attended)
-    c["NNM"] = _select(maps["direct"], t.negative_name_mover, set(c["NM"]), k, names_attended)
-    used = set(c["NM"]) | set(c["NNM"])
-    if c["NM"]:
-        maps["to_nm_q"] = patching.path_patch(model, clean, abc, Receivers(tuple(c["NM"]), "q", "END"), progress=progress)
-        c["SIN"] = _select(-maps["to_nm_q"], t.s_inhibition, used, k, maps["attn_end_s2"] >= t.s_inhibition_attention)
-    used |= set(c["SIN"])
-    if c["SIN"]:
-        maps["to_sin_kv"] = patching.path_patch(model, clean, abc, Receivers(tuple(c["SIN"]), "kv", "S2"), progress=progress)
-        dup_or_ind = _select(-maps["to_sin_kv"], t.duplicate_induction, used, 2 * k)
-        c["DT"] = [h for h in dup_or_ind if maps["duplicate_token"][h] >= maps["induction"][h]][:k]
-        c["IND"] = [h for h in dup_or_ind if maps["duplicate_token"][h] < maps["induction"][h]][:k]
-    used |= set(c["DT"]) | set(c["IND"])
-    if c["IND"]:
-        maps["to_ind_k"] = patching.path_patch(model, clean, abc, Receivers(tuple(c["IND"]), "k", "S1+1"), progress=progress)
-        c["PT"] = _select(-maps["to_ind_k"], t.previous_token, used, k, maps["previous_token"] >= t.previous_token_attention)
-    used |= set(c["PT"])
-    late = maps["attn_end_io"] >= t.backup_attention
-    c["BNM"] = _select(maps["dla"], t.backup_dla + 1e-9, used, k, late)
-    return Discovery(Circuit(c), maps, thresholds)
+    """Admit heads by their effect on the mean-ablation knockout, then describe them (see the module doc).
+
+    `clean` / `abc` are the discovery prompts; measure the result on other prompts.
+    """
+    t0 = time.perf_counter()
+    heads, trace, attr, f_m = admit(model, clean, abc, thresholds, progress)
+    circuit, maps = describe(model, clean, abc, heads, thresholds, progress)
+    maps["attribution"] = attr / f_m  # each head's attributed share of F(M) in the whole model
+    return Discovery(circuit, maps, thresholds, trace, time.perf_counter() - t0)
+
+
+def jaccard(a: Circuit, b: Circuit) -> float:
+    """|heads in both| / |heads in either| (1 for two empty circuits)."""
+    x, y = set(a.heads), set(b.heads)
+    return len(x & y) / len(x | y) if x | y else 1.0
+
+
+def class_table(circuit: Circuit, reference: Circuit = WANG_GPT2_CIRCUIT) -> list[dict]:
+    """Per class: its rule, how many heads the circuit and the reference (Wang et al.'s GPT-2) have in it."""
+    return [{"class": f"{CLASSES[c]} ({c})", "rule": CLASS_RULES[c], "ours": len(circuit.classes[c]),
+             "reference": len(reference.classes[c]),
+             "status": ("in both" if circuit.classes[c] and reference.classes[c] else
+                        "ours only" if circuit.classes[c] else "reference only" if reference.classes[c] else "neither")}
+            for c in CLASSES]
+
+
+def strong_heads_outside(effects: torch.Tensor, circuit: Circuit, share: float = 0.1) -> list[tuple[Head, float]]:
+    """Heads outside the circuit whose single-head effect [n_layers, n_heads] (relative to F(M)) is >= share in size."""
+    inside = set(circuit.heads)
+    out = [((l, h), float(effects[l, h])) for l, h in (effects.abs() >= share).nonzero().tolist() if (l, h) not in inside]
+    return sorted(out, key=lambda x: -abs(x[1]))
 
 
 @dataclass
@@ -262,29 +428,38 @@ def save_maps(found: Discovery, folder: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: discover a model's IOI circuit, print it with its faithfulness, save the heat maps."""
+    """Command line: discover a model's IOI circuit on discovery prompts, measure it on held-out prompts,
+    print it with its faithfulness and the time taken, save the heat maps."""
     from . import models, results, study
 
+    t0 = time.perf_counter()
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--n", type=int, default=50, help="held-out prompts to analyse")
+    ap.add_argument("--n", type=int, default=50, help="discovery prompts (and as many held-out prompts)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--target", type=float, default=Thresholds.target, help="F(C)/F(M) to keep on discovery prompts")
+    ap.add_argument("--max-heads", type=int, default=Thresholds.max_heads)
     ap.add_argument("--out", type=Path, default=None, help="folder for the heat maps (default: under $IOI_UTILS_RESULTS)")
     a = ap.parse_args(argv)
     if a.n < 2:
         ap.error("--n must be >= 2")
     try:
+        thresholds = Thresholds(target=a.target, max_heads=a.max_heads)
         s = study.prepare(a.model, n_prompts=a.n, n_eval=a.n, seed=a.seed, device=a.device)
     except (models.ModelUnavailableError, ValueError) as e:
         ap.exit(2, f"error: {e}\n")
-    found = discover(s.model, s.test, s.abc, progress=True)
+    print(f"{a.model} loaded in {time.perf_counter() - t0:.0f} s; discovering on {len(s.disc)} prompts", file=sys.stderr)
+    found = discover(s.model, s.disc, s.disc_abc, thresholds, progress=True)
     faith = faithfulness(s.model, s.test, s.abc, found.circuit)
+    lo, hi = faith.interval()
     print(found.circuit)
-    print(f"{len(found.circuit.heads)} heads; F(M) = {faith.f_model:.3f}, F(C) = {faith.f_circuit:.3f}, "
-          f"faithfulness F(C)/F(M) = {faith.ratio:.1%} (Wang's reading {faith.wang:.1%})")
+    print(f"{len(found.circuit.heads)} heads (discovered in {found.seconds:.0f} s on {len(s.disc)} prompts); "
+          f"on {len(s.test)} held-out prompts F(M) = {faith.f_model:.3f}, F(C) = {faith.f_circuit:.3f}, "
+          f"F(C)/F(M) = {faith.ratio:.1%} [95% CI {lo:.1%}, {hi:.1%}] (Wang's reading {faith.wang:.1%})")
     out = a.out or results.results_root() / "circuits" / Path(a.model).name
     print(f"heat maps: {save_maps(found, out)[0].parent}")
+    print(f"total {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

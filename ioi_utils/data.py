@@ -256,6 +256,24 @@ def make_ioi_dataset(
     return ds
 
 
+def twin_key(p: IOIPrompt) -> tuple:
+    """What a prompt shares with its IO/S-swapped twin: template, place, object, prefix and the two names."""
+    return (p.template_id, p.place, p.obj, p.prefix, frozenset((p.io, p.s1)))
+
+
+def make_disjoint_dataset(tokenizer, n: int, seed: int, prepend_bos: bool = False,
+                          avoid: Sequence[IOIDataset] = ()) -> IOIDataset:
+    """n clean IOI prompts (twins kept together) sharing no prompt or twin with the datasets in `avoid`."""
+    taken = {twin_key(p) for ds in avoid for p in ds.prompts}
+    pool = make_ioi_dataset(tokenizer, n=2 * n + len(taken), seed=seed, prepend_bos=prepend_bos)
+    chosen = [p for p in pool.prompts if twin_key(p) not in taken][:n]
+    if len(chosen) < n:
+        raise ValueError(f"could not draw {n} prompts disjoint from {len(taken)} others (seed {seed})")
+    ds = IOIDataset(chosen, tokenizer, prepend_bos, seed)
+    ds.vocabulary = pool.vocabulary
+    return ds
+
+
 def train_test_split(ds: IOIDataset, test_fraction: float = 0.2, seed: int = 0) -> tuple[IOIDataset, IOIDataset]:
     """Split by prompt (names and templates are shared, no prompt is): returns (train, test)."""
     if not 0 < test_fraction < 1:

@@ -21,7 +21,7 @@ from matplotlib.patches import Patch, Rectangle
 Head = tuple[int, int]  # (layer, query head)
 CLASS_COLORS: dict[str, str] = {
     "NM": "#2ca02c", "NNM": "#d62728", "BNM": "#17becf", "SIN": "#9467bd",
-    "IND": "#ff7f0e", "DT": "#8c564b", "PT": "#e377c2",
+    "IND": "#ff7f0e", "DT": "#8c564b", "PT": "#e377c2", "SS": "#bcbd22", "OTH": "#7f7f7f",
 }
 DIVERGING, SEQUENTIAL = "RdBu_r", "viridis"
 BOOK_WIDTH = 8.0  # inches: the book's text column at 100 dpi
@@ -225,3 +225,53 @@ def cmap_heatmaps(effects: Mapping[str, object], classes: Mapping[str, Sequence[
     if title:
         fig.suptitle(title)
     return fig
+
+
+def head_rows_heatmaps(heads: Sequence[str], columns: Sequence[str], panels: Mapping[str, object], title: str = "",
+                       symmetric: Mapping[str, bool] | None = None, annotate: bool = True) -> Figure:
+    """Side-by-side [n_heads, n_columns] heat maps (one row per named head, one column per checkpoint or
+    model), each panel with its own colour bar: diverging around 0 (symmetric, e.g. DLA) or sequential
+    (attention). Values are written in the cells when annotate and the grid is small enough to read."""
+    if not panels:
+        raise ValueError("head_rows_heatmaps needs at least one panel")
+    arrays = {k: _array(v) for k, v in panels.items()}
+    for name, arr in arrays.items():
+        if arr.shape != (len(heads), len(columns)):
+            raise ValueError(f"panel {name!r} has shape {arr.shape}, expected {(len(heads), len(columns))}")
+    symmetric = symmetric or {}
+    panel_w = min(max(1.8, 0.55 * len(columns) + 1.2), (MAX_WIDTH - 1.0) / len(arrays))
+    height = min(max(2.6, 0.28 * len(heads) + 1.4), 12.0)
+    fig, axes = plt.subplots(1, len(arrays), figsize=(panel_w * len(arrays) + 1.0, height), squeeze=False,
+                             sharey=True, constrained_layout=True)
+    for ax, (name, arr) in zip(axes[0], arrays.items()):
+        sym = symmetric.get(name, True)
+        kw = _limits(arr, sym)
+        if not sym:
+            finite = arr[np.isfinite(arr)]
+            kw.update(vmin=0.0, vmax=max(float(finite.max()) if finite.size else 1.0, 1e-6))
+        im = ax.imshow(arr, aspect="auto", interpolation="nearest", **kw)
+        ax.set_xticks(range(len(columns)), [str(c) for c in columns], rotation=45 if max(map(len, map(str, columns))) > 3 else 0,
+                      ha="right" if max(map(len, map(str, columns))) > 3 else "center")
+        ax.set_yticks(range(len(heads)), list(heads))
+        ax.set_title(_wrap(name, panel_w))
+        if annotate and len(heads) * len(columns) <= 200 and panel_w / max(1, len(columns)) >= 0.35:
+            for i in range(len(heads)):
+                for j in range(len(columns)):
+                    if np.isfinite(arr[i, j]):
+                        ax.text(j, i, f"{arr[i, j]:.2f}", ha="center", va="center", fontsize=7, color="black")
+        fig.colorbar(im, ax=ax, fraction=0.08, pad=0.02)
+    axes[0][0].set_ylabel("head")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def masked(values, heads: Sequence[Head]) -> np.ndarray:
+    """A [n_layers, n_heads] map with every head outside `heads` set to nan (drawn blank): a map measured only
+    on some heads."""
+    arr = _array(values).copy()
+    keep = np.zeros(arr.shape, dtype=bool)
+    for l, h in heads:
+        keep[l, h] = True
+    arr[~keep] = np.nan
+    return arr

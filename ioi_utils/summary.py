@@ -74,15 +74,29 @@ def table(res: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
     rows.append(_row("Subject Duplication flips the logit difference (base -> last toxic epoch)", PAPER["sd_logit_diff"],
                      f"{_fmt(sd0)} -> {_fmt(sd1)}", verdict(None if _missing(sd0) else sd1, ok and sd0 > 0 > sd1,
                                                           ok and sd1 < sd0 - 0.5)))
-    loc = cor.get("localization")
+    gs = amp.get("gain_share_circuit")
+    rows.append(_row("the base circuit's heads carry the fine-tuning gain (CMAP gain share, fine-tuned -> base)",
+                     {"text": "amplification of the existing circuit", "source": f"§4.1 ({SECOND_HAND})"}, _fmt(gs, True),
+                     verdict(gs, not _missing(gs) and gs >= 0.5, not _missing(gs) and gs >= 0.25)))
+    loc, ctrl = cor.get("localization"), cor.get("localization_control_p95")
+    beats = not _missing(loc) and (_missing(ctrl) or loc > ctrl)  # records without the control: judged on loc alone
     rows.append(_row("corruption is localized to circuit heads (share of |CMAP effect| in the circuit / share of heads)",
-                     PAPER["corruption_localized"], _fmt(loc),
-                     verdict(loc, not _missing(loc) and loc >= 2, not _missing(loc) and loc > 1)))
+                     PAPER["corruption_localized"], _fmt(loc) + ("" if _missing(ctrl) else f" (control p95 {_fmt(ctrl)})"),
+                     verdict(loc, beats and loc >= 2, not _missing(loc) and loc > 1)))
     for rule, name in (("name-moving", "Name Moving"), ("subject-duplication", "Subject Duplication")):
         fr = neu.get(f"faithfulness_{rule}")
         paper = dict(PAPER["reversal_faithfulness"], text=_fmt(PAPER["reversal_faithfulness"]["value"][rule], True))
         rows.append(_row(f"faithfulness recovered by clean retraining after {name}", paper, _fmt(fr, True),
                          verdict(fr, not _missing(fr) and fr >= 0.85, not _missing(fr) and fr >= 0.6)))
+    rs = neu.get("recovered_share_subject-duplication")
+    rows.append(_row("heads corrupted by Subject Duplication recover their DLA after retraining (share)",
+                     {"text": "the original mechanism comes back", "source": f"§5 ({SECOND_HAND})"}, _fmt(rs, True),
+                     verdict(rs, not _missing(rs) and rs >= 0.5, not _missing(rs) and rs > 0)))
+    j0, j1 = neu.get("overlap_corrupted_subject-duplication"), neu.get("overlap_subject-duplication")
+    rows.append(_row("the re-discovered circuit returns to the base circuit after Subject Duplication (Jaccard, corrupted "
+                     "-> retrained)", {"text": "the original circuit is recovered", "source": f"§5 ({SECOND_HAND})"},
+                     f"{_fmt(j0)} -> {_fmt(j1)}", verdict(None if _missing(j0) else j1, not _missing(j0, j1) and j1 >= j0 + 0.1
+                                                          and j1 >= 0.5, not _missing(j0, j1) and j1 > j0)))
     mlp = cd.get("worst_mlp")
     rows.append(_row("an MLP is essential to the task", {"text": "not stated (MLP0 in Wang et al.)", "source": "-"},
                      "n/a" if mlp is None else f"MLP {mlp}", "see chapter 2"))

@@ -136,7 +136,7 @@ def twin_split(prompts: list[data.IOIPrompt], n_test: int, seed: int) -> tuple[l
     """
     groups: dict[tuple, list[int]] = {}
     for i, p in enumerate(prompts):
-        groups.setdefault((p.template_id, p.place, p.obj, p.prefix, frozenset((p.io, p.s1))), []).append(i)
+        groups.setdefault(data.twin_key(p), []).append(i)
     order = list(groups.values())
     random.Random(seed).shuffle(order)
     test: list[int] = []

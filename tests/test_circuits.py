@@ -18,6 +18,19 @@ def setup():
     return model, clean, data.make_abc_dataset(clean)
 
 
+@pytest.fixture(scope="module")
+def sharp_setup():
+    """The tiny GPT-2 with sharper queries and larger values, on one-sided prompts (no twin cancels its effect)."""
+    model, tok = models.load_model("tiny", device="cpu", seed=0)
+    d = model.cfg.d_model
+    with torch.no_grad():
+        for block in model.blocks:  # GPT-2's joint projection: columns [q | k | v]
+            block.attn.qkv.original_component.weight[:, :d] *= 30
+            block.attn.qkv.original_component.weight[:, 2 * d :] *= 3
+    clean = data.make_ioi_dataset(tok, n=16, seed=3, prepend_bos=True, symmetric=False)
+    return model, clean, data.make_abc_dataset(clean)
+
+
 class _Everywhere(C.Circuit):
     """A circuit that keeps every head of the model at every position."""
 
@@ -79,22 +92,67 @@ def test_wang_reference_circuit():
         C.Circuit({"XX": [(0, 0)]})
 
 
-def test_discovery_with_zero_thresholds_finds_a_classified_circuit(setup):
-    model, clean, abc = setup
-    loose = C.Thresholds(name_mover=0.0, name_mover_attention=0.0, s_inhibition=-1, s_inhibition_attention=0,
-                         duplicate_induction=-1, previous_token=-1, previous_token_attention=0, backup_attention=0,
-                         max_per_class=2)
-    found = C.discover(model, clean, abc, loose)
-    assert found.circuit.classes["NM"], str(found.circuit)
-    assert found.maps["direct"].shape == (2, 4)
-    heads = found.circuit.heads
-    assert len(heads) == len(set(heads))
+def _maps(direct, io, s, dla):
+    """Hand-built description maps for a 1-layer, len(direct)-head model."""
+    t = lambda v: torch.tensor([v], dtype=torch.float)  # noqa: E731
+    return {"direct": t(direct), "attn_end_io": t(io), "attn_end_s": t(s), "dla": t(dla)}
 
 
-def test_discovery_with_strict_thresholds_finds_nothing(setup):
+def test_direct_classes_follow_their_rules():
+    # head:           0 NM    1 SS    2 NNM   3 BNM   4 weak  5 helps, attends neither
+    maps = _maps([-0.3, -0.5, 0.2, -0.01, -0.01, -0.1], [0.6, 0.05, 0.4, 0.5, 0.05, 0.02],
+                 [0.1, 0.7, 0.1, 0.1, 0.05, 0.03], [1.0, 0.8, -0.7, 0.3, 0.1, 0.2])
+    heads = [(0, h) for h in range(6)]
+    c = C._classify_direct(maps, heads, C.Thresholds())
+    assert c == {"NM": [(0, 0)], "SS": [(0, 1)], "NNM": [(0, 2)], "BNM": [(0, 3)]}
+    # IO and S attention swapped: the mover becomes S-Suppression and the suppressor a Name Mover
+    swapped = C._classify_direct(maps | {"attn_end_io": maps["attn_end_s"], "attn_end_s": maps["attn_end_io"]},
+                                 heads, C.Thresholds())
+    assert swapped["NM"] == [(0, 1)] and swapped["SS"] == [(0, 0)]
+
+
+def test_knockout_attribution_values_and_gradient(setup):
     model, clean, abc = setup
-    strict = C.Thresholds(name_mover=10.0, negative_name_mover=10.0, backup_attention=2.0)
-    assert C.discover(model, clean, abc, strict).circuit.heads == []
+    means = P.template_means(model, abc)
+    every = P.all_heads(model)
+    ld, grad = P.knockout_attribution(model, clean, means, every, batch_size=5)
+    assert ld.shape == (len(clean),) and grad.shape == (2, 4)
+    assert ld.mean().item() == pytest.approx(P.circuit_logit_diff(model, clean, abc, {h: ("ALL",) for h in every}, means), abs=1e-6)
+    none, _ = P.knockout_attribution(model, clean, means, [])
+    assert none.mean().item() == pytest.approx(P.circuit_logit_diff(model, clean, abc, {}, means), abs=1e-6)
+    # the attribution is the derivative of the mean logit diff in the head's scale a: check by finite differences
+    h, eps = (1, 2), 1e-2
+    def at(a):
+        alpha = [torch.ones(4) for _ in range(2)]
+        alpha[h[0]][h[1]] = a
+        return P._run_ld(model, clean, 1, P._scaled_z_hooks(means, alpha, slice(None))).mean().item()
+    numeric = (at(1 + eps) - at(1 - eps)) / (2 * eps)
+    assert grad[h].item() == pytest.approx(numeric, rel=1e-2, abs=1e-6)
+
+
+def test_admission_reaches_its_target_with_few_heads(sharp_setup):
+    model, clean, abc = sharp_setup
+    heads, trace, attr, f_m = C.admit(model, clean, abc, C.Thresholds(target=0.9, max_heads=8))
+    assert 1 <= len(heads) < 8 and attr.shape == (2, 4)
+    ratio = lambda hs: P.circuit_logit_diff(model, clean, abc, {h: ("ALL",) for h in hs}) / f_m  # noqa: E731
+    assert ratio(heads) >= 0.9  # measured independently of the search
+    ranked = sorted(P.all_heads(model), key=lambda h: -attr[h].item())
+    assert trace[0]["heads"] == 8 and trace[0]["faithfulness"] == pytest.approx(1.0)
+    # when max_heads cannot reach the target, the result says so instead of pretending
+    few, trace_few, _, _ = C.admit(model, clean, abc, C.Thresholds(target=0.99, max_heads=1))
+    assert len(few) == 1 and trace_few[-1]["faithfulness"] == pytest.approx(ratio(few), abs=1e-5)
+    assert few == [ranked[0]] or trace_few[-1]["faithfulness"] < 0.99
+
+
+def test_discovered_circuit_is_kept_everywhere_and_round_trips(sharp_setup):
+    model, clean, abc = sharp_setup
+    found = C.discover(model, clean, abc, C.Thresholds(target=0.9, max_heads=8))
+    assert found.circuit.everywhere and set(found.circuit.positions().values()) <= {("ALL",)}
+    assert C.Circuit.from_json(found.circuit.to_json()).heads == found.circuit.heads
+    assert {"direct", "attribution", "attn_end_io", "attn_end_s", "dla"} <= set(found.maps)
+    assert sorted(found.circuit.heads) == sorted(h for hs in found.circuit.classes.values() for h in hs)
+    with pytest.raises(ValueError, match="bad discovery thresholds"):
+        C.Thresholds(target=0.0)
 
 
 def test_template_means_are_abc_means_by_hand(setup):
@@ -201,3 +259,29 @@ def test_smollm_knockout_and_interval_match_hand_rolled():
     assert everywhere == pytest.approx(f.f_model, rel=1e-3)  # every head everywhere is the model
     lo, hi = f.interval()
     assert lo <= f.ratio <= hi and hi - lo > 0
+
+
+@pytest.fixture(scope="module")
+def smollm2_discovery():
+    """SmolLM2-135M's circuit discovered on 48 prompts, and 48 disjoint held-out prompts."""
+    torch.set_num_threads(2)
+    model, tok = models.load_model("smollm2-135m", device="cpu")
+    held = data.make_ioi_dataset(tok, n=48, seed=0, prepend_bos=model.prepend_bos)
+    disc = data.make_disjoint_dataset(tok, 48, seed=1, prepend_bos=model.prepend_bos, avoid=[held])
+    found = C.discover(model, disc, data.make_abc_dataset(disc))
+    return model, found, held, data.make_abc_dataset(held)
+
+
+@pytest.mark.slow
+def test_smollm2_circuit_is_found_described_and_faithful_held_out(smollm2_discovery):
+    model, found, held, held_abc = smollm2_discovery
+    c = found.circuit
+    # the strongest heads of SmolLM2's IOI mechanism (measured by every ranking): S-Suppression at END -> S2
+    assert {(23, 3), (20, 0)} <= set(c.classes["SS"]), str(c)
+    assert found.maps["attn_end_s2"][23, 3] > 0.4 and found.maps["direct"][23, 3] < -0.1
+    # the duplicate-token head feeding them through S2 (path patching into their keys/values at S2)
+    assert (15, 7) in c.classes["DT"], str(c)
+    assert 5 <= len(c.heads) <= 30
+    f = C.faithfulness(model, held, held_abc, c)
+    lo, hi = f.interval()
+    assert f.f_model > 2 and lo > 0.7, (f.ratio, lo, hi)

@@ -1,0 +1,133 @@
+"""study: checkpoint rows (readouts, intervals, memoised re-discovery), role changes, recovery, localization control,
+CMAP helpers; plotting: head-by-checkpoint heat maps and masked maps."""
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from ioi_utils import circuits as C, plotting, study  # noqa: E402
+
+
+def _row(dla_mean: torch.Tensor, n: int = 40, noise: float = 0.01, seed: int = 0) -> dict:
+    """A checkpoint row with per-prompt DLA around a given [L, H] mean."""
+    g = torch.Generator().manual_seed(seed)
+    pp = dla_mean[None] + noise * torch.randn(n, *dla_mean.shape, generator=g)
+    return {"dla": pp.mean(0), "dla_per_prompt": pp.half(), "attn_io": torch.zeros_like(dla_mean),
+            "attn_s": torch.zeros_like(dla_mean)}
+
+
+def test_role_changes_flags_only_significant_flips():
+    before = torch.zeros(2, 3)
+    before[0, 0], before[0, 1], before[1, 2] = 1.0, 0.02, 0.5
+    after = before.clone()
+    after[0, 0], after[0, 1], after[1, 2] = -0.8, -0.02, 0.9  # real flip, flip below min_dla, growth
+    ch = study.role_changes(_row(before), _row(after, seed=1), [(0, 0), (0, 1), (1, 2)])
+    by = {c["head"]: c for c in ch}
+    assert by[(0, 0)]["flip"] and not by[(0, 1)]["flip"] and not by[(1, 2)]["flip"]
+    assert ch[0]["head"] == (0, 0)  # largest |DLA change| first
+    assert by[(1, 2)]["dla_change"] == pytest.approx(0.4, abs=0.02)
+    noisy = study.role_changes(_row(before * 0, noise=1.0), _row(before * 0, noise=1.0, seed=2), [(0, 0)])
+    assert not noisy[0]["flip"]  # noise around zero is no flip
+
+
+def test_recovered_share():
+    base, corrupted, fixed = (_row(torch.full((1, 3), v)) for v in (1.0, -1.0, 0.9))
+    half = _row(torch.tensor([[0.9, -0.5, -1.0]]))
+    assert study.recovered_share(base, corrupted, fixed, [(0, 0), (0, 1)])[0] == 1.0
+    share, ok = study.recovered_share(base, corrupted, half, [(0, 0), (0, 1), (0, 2)])
+    assert ok == [True, False, False] and share == pytest.approx(1 / 3)
+    assert math.isnan(study.recovered_share(base, corrupted, fixed, [])[0])
+
+
+def test_localization_control_matches_layers():
+    effects = torch.zeros(3, 9)
+    effects[2] = 1.0  # every head of the last layer carries the same effect
+    heads = [(2, 0), (2, 1)]
+    assert study.localization(effects, heads) == pytest.approx(3.0)
+    mean, p95 = study.localization_control(effects, heads, n_draws=50)
+    assert mean == pytest.approx(3.0) and p95 == pytest.approx(3.0)  # layer-matched sets do as well: not localized
+    effects[2, 0], effects[2, 1] = 5.0, 5.0
+    mean, p95 = study.localization_control(effects, heads, n_draws=200)
+    assert study.localization(effects, heads) > p95 >= mean
+
+
+def test_top_heads_and_cmap_subset():
+    effects = torch.tensor([[0.1, -3.0], [2.0, 0.0]])
+    assert study.top_heads(effects, 2) == [(0, 1), (1, 0)]
+    assert study.top_heads(effects, 2, exclude=[(0, 1)]) == [(1, 0), (0, 0)]
+
+
+def test_paired_intervals():
+    g = torch.Generator().manual_seed(0)
+    m = 2.0 + 0.1 * torch.randn(50, generator=g)
+    a = {"logit_diff_per_prompt": m + 1.0, "f_per_prompt": (m, 0.9 * m)}
+    b = {"logit_diff_per_prompt": m, "f_per_prompt": (m, 0.5 * m)}
+    lo, hi = study.logit_diff_change_interval(a, b)
+    assert lo == pytest.approx(1.0, abs=1e-6) and hi == pytest.approx(1.0, abs=1e-6)
+    lo, hi = study.faithfulness_gain_interval(a, b)
+    assert lo == pytest.approx(0.4, abs=1e-6) and hi == pytest.approx(0.4, abs=1e-6)
+
+
+def test_head_rows_heatmaps_and_masked():
+    vals = np.arange(6, dtype=float).reshape(3, 2)
+    fig = plotting.head_rows_heatmaps(["NM 9.9", "SS 20.0", "OTH 2.4"], ["e0", "e1"],
+                                      {"DLA": vals - 2, "attention": vals / 10}, "t", symmetric={"attention": False})
+    assert len(fig.axes) == 4  # two panels, two colour bars
+    with pytest.raises(ValueError):
+        plotting.head_rows_heatmaps(["a"], ["e0", "e1"], {"DLA": vals})
+    m = plotting.masked(torch.ones(2, 3), [(0, 1), (1, 2)])
+    assert np.isnan(m).sum() == 4 and m[0, 1] == 1 and m[1, 2] == 1
+    plotting.plt.close("all")
+
+
+def test_checkpoint_row_memoised_and_rediscovery(tmp_path, monkeypatch):
+    monkeypatch.setenv("IOI_UTILS_RESULTS", str(tmp_path))
+    torch.set_num_threads(1)
+    s = study.prepare("tiny", 24, 12, 0, "cpu", 8, n_discovery=10)
+    circuit = C.Circuit({"NM": [(1, 0)], "OTH": [(0, 1)]}, everywhere=True)
+    row = study.checkpoint_row(s, s.model, "base", circuit, 0)
+    for key in ("logit_diff", "logit_diff_interval", "faithfulness_base_circuit", "faithfulness_base_interval", "dla",
+                "attn_io", "attn_s", "dla_per_prompt"):
+        assert key in row
+    assert row["dla"].shape == (s.model.cfg.n_layers, s.model.cfg.n_heads) and "circuit" not in row
+    lo, hi = row["faithfulness_base_interval"]
+    assert lo <= row["faithfulness_base_circuit"] <= hi or math.isclose(lo, hi)
+    again = study.checkpoint_row(s, s.model, "base", circuit, 0)
+    assert torch.equal(again["dla"], row["dla"])
+    own = study.checkpoint_row(s, s.model, "base", circuit, 0, rediscover=True, n_rediscover=6)
+    assert {"circuit", "circuit_size", "faithfulness_own_circuit", "jaccard_base"} <= set(own)
+    assert own["circuit_size"] == len(C.Circuit.from_json(own["circuit"]).heads)
+    assert len(list((tmp_path / "memo").glob("discovery-*.pt"))) == 1
+
+
+def test_summary_rows_for_control_recovery_and_overlap():
+    from ioi_utils import summary
+
+    res = {"amplification": {"gain_share_circuit": 0.6},
+           "corruption": {"localization": 2.5, "localization_control_p95": 3.0},
+           "neuroplasticity": {"recovered_share_subject-duplication": 0.75, "overlap_corrupted_subject-duplication": 0.3,
+                               "overlap_subject-duplication": 0.6}}
+    rows = {r["claim"].split(" (")[0]: r for r in summary.table(res)}
+    assert rows["corruption is localized to circuit heads"]["verdict"] == "partly"  # above 1, below its control
+    assert "control p95 3.00" in rows["corruption is localized to circuit heads"]["ours"]
+    assert rows["the base circuit's heads carry the fine-tuning gain"]["verdict"] == "reproduced"
+    assert rows["heads corrupted by Subject Duplication recover their DLA after retraining"]["verdict"] == "reproduced"
+    j = rows["the re-discovered circuit returns to the base circuit after Subject Duplication"]
+    assert j["ours"] == "0.30 -> 0.60" and j["verdict"] == "reproduced"
+    assert {r["claim"].split(" (")[0]: r["verdict"] for r in summary.table({})}[
+        "the re-discovered circuit returns to the base circuit after Subject Duplication"] == "not measured"
+
+
+def test_checkpoint_row_logit_diff_is_the_clean_models(tmp_path, monkeypatch):
+    monkeypatch.setenv("IOI_UTILS_RESULTS", str(tmp_path))
+    torch.set_num_threads(1)
+    s = study.prepare("tiny", 24, 12, 0, "cpu", 8, n_discovery=10)
+    row = study.checkpoint_row(s, s.model, "base", C.Circuit({"NM": [(1, 0)]}, everywhere=True), 0)
+    ev = study.behaviour(s.model, s)
+    assert row["logit_diff"] == pytest.approx(ev.logit_diff, abs=1e-4)
+    assert row["accuracy"] == pytest.approx(ev.accuracy)
