@@ -142,6 +142,28 @@ table = "| head | class | direct path | END→IO | END→S | DLA | attributed sh
 display(Markdown(table + "\n".join("| " + " | ".join(r) + " |" for r in rows)))
 
 # %% [markdown]
+# **What this model does**, read from the table (the paragraph is written by the execution):
+
+# %%
+attr = found.maps["attribution"]
+top = sorted(circuit.heads, key=lambda h: -attr[h].item())[:3]
+io_, s_ = found.maps["attn_end_io"], found.maps["attn_end_s"]
+describe = lambda h: (f"{h[0]}.{h[1]} ({circuit.class_of(h)}; attributed share {attr[h]:+.0%}, END→S {s_[h]:.2f}, "  # noqa: E731
+                      f"END→IO {io_[h]:.2f}, DLA {found.maps['dla'][h]:+.2f})")
+n_ss, n_nm = len(circuit.classes["SS"]), len(circuit.classes["NM"])
+text = (f"The three heads with the largest attributed share are {', '.join(map(describe, top))}. "
+        f"The circuit has {n_nm} Name Mover(s) and {n_ss} S-Suppression head(s). ")
+if circuit.class_of(top[0]) == "SS":
+    text += ("Where GPT-2 small copies the IO name from END (Name Movers), this model's strongest head attends "
+             "to the repeated name S and writes against it, which raises logit(IO) − logit(S) just as well: the same "
+             "behaviour through a different mechanism. ")
+feeders = circuit.classes["IND"] + circuit.classes["DT"]
+if feeders:
+    text += (f"Path patching into their keys and values at S2 finds {', '.join(f'{l}.{h}' for l, h in feeders)} "
+             "(Induction / Duplicate Token): the heads that mark S2 as a repeated name, as in GPT-2.")
+display(Markdown(text))
+
+# %% [markdown]
 # What the strongest heads attend to on one prompt (interactive: choose a head):
 
 # %%
@@ -210,6 +232,12 @@ claims.check("minimality: every circuit head changes its class's logit differenc
              record=checked)
 
 # %% [markdown]
+# Wang et al.'s minimality test removes the rest of a head's class before it removes the head. Our classes
+# describe heads rather than group them by function, and one class (Other) can hold most of the circuit:
+# removing the rest of it first leaves little for the tested head to change, so a head that matters inside
+# the whole circuit can fail this test. The completeness rows above, with random halves of the circuit,
+# are the fairer check of redundancy here.
+#
 # {glue:text}`minimal_pass` heads pass minimality; the largest completeness gap is
 # {glue:text}`worst_gap:.0f`% of F(M).
 #
@@ -230,6 +258,26 @@ for (l, h), e in outside:
 print(f"{len(outside)} of {len(candidates)} candidate heads move the logit difference by >= 10% alone and are outside")
 claims.check("every head with a single-head effect >= 10% of F(M) is in the circuit", len(outside), None, 0, "<=",
              enforce=enforce_claims, record=checked)
+
+# %% [markdown]
+# Why such a head can be outside. A head whose effect is to *lower* the logit difference is removed first by
+# construction: keeping it lowers F(C). A head that helps can be left out when the circuit's other heads
+# stand in for it: what it costs alone in the full model need not be what it adds to the circuit, and
+# pruning stops at the first circuit that reaches the target on the discovery prompts. The table compares,
+# for each head listed above, single-head activation patching (one ABC prompt's activation, carrying three
+# wrong names), the circuit's own knockout applied to that head alone (its per-template ABC mean), and the
+# circuit's faithfulness on held-out prompts with that head added.
+
+# %%
+means = patching.template_means(s.model, s.abc)
+everything = {h: patching.ALL_POSITIONS for h in patching.all_heads(s.model)}
+rows = []
+for (l, h), e in outside:
+    without = patching.circuit_logit_diff(s.model, s.test, s.abc, {k: v for k, v in everything.items() if k != (l, h)}, means)
+    added = patching.circuit_logit_diff(s.model, s.test, s.abc, {k: patching.ALL_POSITIONS for k in circuit.heads + [(l, h)]}, means)
+    rows.append(f"| {l}.{h} | {e:+.1%} | {without / faith.f_model - 1:+.1%} | {faith.ratio:.1%} → {added / faith.f_model:.1%} |")
+display(Markdown("| head | activation patching (ABC), alone | mean ablation, alone | F(C)/F(M) with the head added |\n"
+                 "|---|---|---|---|\n" + "\n".join(rows)) if rows else Markdown("No head is left out."))
 
 # %% [markdown]
 # ## The role of the MLPs

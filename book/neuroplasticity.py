@@ -114,8 +114,10 @@ for rule, name in (("subject-duplication", "Subject Duplication"), ("name-moving
                  end[rule]["logit_diff"] - start[rule]["logit_diff"], study.logit_diff_change_interval(end[rule], start[rule]),
                  0.0, ">=", paper="behaviour recovers (§5)", enforce=enforce_claims, record=claim_log)
     paper_value = summary.PAPER["reversal_faithfulness"]["value"][rule]
-    claims.check(f"the base circuit explains the behaviour recovered after {name} (F(C)/F(M), last retraining epoch)",
-                 end[rule]["faithfulness_base_circuit"], end[rule]["faithfulness_base_interval"], 0.85, ">=",
+    r, (lo, hi) = end[rule]["faithfulness_base_circuit"], end[rule]["faithfulness_base_interval"]
+    gap = (0.0 if lo <= 1 <= hi else min(abs(lo - 1), abs(hi - 1)), max(abs(lo - 1), abs(hi - 1)))  # |F(C)/F(M) - 1|
+    claims.check(f"the base circuit explains the behaviour recovered after {name} (|F(C)/F(M) - 1| at the last "
+                 f"retraining epoch; F(C)/F(M) = {r:.2f} [{lo:.2f}, {hi:.2f}])", abs(r - 1), gap, 0.15, "<=",
                  paper=f"{paper_value:.0%} ({summary.PAPER['reversal_faithfulness']['source']})",
                  precondition=(end[rule]["logit_diff_interval"][0] > 0, f"retrained logit diff must be > 0, got "
                                f"{end[rule]['logit_diff']:.2f}"), enforce=enforce_claims, record=claim_log)

@@ -17,8 +17,12 @@
 # profile named underneath). The paper's numbers are second-hand: the paper's full text could not be read
 # from where this book was made, so they come from second-hand readings of it (the table's *source*
 # column gives the section each value comes from; [Appendix: our reading of the paper](paper.md) lists what
-# the paper states, what it leaves open and what we chose there). Verdicts: *reproduced* (same direction and comparable
-# size), *partly* (same direction, clearly smaller), *not reproduced*, *not measured*.
+# the paper states, what it leaves open and what we chose there). The first table sets the paper's numbers beside
+# ours (its verdicts are a coarse reading: *reproduced* same direction and comparable size, *partly* same
+# direction and clearly smaller). The second lists every claim the chapters checked, with our value, its 95%
+# interval where we have per-prompt values, the threshold and the chapter's verdict (*reproduced* when the
+# interval lies on the right side of the threshold, *inconclusive* when it straddles it): where the two tables
+# differ, the second is the one to trust.
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -37,6 +41,17 @@ assert not missing, f"run the earlier chapters of profile {profile!r} first: {mi
 rows = summary.table(recorded)
 display(Markdown(summary.markdown(rows)))
 print(f"model: {model_name}, profile: {profile}")
+
+# %%
+fmt = lambda x: "n/a" if x is None else f"{x:.3g}"  # noqa: E731
+cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731  (a literal | would end the table cell)
+lines = ["| chapter | claim | paper | ours [95% interval] | threshold | verdict |", "|---|---|---|---|---|---|"]
+for chapter in ("intro", "circuit_discovery", "amplification", "corruption", "neuroplasticity"):
+    for statement, c in recorded[chapter].get("claims", {}).items():
+        interval = "" if not c["interval"] else f" [{fmt(c['interval'][0])}, {fmt(c['interval'][1])}]"
+        lines.append(f"| {chapter} | {cell(statement)} | {cell(c['paper'] or '-')} | {fmt(c['ours'])}{interval} | "
+                     f"{'≥' if c['direction'] == '>=' else '≤'} {fmt(c['threshold'])} | **{c['verdict']}** |")
+display(Markdown("\n".join(lines)))
 if profile == "smoke":
     print("smoke profile: a random-init 2-layer model exercises the code path; these verdicts say nothing about the paper")
 

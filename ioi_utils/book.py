@@ -36,6 +36,8 @@ from typing import Any, Iterator, Sequence
 
 import yaml
 
+from . import results
+
 # Papermill parameters injected into every chapter. Keep this a plain literal: edit values here.
 # Every profile reports claims that do not hold (a finding, not a crash); `--strict` makes them raise.
 # The runner adds `strict`, `enforce_claims` (both = --strict) and `execution_info` (see chapter_parameters).
@@ -108,7 +110,8 @@ TOC_FILE = "_toc.yml"
 BUILD_DIR = Path("_build")
 STAGING_DIR = BUILD_DIR / "staging"  # <profile>-<UTC time>/<chapter>.ipynb, kept when a run fails
 LOG_DIR = BUILD_DIR / "logs"  # <chapter>.log: papermill's cell progress and the kernel's stdout/stderr
-EXECUTION_FILE = "execution.json"  # the record of the last successful run, in $IOI_UTILS_RESULTS/<profile>/
+# the record of the last successful run: $IOI_UTILS_RESULTS/execution-<profile>.json, beside (not among) the
+# chapters' records in $IOI_UTILS_RESULTS/<profile>/, which the summary chapter reads as one execution
 KEEP_STAGING = 5  # failed/interrupted staging folders kept (the newest ones)
 KERNEL = "python3"
 
@@ -285,15 +288,9 @@ def git_commit(root: Path) -> str:
     return f"{head}+dirty" if _git(root, "status", "--porcelain") else head
 
 
-def results_dir(profile: str) -> Path:
-    """$IOI_UTILS_RESULTS/<profile> (default ~/.cache/ioi_utils/results/<profile>), as ioi_utils.results."""
-    default = Path.home() / ".cache" / "ioi_utils" / "results"
-    return Path(os.environ.get("IOI_UTILS_RESULTS", default)).expanduser() / profile
-
-
 def record_paths(root: Path, profile: str) -> list[Path]:
     """Where a run's execution record is written, the one read first for estimates first."""
-    return [root / BUILD_DIR / f"execution-{profile}.json", results_dir(profile) / EXECUTION_FILE]
+    return [root / BUILD_DIR / f"execution-{profile}.json", results.results_root() / f"execution-{profile}.json"]
 
 
 def load_record(root: Path, profile: str) -> dict[str, Any]:

@@ -187,12 +187,12 @@ def test_successful_run_publishes_all_and_writes_the_record(tmp_path, monkeypatc
     assert [c["log"] for c in calls] == [root / "_build" / "logs" / f"{n}.log" for n in "ab"]
     out = capsys.readouterr().out
     assert "[1/2] a: running (no estimate of what is left); log: _build/logs/a.log" in out
-    record = json.loads((tmp_path / "results" / "smoke" / "execution.json").read_text())
+    record = json.loads((tmp_path / "results" / "execution-smoke.json").read_text())
     assert set(record) == {"model", "profile", "commit", "date", "seconds_per_chapter", "total_seconds"}
     assert record["model"] == "tiny" and record["profile"] == "smoke"
     assert set(record["seconds_per_chapter"]) == {"a", "b"}
     in_build = (root / "_build" / "execution-smoke.json").read_text()
-    assert in_build == (tmp_path / "results" / "smoke" / "execution.json").read_text()
+    assert in_build == (tmp_path / "results" / "execution-smoke.json").read_text()
     info = calls[0]["params"]["execution_info"]
     assert set(info) == {"model", "profile", "commit", "date", "previous_total_seconds"}
     assert info["previous_total_seconds"] is None and info["commit"] == "unknown"  # tmp_path is not a git repo
