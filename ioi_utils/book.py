@@ -101,6 +101,7 @@ VOLATILE_OUTPUT: list[tuple[str, str]] = [
     (r"\S*/ipykernel_\d+/\d+\.py", "IPYKERNEL_CELL"),
     (r"at 0x[0-9a-f]+", "at 0xADDRESS"),
     (r"\S*/site-packages/", "SITE-PACKAGES/"),
+    (r"/\S*/(?=ioi_utils/\w+\.py)", ""),  # the checkout's absolute path in warnings: ioi_utils/<module>.py
     (r"\[\d+:\d+(?::\d+)?<[^\]\n]*\]", "[TQDM-TIME]"),
 ]
 _CARRIAGE_RETURN = re.compile(r"^.*\r(?=[^\n])", re.MULTILINE)  # as nbval: keep what a terminal would show
