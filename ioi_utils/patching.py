@@ -124,10 +124,11 @@ def _ld_from_logits(logits: torch.Tensor, ds: IOIDataset, reps: int = 1) -> torc
     return (e[rows, io] - e[rows, s]).view(reps, len(ds))
 
 
-def _ld_from_resid(model, resid: torch.Tensor, ds: IOIDataset) -> torch.Tensor:
-    """Per-prompt logit diff from the final residual at END, [..., batch, d_model] -> [..., batch]."""
+def _ld_from_resid(model, resid: torch.Tensor, ds: IOIDataset, rows: slice = slice(None)) -> torch.Tensor:
+    """Per-prompt logit diff from the final residual at END, [..., batch, d_model] -> [..., batch]
+    (prompts `rows` of ds when resid holds only those)."""
     dev = resid.device
-    io, s = ds.io_tokens.to(dev), ds.s_tokens.to(dev)
+    io, s = ds.io_tokens[rows].to(dev), ds.s_tokens[rows].to(dev)
     w = model.W_U[:, io] - model.W_U[:, s]  # [d_model, batch]
     ld = torch.einsum("...bm,mb->...b", model.ln_final(resid), w)
     b_u = getattr(model, "b_U", None)
@@ -886,7 +887,6 @@ def _attribution_batch(model, clean: IOIDataset, means: Mapping[int, torch.Tenso
     n_l, dev = model.cfg.n_layers, _device(model)
     last = f"blocks.{n_l - 1}.hook_resid_post"
     tokens, end = clean.tokens[rows].to(dev), clean.positions["END"][rows].to(dev)  # [b, seq], [b]
-    io, s = clean.io_tokens[rows].to(dev), clean.s_tokens[rows].to(dev)  # [b]
     alpha = [init[l].clone().requires_grad_(True) for l in range(n_l)]
     got = {}
 
@@ -899,10 +899,7 @@ def _attribution_batch(model, clean: IOIDataset, means: Mapping[int, torch.Tenso
             model.run_with_hooks(tokens, fwd_hooks=_scaled_z_hooks(means, alpha, rows) + [(last, grab)])
         except _Stop:
             pass
-        w = model.W_U[:, io] - model.W_U[:, s]  # [d_model, b]
-        ld = torch.einsum("bm,mb->b", model.ln_final(got["end"]), w)  # [b]
-        b_u = getattr(model, "b_U", None)
-        ld = ld if b_u is None else ld + (b_u[io] - b_u[s])
+        ld = _ld_from_resid(model, got["end"], clean, rows)  # [b]
         g = torch.autograd.grad(ld.sum(), alpha)
     grad += torch.stack(g).cpu()
     return ld.detach().float().cpu()
