@@ -1,0 +1,68 @@
+"""Discovery on a model with a planted IOI circuit (tests/planted.py): describe() and discover() must find its
+Name Mover, S-Inhibition and Duplicate Token heads through Wang et al.'s path-patching steps, and the maps they
+are read from must be the plain path patching of those steps."""
+
+import pytest
+import torch
+
+from ioi_utils import circuits as C, data, patching as P
+from planted import DECOY, DT, NM, SIN, planted_model
+
+OTHERS = [(0, 1), DECOY, (2, 1)]  # the decoy and the two zero heads
+STEPS = {  # description map -> (receivers of that step, the planted head it must single out, where it acts)
+    "direct": (P.LOGITS, NM, "END"),
+    "to_movers_q": (P.Receivers((NM,), "q", "END"), SIN, "END"),
+    "to_s2_readers_kv": (P.Receivers((SIN,), "kv", "S2"), DT, None),
+}
+
+
+@pytest.fixture(scope="module")
+def planted():
+    torch.set_num_threads(1)
+    model, tok = planted_model()
+    clean = data.make_ioi_dataset(tok, n=16, seed=0, prepend_bos=True)
+    return model, clean, data.make_abc_dataset(clean)
+
+
+@pytest.fixture(scope="module")
+def described(planted):
+    model, clean, abc = planted
+    return C.describe(model, clean, abc, P.all_heads(model))
+
+
+def test_planted_model_does_ioi_through_its_circuit(planted, described):
+    model, clean, abc = planted
+    maps = described[1]
+    assert P._run_ld(model, clean).min().item() > 3  # IO wins on every prompt
+    assert abs(P._run_ld(model, abc).mean().item()) < 1e-3  # no repeated name: NM splits over three names
+    assert maps["duplicate_token"][DT] > 0.99 and maps["induction"][DT] < 0.01  # S2 -> S1
+    assert maps["attn_end_s2"][SIN] > 0.95 and maps["attn_end_s2"][DECOY] > 0.95  # END -> S2
+    assert maps["attn_end_io"][NM] > 0.95 and maps["dla"][NM] > 3  # END -> IO, copied to the logits
+
+
+def test_describe_sorts_the_planted_heads_into_their_classes(described):
+    c = described[0].classes
+    assert (c["NM"], c["SIN"], c["DT"], c["OTH"]) == ([NM], [SIN], [DT], OTHERS), str(described[0])
+    assert not any(c[k] for k in ("SS", "NNM", "BNM", "IND", "PT"))  # the decoy attends S2 but acts on nothing
+
+
+def test_discover_admits_and_classifies_only_the_planted_circuit(planted):
+    model, clean, abc = planted
+    found = C.discover(model, clean, abc)
+    c = found.circuit.classes
+    assert found.circuit.heads == sorted([DT, SIN, NM]), str(found.circuit)
+    assert (c["NM"], c["SIN"], c["DT"]) == ([NM], [SIN], [DT])
+    assert C.faithfulness(model, clean, abc, found.circuit).ratio == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("name", STEPS)
+def test_description_maps_are_reference_path_patching(planted, described, name):
+    model, clean, abc = planted
+    receivers, head, position = STEPS[name]
+    ref = P.path_patch_reference(model, clean, abc, receivers)
+    torch.testing.assert_close(described[1][name], ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
+    assert ref[head] < -0.9  # the planted head carries the step: cutting its path loses the logit difference
+    assert (ref.abs() > 0.02).nonzero().tolist() == [list(head)]  # and no other head does
+    # here that path is the head's only way to the logits: patching its output alone gives the same number
+    act = P.activation_patch_heads(model, clean, abc, positions=position, heads=[head])
+    assert act[head].item() == pytest.approx(ref[head].item(), rel=1e-3)
