@@ -150,6 +150,7 @@ class Thresholds:
     max_heads: int = 30  # ... and never more heads than this (pruning goes on until it is reached)
     prune_fraction: float = 0.5  # share of the kept heads removed per attribution step while above max_heads
     search_rounds: int = 2  # re-rank-and-search rounds below max_heads (each: one attribution, ~log2(k) forwards)
+    n_describe: int = 100  # description (path patching) uses the first this many discovery prompts (all if fewer)
     # description (Wang et al.'s measurements; the values are ours)
     direct: float = 0.02  # |path patching to the logits| >= 2%: the head writes to the logits directly
     attention: float = 0.1  # END -> IO (NM, NNM) or END -> S (SS) attention at least this
@@ -161,9 +162,10 @@ class Thresholds:
     backup_attention: float = 0.2  # BNM: attends END -> IO at least this much and has DLA > 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.target <= 2 or self.max_heads < 1 or not 0 < self.prune_fraction < 1 or self.search_rounds < 1:
+        if (not 0 < self.target <= 2 or self.max_heads < 1 or not 0 < self.prune_fraction < 1 or self.search_rounds < 1
+                or self.n_describe < 1):
             raise ValueError(f"bad discovery thresholds: need 0 < target <= 2, max_heads >= 1, "
-                             f"0 < prune_fraction < 1, search_rounds >= 1; got {self}")
+                             f"0 < prune_fraction < 1, search_rounds >= 1, n_describe >= 1; got {self}")
 
 
 @dataclass
@@ -301,11 +303,13 @@ def discover(model, clean: data.IOIDataset, abc: data.IOIDataset, thresholds: Th
              progress: bool = False) -> Discovery:
     """Admit heads by their effect on the mean-ablation knockout, then describe them (see the module doc).
 
-    `clean` / `abc` are the discovery prompts; measure the result on other prompts.
+    `clean` / `abc` are the discovery prompts (admission uses all of them, description the first
+    thresholds.n_describe); measure the result on other prompts.
     """
     t0 = time.perf_counter()
     heads, trace, attr, f_m = admit(model, clean, abc, thresholds, progress)
-    circuit, maps = describe(model, clean, abc, heads, thresholds, progress)
+    first = list(range(min(len(clean), thresholds.n_describe)))
+    circuit, maps = describe(model, clean[first], abc[first], heads, thresholds, progress)
     maps["attribution"] = attr / f_m  # each head's attributed share of F(M) in the whole model
     return Discovery(circuit, maps, thresholds, trace, time.perf_counter() - t0)
 

@@ -266,6 +266,17 @@ def head_rows_heatmaps(heads: Sequence[str], columns: Sequence[str], panels: Map
     return fig
 
 
+HEAD_READOUTS: dict[str, str] = {"DLA (logits)": "dla", "attention END→IO": "attn_io", "attention END→S": "attn_s"}
+
+
+def checkpoint_heads(rows: Sequence[Mapping], heads: Sequence[Head], labels: Sequence[str], columns: Sequence[str],
+                     title: str = "") -> Figure:
+    """DLA and END→IO / END→S attention of some heads (one row each, named by labels) across checkpoint rows
+    (dicts with [n_layers, n_heads] maps under "dla", "attn_io", "attn_s"; one column each)."""
+    panels = {name: np.array([[float(r[key][h]) for r in rows] for h in heads]) for name, key in HEAD_READOUTS.items()}
+    return head_rows_heatmaps(labels, columns, panels, title,
+                              symmetric={name: name.startswith("DLA") for name in HEAD_READOUTS})
+
 def masked(values, heads: Sequence[Head]) -> np.ndarray:
     """A [n_layers, n_heads] map with every head outside `heads` set to nan (drawn blank): a map measured only
     on some heads."""

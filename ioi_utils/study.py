@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from . import circuits, data, evaluate, models, patching, results
 
 
@@ -75,6 +77,21 @@ def discover_cached(study: Study, model, tag: str, thresholds: circuits.Threshol
     """Circuit discovery on `model` (tagged e.g. 'base' or a run/epoch), computed once and memoised."""
     return results.memo("discovery", lambda: circuits.discover(model, study.disc, study.disc_abc, thresholds, progress),
                         model, model_name=study.model_name, tag=tag, data=study.disc.fingerprint(), thresholds=thresholds)
+
+
+def admission_cached(study_: Study, seed: int, n: int,
+                     thresholds: circuits.Thresholds = circuits.Thresholds()) -> tuple[list[circuits.Head], torch.Tensor]:
+    """Stage 1 of discovery on the base model and the n discovery prompts of a prompt seed, memoised: (admitted
+    heads, each head's attributed share of F(M) [n_layers, n_heads]). The circuit's heads are exactly these."""
+    disc, abc = discovery_split(study_, n, seed)
+
+    def compute() -> dict:
+        heads, _, attr, f_m = circuits.admit(study_.model, disc, abc, thresholds)
+        return {"heads": [list(h) for h in heads], "attribution": attr / f_m}
+
+    out = results.memo("admission", compute, study_.model, model_name=study_.model_name, data=disc.fingerprint(),
+                       thresholds=thresholds)
+    return [tuple(h) for h in out["heads"]], out["attribution"]
 
 
 def behaviour(model, study: Study) -> evaluate.Evaluation:

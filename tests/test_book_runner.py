@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -75,7 +76,8 @@ def test_profiles_share_keys() -> None:
     assert set(book.PROFILES) == {"smoke", "offline", "paper"}
     assert len({frozenset(k) for k in keys.values()}) == 1, keys
     assert all(params["profile"] == name for name, params in book.PROFILES.items())
-    assert {p["model_name"] for p in book.PROFILES.values()} == {"tiny", "smollm2-135m", "gpt2"}
+    assert [book.PROFILES[n]["model_name"] for n in ("smoke", "offline", "paper")] == ["smollm2-135m"] * 2 + ["gpt2"]
+    assert book.PROFILES["smoke"]["n_prompts"] < book.PROFILES["offline"]["n_prompts"]
 
 
 def test_unknown_profile_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
@@ -189,7 +191,7 @@ def test_successful_run_publishes_all_and_writes_the_record(tmp_path, monkeypatc
     assert "[1/2] a: running (no estimate of what is left); log: _build/logs/a.log" in out
     record = json.loads((tmp_path / "results" / "execution-smoke.json").read_text())
     assert set(record) == {"model", "profile", "commit", "date", "seconds_per_chapter", "total_seconds"}
-    assert record["model"] == "tiny" and record["profile"] == "smoke"
+    assert record["model"] == "smollm2-135m" and record["profile"] == "smoke"
     assert set(record["seconds_per_chapter"]) == {"a", "b"}
     in_build = (root / "_build" / "execution-smoke.json").read_text()
     assert in_build == (tmp_path / "results" / "execution-smoke.json").read_text()
@@ -274,3 +276,16 @@ def test_log_stream_puts_output_after_a_bar_on_its_own_line() -> None:
     for text in ("start\n", "\r 10%|#", "\r 50%|#####", "[HOLDS] x\n", "\r100%|##########|", "\n", "end\n"):
         log.write(text)
     assert raw.getvalue() == "start\n\r 10%|#\r 50%|#####\n[HOLDS] x\n\r100%|##########|\nend\n"
+
+
+def test_chapter_parameter_defaults_are_the_smoke_profile() -> None:
+    """Run by hand (no runner), a chapter executes the smoke profile: its parameters cell holds those values."""
+    chapters = book.executable_chapters(ROOT, book.toc_chapters(ROOT / book.TOC_FILE))
+    for name in chapters:
+        src = (ROOT / "book" / f"{name}.py").read_text()
+        cell = src.split('# %% tags=["parameters"]\n', 1)[1].split("\n# %%", 1)[0]
+        values = {t.id: ast.literal_eval(node.value) for node in ast.parse(cell).body
+                  for t in node.targets if isinstance(node, ast.Assign)}
+        shared = {k: v for k, v in values.items() if k in book.PROFILES["smoke"]}
+        assert shared == {k: book.PROFILES["smoke"][k] for k in shared}, name
+        assert {"profile", "model_name"} <= set(shared), name

@@ -154,6 +154,19 @@ def test_discovered_circuit_is_kept_everywhere_and_round_trips(sharp_setup):
         C.Thresholds(target=0.0)
 
 
+
+def test_description_uses_the_first_n_describe_prompts_and_admission_all(sharp_setup, monkeypatch):
+    model, clean, abc = sharp_setup
+    seen = {}
+    admit, describe = C.admit, C.describe
+    monkeypatch.setattr(C, "admit", lambda m, c, a, *r: seen.setdefault("admit", c.texts) and admit(m, c, a, *r))
+    monkeypatch.setattr(C, "describe", lambda m, c, a, *r: seen.update(describe=(c.texts, a.texts)) or describe(m, c, a, *r))
+    C.discover(model, clean, abc, C.Thresholds(target=0.9, max_heads=8, n_describe=3))
+    assert seen["admit"] == clean.texts and len(clean) > 3
+    assert seen["describe"] == (clean.texts[:3], abc.texts[:3])  # the twins stay paired
+    with pytest.raises(ValueError, match="n_describe"):
+        C.Thresholds(n_describe=0)
+
 def test_template_means_are_abc_means_by_hand(setup):
     model, clean, abc = setup
     ours, by_hand = P.template_means(model, abc), _means_by_hand(model, abc)

@@ -85,6 +85,16 @@ def test_head_rows_heatmaps_and_masked():
     plotting.plt.close("all")
 
 
+
+def test_checkpoint_heads_puts_each_readout_of_each_head_in_its_cell():
+    rows = [{k: torch.full((2, 3), float(i)) for k in ("dla", "attn_io", "attn_s")} for i in range(3)]
+    rows[2]["dla"][1, 2] = -5.0
+    fig = plotting.checkpoint_heads(rows, [(0, 1), (1, 2)], ["a", "b"], ["base", "e1", "e2"], "t")
+    dla = fig.axes[0].images[0].get_array()
+    assert dla.shape == (2, 3) and dla[1, 2] == -5.0 and dla[0, 2] == 2.0 and dla[0, 0] == 0.0
+    assert fig.axes[0].images[0].get_clim()[0] < 0 <= fig.axes[2].images[0].get_clim()[0]  # DLA diverging, attention not
+    plotting.plt.close("all")
+
 def test_checkpoint_row_memoised_and_rediscovery(tmp_path, monkeypatch):
     monkeypatch.setenv("IOI_UTILS_RESULTS", str(tmp_path))
     torch.set_num_threads(1)
