@@ -25,23 +25,22 @@
 # %% tags=["parameters"]
 profile = "smoke"
 enforce_claims = False
-model_name = "tiny"
+model_name = "smollm2-135m"
 seed = 0
 device = "auto"
-n_prompts = 64
-n_eval = 32
-n_discovery = 32
-n_cmap = 48  # held-out prompts used by cross-model patching (one forward per head)
-n_rediscover = 100  # discovery prompts used to re-discover a circuit in a fine-tuned model
+n_prompts = 32
+n_eval = 24
+n_discovery = 24
+n_cmap = 8  # held-out prompts used by cross-model patching (one forward per head)
+n_rediscover = 16  # discovery prompts used to re-discover a circuit in a fine-tuned model
 clean_epochs = [1, 2]
 batch_size = 16
 
 # %%
 import matplotlib.pyplot as plt
-import numpy as np
 from myst_nb import glue
 
-from ioi_utils import claims, plotting, results, study, summary, training
+from ioi_utils import claims, metrics, plotting, results, study, summary, training
 
 s = study.prepare(model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery=n_discovery)
 execution = results.execution_id(profile, s.model)  # stamps this execution's records
@@ -130,16 +129,9 @@ claims.check("the circuit grows only a little (re-discovered heads at the last e
 # %%
 heads = sorted(base_circuit.heads, key=lambda h: -abs(float(last["dla"][h])))
 names = [f"{base_circuit.class_of(h)} {h[0]}.{h[1]}" for h in heads]
-cols = [f"e{e}" for e in epochs]
-grid = lambda key: np.array([[float(r[key][h]) for r in rows] for h in heads])  # noqa: E731
-fig = plotting.head_rows_heatmaps(names, cols, {"DLA (logits)": grid("dla"), "attention END→IO": grid("attn_io"),
-                                                "attention END→S": grid("attn_s")},
-                                  "Base-circuit heads across clean epochs",
-                                  symmetric={"attention END→IO": False, "attention END→S": False})
+fig = plotting.checkpoint_heads(rows, heads, names, [f"e{e}" for e in epochs], "Base-circuit heads across clean epochs")
 plt.show()
 circuit_dla = lambda r: r["dla_per_prompt"][:, [h[0] for h in heads], [h[1] for h in heads]].float().sum(-1)  # noqa: E731
-from ioi_utils import metrics  # noqa: E402
-
 dla_gain = float((circuit_dla(last) - circuit_dla(first)).mean())
 dla_gain_ci = metrics.bootstrap_ci(circuit_dla(last) - circuit_dla(first))
 top = heads[0]

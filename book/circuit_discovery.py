@@ -43,13 +43,13 @@
 # %% tags=["parameters"]
 profile = "smoke"
 enforce_claims = False
-model_name = "tiny"
+model_name = "smollm2-135m"
 seed = 0
 device = "auto"
-n_prompts = 64
-n_eval = 32
-n_discovery = 32
-stability_seeds = [0, 1, 2]
+n_prompts = 32
+n_eval = 24
+n_discovery = 24
+stability_seeds = [0, 1]
 
 # %%
 import matplotlib.pyplot as plt
@@ -312,18 +312,17 @@ glue("early_mlps_share", 100 * float(groups[0]) / base.logit_diff, display=False
 # %% [markdown]
 # ## Stability across prompt seeds
 #
-# The same discovery on three disjoint draws of discovery prompts; pairwise Jaccard overlap of the head sets.
+# Admission (the stage that decides which heads are in the circuit) on disjoint draws of discovery prompts,
+# one per prompt seed (seed 0 is the draw above); pairwise Jaccard overlap of the head sets.
 
 # %%
-others = {}
-for sd in stability_seeds:
-    disc, disc_abc = study.discovery_split(s, n_discovery, sd)
-    others[sd] = results.memo("discovery", lambda: circuits.discover(s.model, disc, disc_abc, thresholds), s.model,
-                              model_name=model_name, tag="base", data=disc.fingerprint(), thresholds=thresholds)
-    print(f"seed {sd}: {len(others[sd].circuit.heads)} heads: {', '.join(f'{l}.{h}' for l, h in others[sd].circuit.heads)}")
-strong = {sd: circuits.Circuit({"OTH": [h for h in d.circuit.heads if abs(d.maps["attribution"][h]) >= 0.05]})
-          for sd, d in others.items()}  # heads with an attributed share of at least 5% of F(M)
-pairs = [(a, b, circuits.jaccard(others[a].circuit, others[b].circuit), circuits.jaccard(strong[a], strong[b]))
+others, strong = {}, {}
+for sd in stability_seeds:  # the circuit's heads are the admitted ones; the description does not change them
+    heads_sd, share_sd = study.admission_cached(s, sd, n_discovery, thresholds)
+    others[sd] = circuits.Circuit({"OTH": heads_sd})
+    strong[sd] = circuits.Circuit({"OTH": [h for h in heads_sd if abs(share_sd[h]) >= 0.05]})  # >= 5% of F(M)
+    print(f"seed {sd}: {len(heads_sd)} heads: {', '.join(f'{l}.{h}' for l, h in heads_sd)}")
+pairs = [(a, b, circuits.jaccard(others[a], others[b]), circuits.jaccard(strong[a], strong[b]))
          for i, a in enumerate(stability_seeds) for b in stability_seeds[i + 1:]]
 for a, b, j, js in pairs:
     print(f"Jaccard(seed {a}, seed {b}) = {j:.2f}; of their heads with an attributed share >= 5%: {js:.2f}")

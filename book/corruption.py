@@ -27,15 +27,15 @@
 # %% tags=["parameters"]
 profile = "smoke"
 enforce_claims = False
-model_name = "tiny"
+model_name = "smollm2-135m"
 seed = 0
 device = "auto"
-n_prompts = 64
-n_eval = 32
-n_discovery = 32
-n_cmap = 48  # held-out prompts used by cross-model patching (one forward per head)
-n_rediscover = 100  # discovery prompts used to re-discover a circuit in a fine-tuned model
-toxic_epochs = 2
+n_prompts = 32
+n_eval = 24
+n_discovery = 24
+n_cmap = 8  # held-out prompts used by cross-model patching (one forward per head)
+n_rediscover = 16  # discovery prompts used to re-discover a circuit in a fine-tuned model
+toxic_epochs = 1
 batch_size = 16
 
 # %%

@@ -35,11 +35,11 @@
 # %% tags=["parameters"]
 profile = "smoke"
 enforce_claims = False
-model_name = "tiny"
+model_name = "smollm2-135m"
 seed = 0
 device = "auto"
-n_prompts = 64
-n_eval = 32
+n_prompts = 32
+n_eval = 24
 execution_info = {}  # filled by `python -m ioi_utils.book`: model, profile, commit, date, previous_total_seconds
 
 # %%

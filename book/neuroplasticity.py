@@ -22,16 +22,16 @@
 # %% tags=["parameters"]
 profile = "smoke"
 enforce_claims = False
-model_name = "tiny"
+model_name = "smollm2-135m"
 seed = 0
 device = "auto"
-n_prompts = 64
-n_eval = 32
-n_discovery = 32
-n_cmap = 48  # held-out prompts used by cross-model patching (one forward per head)
-n_rediscover = 100  # discovery prompts used to re-discover a circuit in a fine-tuned model
-toxic_epochs = 2
-reversal_epochs = 2
+n_prompts = 32
+n_eval = 24
+n_discovery = 24
+n_cmap = 8  # held-out prompts used by cross-model patching (one forward per head)
+n_rediscover = 16  # discovery prompts used to re-discover a circuit in a fine-tuned model
+toxic_epochs = 1
+reversal_epochs = 1
 batch_size = 16
 
 # %%
@@ -143,13 +143,9 @@ for rule in rows:
 sd_heads = corrupted_heads["subject-duplication"] or [  # none corrupted: show the three that changed most
     c["head"] for c in study.role_changes(base_row, start["subject-duplication"], base_circuit.heads)[:3]]
 names = [f"{base_circuit.class_of(h)} {h[0]}.{h[1]}" for h in sd_heads]
-cols = ["base", "corrupted"] + [f"retrain {e}" for e in range(1, reversal_epochs + 1)]
-seq = [base_row] + rows["subject-duplication"]
-grid = lambda key: np.array([[float(r[key][h]) for r in seq] for h in sd_heads])  # noqa: E731
-fig = plotting.head_rows_heatmaps(names, cols, {"DLA (logits)": grid("dla"), "attention END→IO": grid("attn_io"),
-                                                "attention END→S": grid("attn_s")},
-                                  "Subject Duplication: corrupted heads through retraining",
-                                  symmetric={"attention END→IO": False, "attention END→S": False})
+fig = plotting.checkpoint_heads([base_row] + rows["subject-duplication"], sd_heads, names,
+                                ["base", "corrupted"] + [f"retrain {e}" for e in range(1, reversal_epochs + 1)],
+                                "Subject Duplication: corrupted heads through retraining")
 plt.show()
 glue("rec_share_sd", 100 * rec_share["subject-duplication"], display=False)
 glue("rec_share_nm", 100 * rec_share["name-moving"], display=False)

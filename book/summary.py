@@ -27,7 +27,7 @@
 # %% tags=["parameters"]
 profile = "smoke"
 enforce_claims = False
-model_name = "tiny"
+model_name = "smollm2-135m"
 
 # %%
 from IPython.display import Markdown, display
