@@ -274,6 +274,28 @@ def make_disjoint_dataset(tokenizer, n: int, seed: int, prepend_bos: bool = Fals
     return ds
 
 
+def twin_split(prompts: list[IOIPrompt], n_test: int, seed: int) -> tuple[list[int], list[int]]:
+    """(train, test) indices with IO/S-swapped twins on the same side (at most one pair split, for odd sizes).
+
+    Twins share template, place, object and the two names. Split apart, a model that memorises the training
+    twin ("... -> John") answers the held-out twin with its subject, and held-out scores turn negative.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(twin_key(p), []).append(i)
+    order = list(groups.values())
+    random.Random(seed).shuffle(order)
+    test: list[int] = []
+    for g in order:
+        if len(test) + len(g) <= n_test:
+            test += g
+    for g in order:  # still short (odd n_test, no singleton left): split one pair
+        if len(test) < n_test and not set(g) & set(test):
+            test += g[: n_test - len(test)]
+    chosen = set(test)
+    return [i for i in range(len(prompts)) if i not in chosen], sorted(test)
+
+
 def train_test_split(ds: IOIDataset, test_fraction: float = 0.2, seed: int = 0) -> tuple[IOIDataset, IOIDataset]:
     """Split by prompt (names and templates are shared, no prompt is): returns (train, test)."""
     if not 0 < test_fraction < 1:
