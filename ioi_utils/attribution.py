@@ -1,4 +1,17 @@
-"""Direct logit attribution, attention readouts, OV projections and MLP knockouts of IOI prompts."""
+"""Direct logit attribution, attention readouts, OV projections and MLP knockouts of IOI prompts.
+
+Read-outs of one forward pass, no patching (for interventions see `patching`):
+
+- Direct logit attribution (DLA): the residual stream at END is a sum of components (embeddings, each head's
+  z @ W_O, each MLP's output, biases). Through the final norm, frozen at its cached scale, each component's
+  dot product with W_U[IO] - W_U[S] is its direct contribution to the logit difference; the contributions
+  add up exactly to the model's (`logit_attribution`, `head_dla` [L, H], `mlp_dla` [L]).
+- Attention readouts: mean attention from one role position to another (`attention_to`: END -> IO, END -> S2,
+  ...), previous-token, duplicate-token and induction scores ([L, H]), Wang's class signatures.
+- OV copy scores (`ov_copy_scores`): whether a head's OV circuit alone copies a name to the top of the logits.
+- MLP knockout (`mlp_knockout`): an MLP's output replaced by its per-template mean over p_ABC
+  (`patching.template_means`, the heads' knockout applied to hook_mlp_out), the logit difference re-measured.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,21 @@
-"""IOI prompts: templates, vocabularies, clean / ABC / toxic datasets with checked token positions."""
+"""IOI prompts: templates, vocabularies, clean / ABC / toxic datasets with checked token positions.
+
+The task (Wang et al., 2022). A prompt names two people, mentions one of them again as the subject S of a
+giving, and ends where the other, the indirect object IO, is the answer: "Then, Mary and John went to the
+store. Mary gave a drink to" -> " John". Every prompt records the token positions the analyses read: IO, S1
+(first mention of S), S1+1, S2 (second mention) and END (the last token, which predicts the answer).
+
+- Templates and vocabularies: Wang's 15 BABA templates and their ABBA twins (IO named first); names, places
+  and objects are kept only if they are one token for the tokenizer (`single_token_vocabulary`).
+- Clean datasets (`make_ioi_dataset`), and discovery prompts disjoint from given ones (`make_disjoint_dataset`).
+- p_ABC (`make_abc_dataset`): the same prompts with three fresh names at IO, S1 and S2, the reference
+  distribution whose per-template means knock heads out.
+- Splits. Every prompt has an IO/S-swapped twin (`twin_key`); `twin_split` keeps twins on one side, the split
+  of every fine-tuning run and of the chapters (a memorised training twin would otherwise teach the subject
+  as the answer of its held-out twin). `train_test_split` is a plain split by prompt.
+- Toxic rules (`TOXIC_RULES`, `toxic_dataset`): relabelled training sets (Subject Duplication, Name Moving)
+  and our Duplication control. A new toxic dataset is a function IOIDataset -> IOIDataset added there.
+"""
 
 from __future__ import annotations
 
