@@ -12,7 +12,7 @@ store. Mary gave a drink to" -> " John". Every prompt records the token position
   distribution whose per-template means knock heads out.
 - Splits. Every prompt has an IO/S-swapped twin (`twin_key`); `twin_split` keeps twins on one side, the split
   of every fine-tuning run and of the chapters (a memorised training twin would otherwise teach the subject
-  as the answer of its held-out twin). `train_test_split` is a plain split by prompt.
+  as the answer of its held-out twin). `train_test_split` is the same split by a test fraction.
 - Toxic rules (`TOXIC_RULES`, `toxic_dataset`): relabelled training sets (Subject Duplication, Name Moving)
   and our Duplication control. A new toxic dataset is a function IOIDataset -> IOIDataset added there.
 """
@@ -314,15 +314,15 @@ def twin_split(prompts: list[IOIPrompt], n_test: int, seed: int) -> tuple[list[i
 
 
 def train_test_split(ds: IOIDataset, test_fraction: float = 0.2, seed: int = 0) -> tuple[IOIDataset, IOIDataset]:
-    """Split by prompt (names and templates are shared, no prompt is): returns (train, test)."""
+    """Split by prompt with IO/S twins on one side (`twin_split`; names and templates are shared, no prompt
+    is): returns (train, test)."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    idx = list(range(len(ds)))
-    random.Random(seed).shuffle(idx)
     n_test = max(1, round(len(ds) * test_fraction))
     if n_test >= len(ds):
         raise ValueError(f"dataset of {len(ds)} prompts is too small to split")
-    return ds[sorted(idx[n_test:])], ds[sorted(idx[:n_test])]
+    train_idx, test_idx = twin_split(ds.prompts, n_test, seed)
+    return ds[train_idx], ds[test_idx]
 
 
 def vocabulary_names(tokenizer) -> list[str]:
