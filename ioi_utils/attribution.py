@@ -1,4 +1,17 @@
-"""Direct logit attribution, attention readouts, OV projections and MLP knockouts of IOI prompts."""
+"""Direct logit attribution, attention readouts, OV projections and MLP knockouts of IOI prompts.
+
+Read-outs of one forward pass, no patching (for interventions see `patching`):
+
+- Direct logit attribution (DLA): the residual stream at END is a sum of components (embeddings, each head's
+  z @ W_O, each MLP's output, biases). Through the final norm, frozen at its cached scale, each component's
+  dot product with W_U[IO] - W_U[S] is its direct contribution to the logit difference; the contributions
+  add up exactly to the model's (`logit_attribution`, `head_dla` [L, H], `mlp_dla` [L]).
+- Attention readouts: mean attention from one role position to another (`attention_to`: END -> IO, END -> S2,
+  ...), previous-token, duplicate-token and induction scores ([L, H]), Wang's class signatures.
+- OV copy scores (`ov_copy_scores`): whether a head's OV circuit alone copies a name to the top of the logits.
+- MLP knockout (`mlp_knockout`): an MLP's output replaced by its per-template mean over p_ABC
+  (`patching.template_means`, the heads' knockout applied to hook_mlp_out), the logit difference re-measured.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +21,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .data import TEMPLATES, IOIDataset
+from . import patching
+from .data import IOIDataset
 
 Head = tuple[int, int]  # (layer, query head)
 NamesFilter = str | Iterable[str] | Callable[[str], bool] | None
@@ -330,22 +344,6 @@ def ov_copy_scores(model, ds: IOIDataset, k: int = 5, batch_size: int = 32) -> d
 # ---------------------------------------------------------------- MLP knockout
 
 
-@torch.no_grad()
-def mlp_template_means(model, abc: IOIDataset, batch_size: int = 32) -> dict[int, torch.Tensor]:
-    """layer -> [n_templates, seq, d_model]: mean hook_mlp_out over the ABC prompts of each template
-    (rows of templates absent from abc are NaN)."""
-    names = [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
-    cache = run_cache(model, abc, names, batch_size)
-    means = {}
-    for l, name in enumerate(names):
-        act = cache[name]  # [b, s, d]
-        m = torch.full((len(TEMPLATES),) + act.shape[1:], float("nan"))
-        for t in abc.template_ids.unique():
-            m[t] = act[abc.template_ids == t].mean(0)
-        means[l] = m
-    return means
-
-
 def _means_for(means: torch.Tensor, ds: IOIDataset) -> torch.Tensor:
     """Per-prompt rows of per-template means, padded/cut to ds's width: [batch, seq, d_model]."""
     rows = means[ds.template_ids]  # [b, s_abc, d]
@@ -385,7 +383,8 @@ def mlp_knockout(model, clean: IOIDataset, abc: IOIDataset, means: Mapping[int, 
     """[n_groups] mean logit diff on clean when the MLPs of a group of layers (default: each layer alone) have
     their output (blocks.{l}.hook_mlp_out, every position) replaced by its per-template mean over abc.
     The unablated value is full_logit_diff(model, clean)."""
-    means = mlp_template_means(model, abc, batch_size) if means is None else means
+    if means is None:
+        means = patching.template_means(model, abc, batch_size, hook="hook_mlp_out", per_template=True)
     if set(means) != set(range(model.cfg.n_layers)):
         raise ValueError("means must map every layer 0..n_layers-1 to [n_templates, seq, d_model]")
     groups = [[l] for l in range(model.cfg.n_layers)] if groups is None else [list(g) for g in groups]

@@ -1,4 +1,21 @@
-"""IOI prompts: templates, vocabularies, clean / ABC / toxic datasets with checked token positions."""
+"""IOI prompts: templates, vocabularies, clean / ABC / toxic datasets with checked token positions.
+
+The task (Wang et al., 2022). A prompt names two people, mentions one of them again as the subject S of a
+giving, and ends where the other, the indirect object IO, is the answer: "Then, Mary and John went to the
+store. Mary gave a drink to" -> " John". Every prompt records the token positions the analyses read: IO, S1
+(first mention of S), S1+1, S2 (second mention) and END (the last token, which predicts the answer).
+
+- Templates and vocabularies: Wang's 15 BABA templates and their ABBA twins (IO named first); names, places
+  and objects are kept only if they are one token for the tokenizer (`single_token_vocabulary`).
+- Clean datasets (`make_ioi_dataset`), and discovery prompts disjoint from given ones (`make_disjoint_dataset`).
+- p_ABC (`make_abc_dataset`): the same prompts with three fresh names at IO, S1 and S2, the reference
+  distribution whose per-template means knock heads out.
+- Splits. Every prompt has an IO/S-swapped twin (`twin_key`); `twin_split` keeps twins on one side, the split
+  of every fine-tuning run and of the chapters (a memorised training twin would otherwise teach the subject
+  as the answer of its held-out twin). `train_test_split` is the same split by a test fraction.
+- Toxic rules (`TOXIC_RULES`, `toxic_dataset`): relabelled training sets (Subject Duplication, Name Moving)
+  and our Duplication control. A new toxic dataset is a function IOIDataset -> IOIDataset added there.
+"""
 
 from __future__ import annotations
 
@@ -274,16 +291,38 @@ def make_disjoint_dataset(tokenizer, n: int, seed: int, prepend_bos: bool = Fals
     return ds
 
 
+def twin_split(prompts: list[IOIPrompt], n_test: int, seed: int) -> tuple[list[int], list[int]]:
+    """(train, test) indices with IO/S-swapped twins on the same side (at most one pair split, for odd sizes).
+
+    Twins share template, place, object and the two names. Split apart, a model that memorises the training
+    twin ("... -> John") answers the held-out twin with its subject, and held-out scores turn negative.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(twin_key(p), []).append(i)
+    order = list(groups.values())
+    random.Random(seed).shuffle(order)
+    test: list[int] = []
+    for g in order:
+        if len(test) + len(g) <= n_test:
+            test += g
+    for g in order:  # still short (odd n_test, no singleton left): split one pair
+        if len(test) < n_test and not set(g) & set(test):
+            test += g[: n_test - len(test)]
+    chosen = set(test)
+    return [i for i in range(len(prompts)) if i not in chosen], sorted(test)
+
+
 def train_test_split(ds: IOIDataset, test_fraction: float = 0.2, seed: int = 0) -> tuple[IOIDataset, IOIDataset]:
-    """Split by prompt (names and templates are shared, no prompt is): returns (train, test)."""
+    """Split by prompt with IO/S twins on one side (`twin_split`; names and templates are shared, no prompt
+    is): returns (train, test)."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    idx = list(range(len(ds)))
-    random.Random(seed).shuffle(idx)
     n_test = max(1, round(len(ds) * test_fraction))
     if n_test >= len(ds):
         raise ValueError(f"dataset of {len(ds)} prompts is too small to split")
-    return ds[sorted(idx[n_test:])], ds[sorted(idx[:n_test])]
+    train_idx, test_idx = twin_split(ds.prompts, n_test, seed)
+    return ds[train_idx], ds[test_idx]
 
 
 def vocabulary_names(tokenizer) -> list[str]:

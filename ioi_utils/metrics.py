@@ -1,4 +1,10 @@
-"""Behavioural metrics: logit difference, accuracy, IO probability, faithfulness, bootstrap intervals."""
+"""Behavioural metrics: logit difference, accuracy, IO probability, faithfulness, bootstrap intervals.
+
+Everything is read at END from [batch, vocab] logits (`end_logits`). The logit difference logit(IO) - logit(S)
+is the measure every analysis shares: > 0 when the model prefers the indirect object. A circuit C is judged by
+F(C)/F(M), the logit difference with everything outside C knocked out over the model's own (`faithfulness`).
+Intervals are percentile bootstraps over prompts (`bootstrap_ci`), paired when two statistics share prompts.
+"""
 
 from __future__ import annotations
 

@@ -203,6 +203,26 @@ def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "
         model, tok = _load_folder(Path(name).expanduser(), dev, dtype)
     else:
         model, tok = _load_hub(name, dev, dtype)
-    model.prepend_bos = PREPEND_BOS.get(name, tok.bos_token_id is not None and name.startswith("gpt2"))
+    model.prepend_bos = prepend_bos_for(name, tok)
     model.model_name = name
     return model, tok
+
+
+def load_tokenizer(model_name: str):
+    """The tokenizer of a model name, without loading the weights."""
+    if model_name == "tiny":
+        return tiny_tokenizer()
+    if model_name == "smollm2-135m":
+        return smollm2_tokenizer()
+    from transformers import AutoTokenizer
+
+    folder = Path(model_name).expanduser()
+    try:
+        return AutoTokenizer.from_pretrained(str(folder) if folder.is_dir() else model_name)
+    except OSError as e:
+        raise ModelUnavailableError(f"cannot load the tokenizer of {model_name!r}: {e}") from e
+
+
+def prepend_bos_for(model_name: str, tokenizer) -> bool:
+    """Whether IOI prompts get a BOS token for this model (the rule load_model applies)."""
+    return PREPEND_BOS.get(model_name, tokenizer.bos_token_id is not None and model_name.startswith("gpt2"))

@@ -16,7 +16,7 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
-from .data import IOIDataset
+from .data import TEMPLATES, IOIDataset
 
 Head = tuple[int, int]  # (layer, query head)
 ALL_POSITIONS: tuple[str, ...] = ("ALL",)  # a knockout spec that keeps a head at every position
@@ -765,21 +765,32 @@ def cmap_group(model_x, model_y, ds: IOIDataset, heads: Sequence[Head], kind: st
 
 
 @torch.no_grad()
-def template_means(model, abc: IOIDataset, batch_size: int = 64) -> dict[int, torch.Tensor]:
-    """layer -> [batch, seq, n_heads, d_head]: row i holds the mean hook_z over the ABC prompts that share
-    prompt i's template, position by position (Wang et al.'s per-template mean over p_ABC). Should one
-    template tokenize to different positions, prompts are grouped by template and positions."""
-    names = {_z(l) for l in range(model.cfg.n_layers)}
+def template_means(model, abc: IOIDataset, batch_size: int = 64, hook: str = "attn.hook_z",
+                   per_template: bool = False) -> dict[int, torch.Tensor]:
+    """Wang et al.'s per-template mean over p_ABC of one hook of every layer (the one helper serving heads and
+    MLPs): layer -> the mean of blocks.{layer}.{hook} over the ABC prompts of each template.
+
+    - per_template=False (heads, the default hook_z): [batch, seq, ...] (hook_z: [batch, seq, n_heads, d_head]);
+      row i holds the mean over the ABC prompts that share prompt i's template, position by position. Should
+      one template tokenize to different positions, prompts are grouped by template and positions.
+    - per_template=True (MLPs, hook="hook_mlp_out"): [n_templates, seq, ...] indexed by template id, grouped by
+      template alone (rows of templates absent from abc are NaN).
+    """
+    names = {f"blocks.{l}.{hook}" for l in range(model.cfg.n_layers)}
     parts = [_cache(model, abc.tokens[i : i + batch_size], names) for i in range(0, len(abc), batch_size)]
-    keys = torch.stack([abc.template_ids] + [abc.positions[k] for k in sorted(abc.positions)], 1)  # [batch, 6]
-    _, group = torch.unique(keys, dim=0, return_inverse=True)  # [batch]
+    if per_template:
+        group, n_groups = abc.template_ids, len(TEMPLATES)  # [batch]
+    else:
+        keys = torch.stack([abc.template_ids] + [abc.positions[k] for k in sorted(abc.positions)], 1)  # [batch, 6]
+        _, group = torch.unique(keys, dim=0, return_inverse=True)  # [batch]
+        n_groups = int(group.max()) + 1
     means = {}
     for l in range(model.cfg.n_layers):
-        z = torch.cat([p[_z(l)] for p in parts])  # [batch, seq, heads, d_head]
+        z = torch.cat([p[f"blocks.{l}.{hook}"] for p in parts])  # [batch, seq, ...]
         g = group.to(z.device)
-        sums = z.new_zeros((int(group.max()) + 1,) + z.shape[1:]).index_add_(0, g, z)
-        counts = torch.bincount(g).to(z.dtype).view(-1, 1, 1, 1)
-        means[l] = (sums / counts)[g]
+        sums = z.new_zeros((n_groups,) + z.shape[1:]).index_add_(0, g, z)
+        counts = torch.bincount(g, minlength=n_groups).to(z.dtype).view(-1, *[1] * (z.dim() - 1))
+        means[l] = sums / counts if per_template else (sums / counts)[g]  # empty groups: 0 / 0 = NaN
     return means
 
 

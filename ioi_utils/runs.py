@@ -8,10 +8,15 @@ Layout of a run folder ``$IOI_UTILS_RUNS/<run id>/`` (default root ``~/.cache/io
 - ``epoch_XXX.safetensors`` model weights after epoch XXX (grid epochs and the final one), in config.dtype
 - ``resume.pt``     latest complete epoch: float32 weights, optimizer state, RNG states, epoch (removed when done)
 - ``complete.json`` written last; its presence is what makes a run complete
+
+A run is addressed by its `TrainConfig` and the fingerprints of its datasets (`datasets_for`: the config's
+clean prompts split with `data.twin_split`, toxic labels applied for the toxic scenario), so both live here, below
+the training engine (`training`), and a run folder reads back (config, datasets, weights) without it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -20,13 +25,18 @@ import re
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from . import __version__, data, models
+
 RUNS_ENV = "IOI_UTILS_RUNS"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+SCENARIOS = ("clean", "toxic", "reversal")
+DEFAULT_CHECKPOINT_EPOCHS = (1, 2, 3, 5, 10, 25, 50, 100)
 DISK_MARGIN = 64 * 2**20  # bytes kept free beyond what a write needs
 _WRAPPER = "._original_component"  # the bridge wraps each HF module; names without it are HF-like
 
@@ -73,8 +83,6 @@ def ensure_free_space(folder: str | Path, needed: int) -> None:
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict[str, Any]:
     """ioi_utils.__version__ and, when the package sits in a git checkout, its commit and dirty flag."""
-    from . import __version__
-
     out: dict[str, Any] = {"ioi_utils": __version__, "git_commit": None, "git_dirty": None}
     here = Path(__file__).resolve().parent
     try:
@@ -198,6 +206,88 @@ def parameter_bytes(model: torch.nn.Module, dtype: torch.dtype | None = None) ->
     return sum(p.numel() * (size or p.element_size()) for p in _hf(model).parameters())
 
 
+# ---------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every hyperparameter of a run; its hash (with the dataset fingerprints) addresses the run folder."""
+
+    model: str = "smollm2-135m"  # a models.load_model name
+    scenario: str = "clean"  # clean | toxic | reversal
+    dataset: str = "clean"  # training labels: "clean", or a data.TOXIC_RULES name for the toxic scenario
+    epochs: int = 5
+    lr: float = 1e-5  # our choice; the paper states none
+    weight_decay: float = 0.1  # our choice; the paper states none
+    batch_size: int = 16  # our choice; the paper states none
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    seed: int = 0  # torch seed and the shuffling generator
+    n_train: int = 800
+    n_test: int = 200
+    data_seed: int = 0  # prompt generation and the train/test split
+    checkpoint_epochs: tuple[int, ...] = DEFAULT_CHECKPOINT_EPOCHS  # stored epochs (the final one always is)
+    dtype: str = "float32"  # dtype of stored checkpoints: float32 | bfloat16 (training is float32)
+    source: str | None = None  # reversal: the id of the complete toxic run to start from
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {self.scenario!r}; choose one of {', '.join(SCENARIOS)}")
+        if self.scenario == "toxic" and self.dataset not in data.TOXIC_RULES:
+            raise ValueError(f"unknown toxic dataset {self.dataset!r}; choose one of {', '.join(data.TOXIC_RULES)}")
+        if self.scenario != "toxic" and self.dataset != "clean":
+            raise ValueError(f"the {self.scenario} scenario trains on dataset 'clean', got {self.dataset!r}")
+        if (self.scenario == "reversal") != (self.source is not None):
+            raise ValueError("a reversal needs source=<toxic run id>, and only a reversal takes a source")
+        for name in ("epochs", "batch_size", "n_train", "n_test"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown checkpoint dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        grid = tuple(sorted({int(e) for e in self.checkpoint_epochs}))
+        if any(e < 1 for e in grid):
+            raise ValueError(f"checkpoint epochs must be >= 1, got {self.checkpoint_epochs}")
+        object.__setattr__(self, "checkpoint_epochs", grid)
+        object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
+        for name in ("epochs", "batch_size", "n_train", "n_test", "seed", "data_seed"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("lr", "weight_decay", "adam_eps"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    @property
+    def stored_epochs(self) -> tuple[int, ...]:
+        """Epochs whose checkpoints are kept: the grid up to `epochs`, plus the final epoch."""
+        return tuple(sorted({e for e in self.checkpoint_epochs if e <= self.epochs} | {self.epochs}))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Inverse of to_dict (unknown keys are an error)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(d) - known:
+            raise ValueError(f"unknown TrainConfig fields {sorted(set(d) - known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def datasets_for(config: TrainConfig, tokenizer, prepend_bos: bool) -> tuple[data.IOIDataset, data.IOIDataset]:
+    """(train, test) of a config: train carries the scenario's labels, test is the held-out clean split.
+
+    n_train + n_test clean prompts from make_ioi_dataset(seed=data_seed), split so that twins stay together.
+    """
+    ds = data.make_ioi_dataset(tokenizer, n=config.n_train + config.n_test, seed=config.data_seed,
+                               prepend_bos=prepend_bos)
+    train_idx, test_idx = data.twin_split(ds.prompts, config.n_test, config.data_seed)
+    train, test = ds[train_idx], ds[test_idx]
+    if config.scenario == "toxic":
+        train = data.toxic_dataset(train, config.dataset)
+    return train, test
+
+
 # ---------------------------------------------------------------- runs
 
 
@@ -232,8 +322,6 @@ class Run:
     @property
     def config(self):
         """The TrainConfig of this run."""
-        from .training import TrainConfig
-
         return TrainConfig.from_dict(json.loads((self.dir / "config.json").read_text()))
 
     @property
@@ -282,8 +370,6 @@ class Run:
 
     def model(self, epoch: int | None = None, device: str | torch.device | None = "auto"):
         """(bridge, tokenizer) with the weights after `epoch` (default: the final one; 0: the starting model)."""
-        from . import models
-
         epoch = self.final_epoch if epoch is None else epoch
         if epoch not in self.epochs_available:
             raise ValueError(f"run {self.id} has no checkpoint for epoch {epoch}; available: {self.epochs_available}")
@@ -298,11 +384,9 @@ class Run:
 
     def datasets(self):
         """(train, test) datasets of this run, exactly as it was trained and evaluated."""
-        from .training import datasets_for, load_tokenizer, prepend_bos_for
-
         config = self.config
-        tok = load_tokenizer(config.model)
-        return datasets_for(config, tok, prepend_bos_for(config.model, tok))
+        tok = models.load_tokenizer(config.model)
+        return datasets_for(config, tok, models.prepend_bos_for(config.model, tok))
 
 
 def load_checkpoint(model: torch.nn.Module, run: Run, epoch: int) -> torch.nn.Module:

@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import sys
 
-from . import models, runs, training
+from . import data, models, runs, training
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,9 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def data_rules() -> list[str]:
     """Names of the toxic rules."""
-    from .data import TOXIC_RULES
-
-    return list(TOXIC_RULES)
+    return list(data.TOXIC_RULES)
 
 
 def _grid(text: str) -> tuple[int, ...]:

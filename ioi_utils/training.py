@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import random
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,10 +28,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import data, metrics, models, runs
-from .runs import Run
+from .data import twin_split  # noqa: F401  (re-exported: the split's owner is data)
+from .models import load_tokenizer, prepend_bos_for  # noqa: F401  (re-exported)
+from .runs import DEFAULT_CHECKPOINT_EPOCHS, SCENARIOS, Run, TrainConfig, datasets_for  # noqa: F401  (re-exported)
 
-SCENARIOS = ("clean", "toxic", "reversal")
-DEFAULT_CHECKPOINT_EPOCHS = (1, 2, 3, 5, 10, 25, 50, 100)
 EVAL_BATCH_SIZE = 64
 FAST_PATH_TOLERANCE = 1e-3  # max |END logit| difference allowed between the fast path and the bridge
 
@@ -40,128 +39,7 @@ FAST_PATH_TOLERANCE = 1e-3  # max |END logit| difference allowed between the fas
 Callback = Callable[[str, int, int | None], None]
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every hyperparameter of a run; its hash (with the dataset fingerprints) addresses the run folder."""
-
-    model: str = "smollm2-135m"  # a models.load_model name
-    scenario: str = "clean"  # clean | toxic | reversal
-    dataset: str = "clean"  # training labels: "clean", or a data.TOXIC_RULES name for the toxic scenario
-    epochs: int = 5
-    lr: float = 1e-5  # our choice; the paper states none
-    weight_decay: float = 0.1  # our choice; the paper states none
-    batch_size: int = 16  # our choice; the paper states none
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    seed: int = 0  # torch seed and the shuffling generator
-    n_train: int = 800
-    n_test: int = 200
-    data_seed: int = 0  # prompt generation and the train/test split
-    checkpoint_epochs: tuple[int, ...] = DEFAULT_CHECKPOINT_EPOCHS  # stored epochs (the final one always is)
-    dtype: str = "float32"  # dtype of stored checkpoints: float32 | bfloat16 (training is float32)
-    source: str | None = None  # reversal: the id of the complete toxic run to start from
-
-    def __post_init__(self) -> None:
-        if self.scenario not in SCENARIOS:
-            raise ValueError(f"unknown scenario {self.scenario!r}; choose one of {', '.join(SCENARIOS)}")
-        if self.scenario == "toxic" and self.dataset not in data.TOXIC_RULES:
-            raise ValueError(f"unknown toxic dataset {self.dataset!r}; choose one of {', '.join(data.TOXIC_RULES)}")
-        if self.scenario != "toxic" and self.dataset != "clean":
-            raise ValueError(f"the {self.scenario} scenario trains on dataset 'clean', got {self.dataset!r}")
-        if (self.scenario == "reversal") != (self.source is not None):
-            raise ValueError("a reversal needs source=<toxic run id>, and only a reversal takes a source")
-        for name in ("epochs", "batch_size", "n_train", "n_test"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
-        if self.dtype not in runs.DTYPES:
-            raise ValueError(f"unknown checkpoint dtype {self.dtype!r}; choose one of {', '.join(runs.DTYPES)}")
-        grid = tuple(sorted({int(e) for e in self.checkpoint_epochs}))
-        if any(e < 1 for e in grid):
-            raise ValueError(f"checkpoint epochs must be >= 1, got {self.checkpoint_epochs}")
-        object.__setattr__(self, "checkpoint_epochs", grid)
-        object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
-        for name in ("epochs", "batch_size", "n_train", "n_test", "seed", "data_seed"):
-            object.__setattr__(self, name, int(getattr(self, name)))
-        for name in ("lr", "weight_decay", "adam_eps"):
-            object.__setattr__(self, name, float(getattr(self, name)))
-
-    @property
-    def stored_epochs(self) -> tuple[int, ...]:
-        """Epochs whose checkpoints are kept: the grid up to `epochs`, plus the final epoch."""
-        return tuple(sorted({e for e in self.checkpoint_epochs if e <= self.epochs} | {self.epochs}))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """Inverse of to_dict (unknown keys are an error)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown TrainConfig fields {sorted(set(d) - known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
-# ---------------------------------------------------------------- data
-
-
-def load_tokenizer(model_name: str):
-    """The tokenizer of a model name, without loading the weights."""
-    if model_name == "tiny":
-        return models.tiny_tokenizer()
-    if model_name == "smollm2-135m":
-        return models.smollm2_tokenizer()
-    from transformers import AutoTokenizer
-
-    folder = Path(model_name).expanduser()
-    try:
-        return AutoTokenizer.from_pretrained(str(folder) if folder.is_dir() else model_name)
-    except OSError as e:
-        raise models.ModelUnavailableError(f"cannot load the tokenizer of {model_name!r}: {e}") from e
-
-
-def prepend_bos_for(model_name: str, tokenizer) -> bool:
-    """Whether IOI prompts get a BOS token for this model (the rule models.load_model applies)."""
-    return models.PREPEND_BOS.get(model_name, tokenizer.bos_token_id is not None and model_name.startswith("gpt2"))
-
-
-def twin_split(prompts: list[data.IOIPrompt], n_test: int, seed: int) -> tuple[list[int], list[int]]:
-    """(train, test) indices with IO/S-swapped twins on the same side (at most one pair split, for odd sizes).
-
-    Twins share template, place, object and the two names. Split apart, a model that memorises the training
-    twin ("... -> John") answers the held-out twin with its subject, and held-out scores turn negative.
-    """
-    groups: dict[tuple, list[int]] = {}
-    for i, p in enumerate(prompts):
-        groups.setdefault(data.twin_key(p), []).append(i)
-    order = list(groups.values())
-    random.Random(seed).shuffle(order)
-    test: list[int] = []
-    for g in order:
-        if len(test) + len(g) <= n_test:
-            test += g
-    for g in order:  # still short (odd n_test, no singleton left): split one pair
-        if len(test) < n_test and not set(g) & set(test):
-            test += g[: n_test - len(test)]
-    chosen = set(test)
-    return [i for i in range(len(prompts)) if i not in chosen], sorted(test)
-
-
-def datasets_for(config: TrainConfig, tokenizer, prepend_bos: bool) -> tuple[data.IOIDataset, data.IOIDataset]:
-    """(train, test) of a config: train carries the scenario's labels, test is the held-out clean split.
-
-    n_train + n_test clean prompts from make_ioi_dataset(seed=data_seed), split so that twins stay together.
-    """
-    ds = data.make_ioi_dataset(tokenizer, n=config.n_train + config.n_test, seed=config.data_seed,
-                               prepend_bos=prepend_bos)
-    train_idx, test_idx = twin_split(ds.prompts, config.n_test, config.data_seed)
-    train, test = ds[train_idx], ds[test_idx]
-    if config.scenario == "toxic":
-        train = data.toxic_dataset(train, config.dataset)
-    return train, test
+# ---------------------------------------------------------------- runs of a config
 
 
 def run_id(config: TrainConfig, train: data.IOIDataset, test: data.IOIDataset) -> str:

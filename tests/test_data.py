@@ -81,6 +81,7 @@ def test_split_shares_no_prompt(tiny_tok):
     train, test = data.train_test_split(ds, test_fraction=0.25, seed=1)
     assert len(train) == 150 and len(test) == 50
     assert not set(train.texts) & set(test.texts)
+    assert not {data.twin_key(p) for p in train.prompts} & {data.twin_key(p) for p in test.prompts}  # twins together
     with pytest.raises(ValueError, match="test_fraction"):
         data.train_test_split(ds, test_fraction=1.5)
 

@@ -141,3 +141,28 @@ def test_checkpoint_row_logit_diff_is_the_clean_models(tmp_path, monkeypatch):
     ev = study.behaviour(s.model, s)
     assert row["logit_diff"] == pytest.approx(ev.logit_diff, abs=1e-4)
     assert row["accuracy"] == pytest.approx(ev.accuracy)
+
+
+def test_setup_is_the_chapters_steps_in_one_call(tmp_path, monkeypatch):
+    """study.setup = prepare + execution id + base behaviour + memoised base discovery, the same numbers."""
+    from ioi_utils import analyses, results
+
+    monkeypatch.setenv("IOI_UTILS_RESULTS", str(tmp_path))
+    torch.set_num_threads(1)
+    th = C.Thresholds(max_heads=4)
+    got = study.setup("test-profile", "tiny", 24, 12, 0, "cpu", 8, n_discovery=10, thresholds=th)
+    s = study.prepare("tiny", 24, 12, 0, "cpu", 8, n_discovery=10)
+    assert got.study.test.fingerprint() == s.test.fingerprint() and got.study.disc.fingerprint() == s.disc.fingerprint()
+    assert got.execution == results.execution_id("test-profile", s.model)
+    ev = study.behaviour(s.model, s)
+    assert (got.base.logit_diff, got.base.accuracy) == (ev.logit_diff, ev.accuracy)
+    found = analyses.discover_cached(s, s.model, "base", th)  # read back from the memo setup wrote
+    assert got.circuit.to_json() == found.circuit.to_json() == got.discovery.circuit.to_json()
+    assert len(list((tmp_path / "memo").glob("discovery-*.pt"))) == 1
+
+
+def test_study_reexports_the_analyses():
+    from ioi_utils import analyses
+
+    for name in ("checkpoint_row", "rows_table", "gain_share", "localization", "cmap_cached", "discover_cached"):
+        assert getattr(study, name) is getattr(analyses, name)
