@@ -46,6 +46,7 @@ enforce_claims = False
 model_name = "smollm2-135m"
 seed = 0
 device = "auto"
+threads = 2  # torch CPU threads (None: torch's default); fixed in the smoke profile so its outputs repeat exactly
 n_prompts = 32
 n_eval = 24
 n_discovery = 24
@@ -59,10 +60,10 @@ from myst_nb import glue
 
 from ioi_utils import attribution, circuits, claims, display as views, patching, plotting, results, study
 
-s = study.prepare(model_name, n_prompts, n_eval, seed, device, n_discovery=n_discovery)
-execution = results.execution_id(profile, s.model)
-base = study.behaviour(s.model, s)
 thresholds = circuits.Thresholds()
+setup = study.setup(profile, model_name, n_prompts, n_eval, seed, device, n_discovery=n_discovery,
+                    thresholds=thresholds, threads=threads)
+s, execution, base, found = setup.study, setup.execution, setup.base, setup.discovery
 print(f"{model_name}: {base}; {len(s.disc)} discovery prompts, {len(s.test)} held-out prompts (disjoint)")
 print(thresholds)
 checked = {}
@@ -75,7 +76,6 @@ checked = {}
 # answer the wrong way.
 
 # %%
-found = study.discover_cached(s, s.model, "base", thresholds, progress=False)
 circuit = found.circuit
 trace = sorted(found.trace, key=lambda r: -r["heads"])
 fig = plotting.checkpoint_lines([r["heads"] for r in trace], {"F(C)/F(M), discovery prompts": [r["faithfulness"] for r in trace]},

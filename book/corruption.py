@@ -30,6 +30,7 @@ enforce_claims = False
 model_name = "smollm2-135m"
 seed = 0
 device = "auto"
+threads = 2  # torch CPU threads (None: torch's default); fixed in the smoke profile so its outputs repeat exactly
 n_prompts = 32
 n_eval = 24
 n_discovery = 24
@@ -45,9 +46,8 @@ from myst_nb import glue
 
 from ioi_utils import claims, data, plotting, results, study, summary
 
-s = study.prepare(model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery=n_discovery)
-execution = results.execution_id(profile, s.model)  # stamps this execution's records
-base_circuit = study.discover_cached(s, s.model, "base").circuit
+setup = study.setup(profile, model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery, threads=threads)
+s, execution, base_circuit = setup.study, setup.execution, setup.circuit  # execution stamps this chapter's records
 runs = study.toxic_runs(s, toxic_epochs, batch_size)
 claim_log: dict = {}
 paper = lambda key: f"{summary.PAPER[key]['text']} ({summary.PAPER[key]['source']})"  # noqa: E731

@@ -38,6 +38,7 @@ enforce_claims = False
 model_name = "smollm2-135m"
 seed = 0
 device = "auto"
+threads = 2  # torch CPU threads (None: torch's default); fixed in the smoke profile so its outputs repeat exactly
 n_prompts = 32
 n_eval = 24
 execution_info = {}  # filled by `python -m ioi_utils.book`: model, profile, commit, date, previous_total_seconds
@@ -52,7 +53,7 @@ run = {"model": model_name, "profile": profile, "commit": "unknown", "date": "un
 print(f"this execution: model {run['model']}, profile {run['profile']}, commit {run['commit']}, date {run['date']}")
 if run.get("previous_total_seconds"):
     print(f"the previous complete execution of this profile took {run['previous_total_seconds'] / 60:.1f} min")
-s = study.prepare(model_name, n_prompts, n_eval, seed, device)
+s = study.prepare(model_name, n_prompts, n_eval, seed, device, threads=threads)
 execution = results.execution_id(profile, s.model)  # stamps this execution's records
 print(f"model: {model_name} ({s.model.cfg.n_layers} layers x {s.model.cfg.n_heads} heads); "
       f"{len(s.train)} training and {len(s.test)} held-out prompts")

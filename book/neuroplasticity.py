@@ -25,6 +25,7 @@ enforce_claims = False
 model_name = "smollm2-135m"
 seed = 0
 device = "auto"
+threads = 2  # torch CPU threads (None: torch's default); fixed in the smoke profile so its outputs repeat exactly
 n_prompts = 32
 n_eval = 24
 n_discovery = 24
@@ -41,9 +42,8 @@ from myst_nb import glue
 
 from ioi_utils import circuits, claims, data, plotting, results, study, summary, training
 
-s = study.prepare(model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery=n_discovery)
-execution = results.execution_id(profile, s.model)  # stamps this execution's records
-base_circuit = study.discover_cached(s, s.model, "base").circuit
+setup = study.setup(profile, model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery, threads=threads)
+s, execution, base_circuit = setup.study, setup.execution, setup.circuit  # execution stamps this chapter's records
 toxic = study.toxic_runs(s, toxic_epochs, batch_size)
 reversed_ = {rule: training.train(study.train_config(s, "reversal", reversal_epochs, list(range(1, reversal_epochs + 1)),
                                                      batch_size, dataset=rule, source=run), progress=False)

@@ -55,9 +55,14 @@ def discovery_split(study_: Study, n: int, seed: int) -> tuple[data.IOIDataset, 
 
 
 def prepare(model_name: str, n_prompts: int, n_eval: int, seed: int = 0, device: str = "auto",
-            batch_size: int = 16, n_discovery: int | None = None) -> Study:
+            batch_size: int = 16, n_discovery: int | None = None, threads: int | None = None) -> Study:
     """Load the base model, the fine-tuning engine's clean split (held-out test) with its ABC set, and
-    discovery prompts (n_discovery, default n_eval) disjoint from both."""
+    discovery prompts (n_discovery, default n_eval) disjoint from both. threads: torch's CPU threads for this
+    process (None: torch's default); CPU sums are split by thread, so a fixed count repeats outputs exactly."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1 (or None for torch's default), got {threads}")
+        torch.set_num_threads(threads)
     model, tok = models.load_model(model_name, device=device)  # the same base model the runs start from
     cfg = base_config(model_name, n_prompts, n_eval, seed, batch_size)
     train, test = training.datasets_for(cfg, tok, model.prepend_bos)
@@ -113,10 +118,11 @@ class Setup:
 
 def setup(profile: str, model_name: str, n_prompts: int, n_eval: int, seed: int = 0, device: str = "auto",
           batch_size: int = 16, n_discovery: int | None = None,
-          thresholds: circuits.Thresholds = circuits.Thresholds(), progress: bool = False) -> Setup:
+          thresholds: circuits.Thresholds = circuits.Thresholds(), progress: bool = False,
+          threads: int | None = None) -> Setup:
     """A chapter's common setup in one call: `prepare`, the execution id, the base behaviour and the base
     circuit (`discover_cached(..., "base", thresholds)`), exactly as the chapters compute them one by one."""
-    study_ = prepare(model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery=n_discovery)
+    study_ = prepare(model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery=n_discovery, threads=threads)
     execution = results.execution_id(profile, study_.model)
     return Setup(study_, execution, behaviour(study_.model, study_),
                  analyses.discover_cached(study_, study_.model, "base", thresholds, progress=progress))

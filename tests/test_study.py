@@ -137,3 +137,14 @@ def test_admission_cached_is_admit_on_the_seed_split_and_memoised(tmp_path, monk
     calls = []
     monkeypatch.setattr(C, "admit", lambda *a, **k: calls.append(1))
     assert study.admission_cached(s, 1, 10, t)[0] == heads and not calls  # second call: from the memo
+
+
+def test_prepare_pins_threads_and_rejects_bad_counts():
+    before = torch.get_num_threads()
+    try:
+        study.prepare("tiny", 8, 4, 0, "cpu", 4, n_discovery=4, threads=1)
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="threads must be >= 1"):
+            study.prepare("tiny", 8, 4, 0, "cpu", 4, threads=0)
+    finally:
+        torch.set_num_threads(before)
