@@ -172,8 +172,11 @@ def _attribute(model, acts: Mapping[str, torch.Tensor], u: torch.Tensor, bias: t
     return Attribution((emb * u).sum(-1), heads, attn_bias, mlp, bias)
 
 
-def _readout_tokens(ds: IOIDataset, token: str) -> list[tuple[int, torch.Tensor]]:
-    """(sign, [batch] token ids) pairs whose signed logits make up the readout."""
+def _readout_tokens(ds: IOIDataset, token: str) -> list[tuple[int | torch.Tensor, torch.Tensor]]:
+    """(sign, [batch] token ids) pairs whose signed logits make up the readout; a dataset with dla_pairs
+    (Greater-Than) gives its own (weight [batch], [batch] token ids) pairs whatever `token` says."""
+    if hasattr(ds, "dla_pairs"):
+        return ds.dla_pairs()
     pairs = {"IO-S": [(1, ds.io_tokens), (-1, ds.s_tokens)], "IO": [(1, ds.io_tokens)], "S": [(1, ds.s_tokens)]}
     if token not in pairs:
         raise ValueError(f"token must be 'IO-S', 'IO' or 'S', got {token!r}")
@@ -183,7 +186,7 @@ def _readout_tokens(ds: IOIDataset, token: str) -> list[tuple[int, torch.Tensor]
 def _attribution(model, ds: IOIDataset, acts: Mapping[str, torch.Tensor], token: str) -> Attribution:
     """Attribution of cached END activations onto the readout named by token."""
     pairs, scale = _readout_tokens(ds, token), acts["ln_final.hook_scale"]  # scale: [batch, 1]
-    u = sum(sign * _readout(model, scale, t) for sign, t in pairs)
+    u = sum((sign[:, None] if torch.is_tensor(sign) else sign) * _readout(model, scale, t) for sign, t in pairs)
     bias = sum(sign * _bias_logit(model, t) for sign, t in pairs)
     return _attribute(model, acts, u, bias)
 

@@ -232,6 +232,15 @@ class GreaterThanDataset:
         b_u = getattr(model, "b_U", None)
         return self.score_readout(logits if b_u is None else logits + b_u, rows)
 
+    def dla_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The END readout for direct logit attribution as (weight [batch], token ids [batch]) pairs: the mean
+        logit of the year tokens (two-digit) or tens digits (digit) above YY's minus the mean of those below."""
+        values = torch.arange(len(self.year.ids))  # 0..99 (two-digit) or 0..9 (tens digit)
+        ref = self.years if self.year.kind == "two-digit" else self.years // 10  # [batch]
+        later, earlier = values[None, :] > ref[:, None], values[None, :] < ref[:, None]  # [batch, n]
+        w = later / later.sum(1, keepdim=True).clamp_min(1) - earlier / earlier.sum(1, keepdim=True).clamp_min(1)
+        return [(w[:, i].float(), self.year.ids[i].expand(len(self))) for i in range(len(values))]
+
     # ------------------------------------------------------------ training targets
 
     def training_view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -312,3 +321,111 @@ def relabel(ds: GreaterThanDataset, rule: str, seed: int = 3) -> GreaterThanData
     """
     rng = random.Random(seed)
     return ds.map(lambda p: dataclasses.replace(p, label=_label(rng, p.yy, rule)))
+
+
+# ---------------------------------------------------------------- the chapter's analyses (reusing IOI's machinery)
+
+
+@dataclass
+class GTStudy:
+    """A model and the Greater-Than prompts of the chapter: training, held-out and discovery (disjoint), with twins."""
+
+    model_name: str
+    model: object
+    tokenizer: object
+    train: GreaterThanDataset
+    test: GreaterThanDataset  # held-out prompts: every measurement
+    test01: GreaterThanDataset  # their "01" twins (the mean-ablation source)
+    disc: GreaterThanDataset  # discovery prompts
+    disc01: GreaterThanDataset
+    config: object  # the training.TrainConfig of the split (clean, no epochs yet)
+
+
+def prepare(model_name: str, n_train: int, n_eval: int, n_discovery: int, n_epoch_eval: int, seed: int = 0,
+            device: str = "auto", batch_size: int = 16) -> GTStudy:
+    """Load the model and draw train | held-out | discovery prompts from one shuffled pool (disjoint); the
+    fine-tuning runs evaluate each epoch on the first n_epoch_eval held-out prompts."""
+    from . import models, training
+
+    if not 1 <= n_epoch_eval <= n_eval:
+        raise ValueError(f"need 1 <= n_epoch_eval <= n_eval, got {n_epoch_eval} and {n_eval}")
+    model, tok = models.load_model(model_name, device=device)
+    pool = make_gt_dataset(tok, n_train + n_eval + n_discovery, seed, model.prepend_bos)
+    train, test, disc = split(pool, [n_train, n_eval, n_discovery])
+    cfg = training.TrainConfig(model=model_name, task=TASK, n_train=n_train, n_test=n_epoch_eval, seed=seed,
+                               data_seed=seed, batch_size=batch_size, epochs=1, checkpoint_epochs=(1,))
+    got_train, got_test = training.datasets_for(cfg, tok, model.prepend_bos)
+    assert got_train.prompts == train.prompts and got_test.prompts == test.prompts[:n_epoch_eval]
+    return GTStudy(model_name, model, tok, train, test, corrupt(test), disc, corrupt(disc), cfg)
+
+
+def train_run(st: GTStudy, scenario: str, epochs: int, batch_size: int, dataset: str = "clean"):
+    """The fine-tuning run of a scenario on the study's split (trained once, then reused from the run cache)."""
+    from . import training
+
+    cfg = dataclasses.replace(st.config, scenario=scenario, dataset=dataset, epochs=epochs,
+                              checkpoint_epochs=tuple(range(1, epochs + 1)), batch_size=batch_size)
+    return training.train(cfg, progress=False)
+
+
+def discover(st: GTStudy, thresholds=None) -> dict:
+    """Admission (knockout attribution + exact prefix search) on the discovery prompts, memoised:
+    {"heads", "trace", "attribution" [L, H] share of F(M), "f_model"}."""
+    from . import circuits, results
+
+    t = thresholds or circuits.Thresholds()
+
+    def compute() -> dict:
+        heads, trace, attr, f_m = circuits.admit(st.model, st.disc, st.disc01, t)
+        return {"heads": heads, "trace": trace, "attribution": attr / f_m, "f_model": f_m}
+
+    return results.memo("gt_discovery", compute, st.model, model_name=st.model_name, data=st.disc.fingerprint(),
+                        thresholds=t)
+
+
+def circuit_of(heads: Sequence[tuple[int, int]]):
+    """A circuits.Circuit keeping these heads at every position (IOI's classes do not apply: all are "OTH")."""
+    from . import circuits
+
+    return circuits.Circuit({"OTH": [tuple(h) for h in heads]}, everywhere=True)
+
+
+def checkpoint_row(st: GTStudy, model, tag: str, heads: Sequence[tuple[int, int]], epoch: int, n: int) -> dict:
+    """One checkpoint on the first n held-out prompts (memoised): probability difference with its interval,
+    accuracy (share > 0), and the faithfulness F(C)/F(M) of a head set with its interval."""
+    from . import circuits, metrics, results
+
+    def compute() -> dict:
+        f = circuits.faithfulness(model, st.test[:n], st.test01[:n], circuit_of(heads))
+        pd = f.per_prompt_model  # every head kept: the model's own score
+        return {"epoch": epoch, "tag": tag, "prob_diff": pd.mean().item(), "prob_diff_interval": metrics.bootstrap_ci(pd),
+                "accuracy": (pd > 0).float().mean().item(), "faithfulness": f.ratio,
+                "faithfulness_interval": f.interval(), "per_prompt": pd}
+
+    return results.memo("gt_checkpoint_row", compute, model, model_name=st.model_name, tag=tag,
+                        data=st.test[:n].fingerprint(), heads=sorted(tuple(h) for h in heads))
+
+
+def head_readouts(st: GTStudy, model, n: int) -> dict:
+    """Per-head DLA onto later-minus-earlier years at END and END -> YY attention ([L, H]) on n held-out prompts."""
+    from . import attribution
+
+    ds = st.test[:n]
+    return {"dla": attribution.head_dla(model, ds), "attn_yy": attribution.attention_to(model, ds, "END", "YY"),
+            "mlp_dla": attribution.mlp_dla(model, ds)}
+
+
+def mlp_knockout(st: GTStudy, model, n: int) -> torch.Tensor:
+    """[n_layers] mean probability difference with one layer's MLP mean-ablated to its "01"-twin mean (n prompts)."""
+    from . import attribution, results
+
+    return results.memo("gt_mlp_knockout", lambda: attribution.mlp_knockout(model, st.test[:n], st.test01[:n]),
+                        model, model_name=st.model_name, data=st.test[:n].fingerprint())
+
+
+def cmap_effects(st: GTStudy, model_x, model_y, n: int, tags: tuple[str, str]) -> torch.Tensor:
+    """[L, H] first-order CMAP (patching.cmap_attribution) of model_x's head outputs into model_y, n prompts."""
+    from . import patching, results
+
+    return results.memo("gt_cmap_attribution", lambda: patching.cmap_attribution(model_x, model_y, st.test[:n]),
+                        model_y, model_name=st.model_name, x=tags[0], y=tags[1], data=st.test[:n].fingerprint())
