@@ -100,15 +100,19 @@ def _continuation(tokenizer, noun: str, yy: int) -> list[int]:
 
 
 def year_tokens(tokenizer, noun: str = "war") -> YearTokens:
-    """Detect how the end year is written: one token per "YY" (GPT-2) or one per digit (SmolLM2); else raise."""
-    conts = {yy: _continuation(tokenizer, noun, yy) for yy in range(100)}
-    if all(len(c) == 1 for c in conts.values()) and len({c[0] for c in conts.values()}) == 100:
-        return YearTokens("two-digit", torch.tensor([conts[yy][0] for yy in range(100)]))
+    """Detect how the end year is written: one token per "YY" (GPT-2: the tokens of "00".."99", as Hanna et al.)
+    or one per digit (SmolLM2: then every end year must continue the prompt as its two digit tokens); else raise."""
+    cont = _continuation(tokenizer, noun, 50)
+    two = [_ids(tokenizer, f"{yy:02d}") for yy in range(100)]
+    if len(cont) == 1 and all(len(t) == 1 for t in two) and cont == two[50] and len({t[0] for t in two}) == 100:
+        return YearTokens("two-digit", torch.tensor([t[0] for t in two]))
     digits = [_ids(tokenizer, str(d)) for d in range(10)]
-    if all(len(d) == 1 for d in digits) and all(c == [digits[yy // 10][0], digits[yy % 10][0]] for yy, c in conts.items()):
-        return YearTokens("digit", torch.tensor([d[0] for d in digits]))
-    bad = next(yy for yy, c in conts.items() if len(c) not in (1, 2))
-    raise ValueError(f"end year {CENTURY}{bad:02d} is neither one token nor two digit tokens for this tokenizer")
+    if len(cont) == 2 and all(len(d) == 1 for d in digits):
+        bad = [yy for yy in range(100) if _continuation(tokenizer, noun, yy) != [digits[yy // 10][0], digits[yy % 10][0]]]
+        if not bad:
+            return YearTokens("digit", torch.tensor([d[0] for d in digits]))
+        raise ValueError(f"end year {CENTURY}{bad[0]:02d} is not written as two digit tokens by this tokenizer")
+    raise ValueError(f"end year {CENTURY}50 is neither one token nor two digit tokens for this tokenizer")
 
 
 def nouns_for(tokenizer, nouns: Sequence[str] = NOUNS) -> list[str]:

@@ -152,3 +152,45 @@ def test_scores_agree_across_code_paths(tiny):
     ld, _ = patching.knockout_attribution(model, ds, patching.template_means(model, gt.corrupt(ds)),
                                           patching.all_heads(model))
     assert torch.allclose(ld, full, atol=1e-5)
+
+
+def test_cmap_on_greater_than(tiny):
+    model, tokenizer = tiny
+    other, _ = models.load_model("tiny-digits", device="cpu", seed=1)
+    ds = gt.make_gt_dataset(tokenizer, 8, seed=2, prepend_bos=model.prepend_bos)
+    assert torch.allclose(patching.cmap_attribution(model, model, ds), torch.zeros(2, 4), atol=1e-7)
+    exact = patching.cmap(other, model, ds)  # [2, 4] change of model's probability difference
+    estimate = patching.cmap_attribution(other, model, ds)
+    assert exact.shape == estimate.shape == (2, 4) and exact.abs().sum() > 0 and estimate.abs().sum() > 0
+    group = patching.cmap_group(other, model, ds, [(0, 0)])
+    assert math.isclose(group - patching._run_ld(model, ds).mean().item(), exact[0, 0].item(), abs_tol=1e-6)
+
+
+def _two_digit_tokenizer():
+    """A word-level tokenizer that writes years as two two-digit tokens ("1732" -> "17", "32"), like GPT-2."""
+    from tokenizers import Regex, Tokenizer, models as tm, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = set(gt.NOUNS) | {"war", "The", "lasted", "from", "the", "year", "to"} | {f"{i:02d}" for i in range(100)}
+    vocab = {w: i for i, w in enumerate(["<|endoftext|>", "<unk>"] + sorted(words))}
+    tok = Tokenizer(tm.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Split(Regex(r"\d\d"), behavior="isolated")])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", unk_token="<unk>")
+
+
+def test_two_digit_tokenizer_dataset_and_score():
+    tok = _two_digit_tokenizer()
+    kind = gt.year_tokens(tok)
+    assert kind.kind == "two-digit" and kind.readout == ("END",) and len(kind.ids) == 100
+    ds = gt.make_gt_dataset(tok, 6, seed=0, prepend_bos=True)
+    assert "TIE" not in ds.positions and int(ds.positions["END"][0]) == ds.tokens.shape[1] - 1
+    assert tok.decode([int(ds.tokens[0, ds.positions["YY"][0]])]) == f"{ds.prompts[0].yy:02d}"
+    logits = torch.randn(6, ds.tokens.shape[1], len(tok))
+    end = logits[torch.arange(6), ds.positions["END"]]
+    assert torch.allclose(ds.score(logits), gt.prob_diff_two_digit(end, ds.years, kind.ids))
+    tokens, pos, labels = ds.training_view()
+    assert torch.equal(tokens, ds.tokens) and pos.shape == labels.shape == (6, 1)
+    assert tok.decode([int(labels[0, 0])]) == f"{ds.prompts[0].label:02d}"
+    assert gt.corrupt(ds).texts[0].endswith("from the year 1701 to the year 17")
