@@ -113,9 +113,9 @@ print(f"{len(heads)} heads (strongest attributed share first):")
 for h in by_effect:
     print(f"  {h[0]}.{h[1]}: attributed share {float(found['attribution'][h]):+.2f}, "
           f"DLA {float(readouts['dla'][h]):+.3f}, attention END->YY {float(readouts['attn_yy'][h]):.2f}")
-drops = sorted(range(len(mlp)), key=lambda l: float(mlp[l]) - mlp_ref)[:4]
-print("MLP layers whose mean ablation lowers the probability difference most:",
-      ", ".join(f"{l} ({float(mlp[l]) - mlp_ref:+.3f})" for l in drops))
+drops = sorted(range(1, len(mlp)), key=lambda l: float(mlp[l]) - mlp_ref)[:4]  # layer 0 apart (see below)
+print(f"MLP 0 mean-ablated: {float(mlp[0]) - mlp_ref:+.3f}; the layers above it whose ablation lowers the "
+      "probability difference most:", ", ".join(f"{l} ({float(mlp[l]) - mlp_ref:+.3f})" for l in drops))
 
 # %%
 circuit = gt.circuit_of(heads)
@@ -134,6 +134,7 @@ glue("gt_circuit_heads", ", ".join(f"{l}.{h}" for l, h in sorted(heads)), displa
 glue("gt_faith", 100 * base["faithfulness"], display=False)
 glue("gt_faith_lo", 100 * base["faithfulness_interval"][0], display=False)
 glue("gt_faith_hi", 100 * base["faithfulness_interval"][1], display=False)
+glue("gt_mlp0_drop", float(mlp[0]) - mlp_ref, display=False)
 glue("gt_top_mlp", drops[0], display=False)
 glue("gt_top_mlp_drop", float(mlp[drops[0]]) - mlp_ref, display=False)
 glue("gt_mlp_layers", ", ".join(str(l) for l in drops), display=False)
@@ -141,9 +142,11 @@ glue("gt_mlp_layers", ", ".join(str(l) for l in drops), display=False)
 # %% [markdown]
 # The circuit has {glue:text}`gt_circuit_size` heads ({glue:text}`gt_circuit_heads`). Kept alone, every other
 # head mean-ablated, it keeps {glue:text}`gt_faith:.0f`% of the model's probability difference on the held-out
-# prompts (95% interval {glue:text}`gt_faith_lo:.0f`–{glue:text}`gt_faith_hi:.0f`%). Among the MLPs, ablating
+# prompts (95% interval {glue:text}`gt_faith_lo:.0f`–{glue:text}`gt_faith_hi:.0f`%). Mean-ablating the MLP of
+# layer 0 changes the probability difference by {glue:text}`gt_mlp0_drop:+.3f`; that MLP processes every token
+# right after the embedding, so its cost says little about where the comparison is made. Above it, ablating
 # layer {glue:text}`gt_top_mlp` costs the most ({glue:text}`gt_top_mlp_drop:+.3f`); the four costliest layers
-# are {glue:text}`gt_mlp_layers`.
+# above layer 0 are {glue:text}`gt_mlp_layers`.
 
 # %%
 claims.check("a sparse head circuit explains Greater-Than (F(C)/F(M) of the base circuit, held-out)",

@@ -46,7 +46,8 @@ print(f"model: {model_name}, profile: {profile}")
 fmt = lambda x: "n/a" if x is None else f"{x:.3g}"  # noqa: E731
 cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731  (a literal | would end the table cell)
 lines = ["| chapter | claim | paper | ours [95% interval] | threshold | verdict |", "|---|---|---|---|---|---|"]
-for chapter in ("intro", "circuit_discovery", "amplification", "corruption", "neuroplasticity"):
+optional = [c for c in ("greater_than",) if c in recorded]  # the second task, when its chapter ran
+for chapter in ("intro", "circuit_discovery", "amplification", "corruption", "neuroplasticity", *optional):
     for statement, c in recorded[chapter].get("claims", {}).items():
         interval = "" if not c["interval"] else f" [{fmt(c['interval'][0])}, {fmt(c['interval'][1])}]"
         lines.append(f"| {chapter} | {cell(statement)} | {cell(c['paper'] or '-')} | {fmt(c['ours'])}{interval} | "
