@@ -134,6 +134,9 @@ glue("gt_circuit_heads", ", ".join(f"{l}.{h}" for l, h in sorted(heads)), displa
 glue("gt_faith", 100 * base["faithfulness"], display=False)
 glue("gt_faith_lo", 100 * base["faithfulness_interval"][0], display=False)
 glue("gt_faith_hi", 100 * base["faithfulness_interval"][1], display=False)
+yy_heads = [h for h in sorted(heads) if float(readouts["attn_yy"][h]) >= 0.5]  # attend mostly to the start year
+glue("gt_yy_heads", ", ".join(f"{l}.{h}" for l, h in yy_heads) or "none", display=False)
+glue("gt_n_yy_heads", len(yy_heads), display=False)
 glue("gt_mlp0_drop", float(mlp[0]) - mlp_ref, display=False)
 glue("gt_top_mlp", drops[0], display=False)
 glue("gt_top_mlp_drop", float(mlp[drops[0]]) - mlp_ref, display=False)
@@ -142,7 +145,9 @@ glue("gt_mlp_layers", ", ".join(str(l) for l in drops), display=False)
 # %% [markdown]
 # The circuit has {glue:text}`gt_circuit_size` heads ({glue:text}`gt_circuit_heads`). Kept alone, every other
 # head mean-ablated, it keeps {glue:text}`gt_faith:.0f`% of the model's probability difference on the held-out
-# prompts (95% interval {glue:text}`gt_faith_lo:.0f`–{glue:text}`gt_faith_hi:.0f`%). Mean-ablating the MLP of
+# prompts (95% interval {glue:text}`gt_faith_lo:.0f`–{glue:text}`gt_faith_hi:.0f`%). {glue:text}`gt_n_yy_heads` of
+# its heads put at least half of END's attention on the start year's tens digit ({glue:text}`gt_yy_heads`), the
+# role Hanna et al. give GPT-2's year-attending heads. Mean-ablating the MLP of
 # layer 0 changes the probability difference by {glue:text}`gt_mlp0_drop:+.3f`; that MLP processes every token
 # right after the embedding, so its cost says little about where the comparison is made. Above it, ablating
 # layer {glue:text}`gt_top_mlp` costs the most ({glue:text}`gt_top_mlp_drop:+.3f`); the four costliest layers
