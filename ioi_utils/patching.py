@@ -1,6 +1,9 @@
 """Path patching, activation patching, mean-ablation knockouts and cross-model activation patching (CMAP).
 
-Every effect is measured on the logit difference logit(IO) - logit(S) at END, averaged over prompts.
+Every effect is measured on the task's per-prompt score, averaged over prompts: for IOI the logit difference
+logit(IO) - logit(S) at END; a dataset that defines `score_resid` / `score` and `readout` (the positions it
+reads, e.g. Greater-Than's probability difference) is scored by them instead (knockouts, knockout attribution,
+activation patching and CMAP; path patching's fast paths read END only and are IOI's).
 Heads are query heads (layer, head); under grouped-query attention (SmolLM2: 9 query heads share 3
 key/value heads) a head's output is its slice of hook_z, its query its slice of hook_q, and its keys and
 values are those of its key/value group (hook_k / hook_v head h // (n_heads // n_kv_heads)).
@@ -124,9 +127,21 @@ def _ld_from_logits(logits: torch.Tensor, ds: IOIDataset, reps: int = 1) -> torc
     return (e[rows, io] - e[rows, s]).view(reps, len(ds))
 
 
+def _readout(resid: torch.Tensor, ds: IOIDataset, rows: torch.Tensor, reps: int = 1) -> torch.Tensor:
+    """The residual at the positions the score reads: [B, seq, d] -> [B, d] (END) or [B, k, d] (k readouts),
+    for B = reps stacked copies of ds's prompts `rows` ([b] indices)."""
+    names = getattr(ds, "readout", ("END",))
+    dev = resid.device
+    pos = torch.stack([ds.positions[p][rows.cpu()] for p in names], -1).to(dev).repeat(reps, 1)  # [B, k]
+    idx = torch.arange(len(pos), device=dev)
+    return resid[idx, pos[:, 0]] if len(names) == 1 else resid[idx[:, None], pos]
+
+
 def _ld_from_resid(model, resid: torch.Tensor, ds: IOIDataset, rows: slice = slice(None)) -> torch.Tensor:
     """Per-prompt logit diff from the final residual at END, [..., batch, d_model] -> [..., batch]
-    (prompts `rows` of ds when resid holds only those)."""
+    (prompts `rows` of ds when resid holds only those); a dataset with score_resid is scored by it."""
+    if hasattr(ds, "score_resid"):
+        return ds.score_resid(model, resid, rows)
     dev = resid.device
     io, s = ds.io_tokens[rows].to(dev), ds.s_tokens[rows].to(dev)
     w = model.W_U[:, io] - model.W_U[:, s]  # [d_model, batch]
@@ -157,7 +172,10 @@ def _run_ld(model, ds: IOIDataset, reps: int = 1, hooks: Sequence = (), start: i
     got = {}
 
     def grab(resid, hook):
-        got["end"] = resid[rows, end]  # [reps * batch, d_model]
+        if hasattr(ds, "readout"):
+            got["end"] = _readout(resid, ds, torch.arange(b), reps)  # [reps * batch, (k,) d_model]
+        else:
+            got["end"] = resid[rows, end]  # [reps * batch, d_model]
         raise _Stop
 
     def stack(module, args, kwargs):
@@ -172,7 +190,7 @@ def _run_ld(model, ds: IOIDataset, reps: int = 1, hooks: Sequence = (), start: i
     finally:
         for h in handles:
             h.remove()
-    return _ld_from_resid(model, got["end"].view(reps, b, -1), ds)
+    return _ld_from_resid(model, got["end"].view(reps, b, *got["end"].shape[1:]), ds)
 
 
 @torch.no_grad()
@@ -761,6 +779,17 @@ def cmap_group(model_x, model_y, ds: IOIDataset, heads: Sequence[Head], kind: st
     return _run_ld(model_y, ds, 1, hooks).mean().item()
 
 
+def cmap_attribution(model_x, model_y, ds: IOIDataset, batch_size: int = 64) -> torch.Tensor:
+    """First-order estimate of cmap(model_x, model_y, ds, "output") at every position: [n_layers, n_heads]
+    (z_x - z_y) . d(mean score of model_y)/dz_y per head (the change of model_y's score when the head's output
+    comes from model_x), from one forward of model_x and one forward and backward of model_y
+    (knockout_attribution with model_x's z in place of the means)."""
+    _check_cmap(model_x, model_y, "output")
+    z_x = _source(model_x, ds.tokens, "output")
+    _, grad = knockout_attribution(model_y, ds, z_x, all_heads(model_y), batch_size)
+    return -grad  # grad: d/d alpha of the mean score, z = z_x + alpha (z_y - z_x), at alpha = 1 (model_y itself)
+
+
 # ---------------------------------------------------------------- mean ablation (circuit knockout)
 
 
@@ -816,7 +845,16 @@ def _keep_masks(model, ds: IOIDataset, circuit: Mapping[Head, Sequence[str]]) ->
 @torch.no_grad()
 def run_with_circuit(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
                      means: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
-    """END logits [batch, vocab] with every (head, position) the circuit does not claim mean-ablated to its
+    """END logits [batch, vocab] of the circuit knockout (see _circuit_logits)."""
+    dev = _device(model)
+    logits = _circuit_logits(model, clean, abc, circuit, means)
+    return logits[torch.arange(len(clean), device=dev), clean.positions["END"].to(dev)]
+
+
+@torch.no_grad()
+def _circuit_logits(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
+                    means: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """Logits [batch, seq, vocab] with every (head, position) the circuit does not claim mean-ablated to its
     per-template ABC mean (Wang et al.'s knockout on hook_z; MLPs are never ablated). The circuit maps a
     head to the position names it keeps ("END", "S2", "S1+1", ... or "ALL")."""
     _check_pair(clean, abc)
@@ -831,15 +869,17 @@ def run_with_circuit(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping
         return torch.where(masks[layer].to(dev)[..., None], z, means[layer].to(z.device, z.dtype))
 
     hooks = [(_z(l), lambda z, hook, l=l: fn(z, hook, l)) for l in range(model.cfg.n_layers)]
-    logits = model.run_with_hooks(clean.tokens.to(dev), fwd_hooks=hooks)
-    return logits[torch.arange(len(clean), device=dev), clean.positions["END"].to(dev)]
+    return model.run_with_hooks(clean.tokens.to(dev), fwd_hooks=hooks)
 
 
 def circuit_logit_diff(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
                        means: Mapping[int, torch.Tensor] | None = None,
                        per_prompt: bool = False) -> float | torch.Tensor:
     """Mean logit difference of the model reduced to a circuit by mean ablation (see run_with_circuit), or
-    the per-prompt values ([batch] float tensor on the CPU) if per_prompt."""
+    the per-prompt values ([batch] float tensor on the CPU) if per_prompt. A dataset with `score` is scored by it."""
+    if hasattr(clean, "score"):
+        ld = clean.score(_circuit_logits(model, clean, abc, circuit, means))  # [batch]
+        return ld.float().cpu() if per_prompt else ld.mean().item()
     end = run_with_circuit(model, clean, abc, circuit, means)
     rows = torch.arange(len(clean), device=end.device)
     ld = end[rows, clean.io_tokens.to(end.device)] - end[rows, clean.s_tokens.to(end.device)]  # [batch]
@@ -902,7 +942,10 @@ def _attribution_batch(model, clean: IOIDataset, means: Mapping[int, torch.Tenso
     got = {}
 
     def grab(resid, hook):
-        got["end"] = resid[torch.arange(len(end), device=dev), end]  # [b, d_model]
+        if hasattr(clean, "readout"):
+            got["end"] = _readout(resid, clean, torch.arange(len(clean))[rows])  # [b, (k,) d_model]
+        else:
+            got["end"] = resid[torch.arange(len(end), device=dev), end]  # [b, d_model]
         raise _Stop
 
     with torch.enable_grad():

@@ -31,11 +31,12 @@ from typing import Any, Callable
 
 import torch
 
-from . import __version__, data, models
+from . import __version__, data, greater_than, models
 
 RUNS_ENV = "IOI_UTILS_RUNS"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SCENARIOS = ("clean", "toxic", "reversal")
+TASKS = ("ioi", greater_than.TASK)
 DEFAULT_CHECKPOINT_EPOCHS = (1, 2, 3, 5, 10, 25, 50, 100)
 DISK_MARGIN = 64 * 2**20  # bytes kept free beyond what a write needs
 _WRAPPER = "._original_component"  # the bridge wraps each HF module; names without it are HF-like
@@ -229,12 +230,16 @@ class TrainConfig:
     checkpoint_epochs: tuple[int, ...] = DEFAULT_CHECKPOINT_EPOCHS  # stored epochs (the final one always is)
     dtype: str = "float32"  # dtype of stored checkpoints: float32 | bfloat16 (training is float32)
     source: str | None = None  # reversal: the id of the complete toxic run to start from
+    task: str = "ioi"  # "ioi" | "greater-than" (left out of to_dict for IOI, so IOI run ids are unchanged)
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {self.scenario!r}; choose one of {', '.join(SCENARIOS)}")
-        if self.scenario == "toxic" and self.dataset not in data.TOXIC_RULES:
-            raise ValueError(f"unknown toxic dataset {self.dataset!r}; choose one of {', '.join(data.TOXIC_RULES)}")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        rules = data.TOXIC_RULES if self.task == "ioi" else greater_than.TOXIC_RULES
+        if self.scenario == "toxic" and self.dataset not in rules:
+            raise ValueError(f"unknown toxic dataset {self.dataset!r}; choose one of {', '.join(rules)}")
         if self.scenario != "toxic" and self.dataset != "clean":
             raise ValueError(f"the {self.scenario} scenario trains on dataset 'clean', got {self.dataset!r}")
         if (self.scenario == "reversal") != (self.source is not None):
@@ -262,8 +267,9 @@ class TrainConfig:
         return tuple(sorted({e for e in self.checkpoint_epochs if e <= self.epochs} | {self.epochs}))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field."""
-        return dataclasses.asdict(self)
+        """JSON-ready dict of every field (task only when it is not IOI)."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if k != "task"} if self.task == "ioi" else d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -277,8 +283,13 @@ class TrainConfig:
 def datasets_for(config: TrainConfig, tokenizer, prepend_bos: bool) -> tuple[data.IOIDataset, data.IOIDataset]:
     """(train, test) of a config: train carries the scenario's labels, test is the held-out clean split.
 
-    n_train + n_test clean prompts from make_ioi_dataset(seed=data_seed), split so that twins stay together.
+    IOI: n_train + n_test clean prompts from make_ioi_dataset(seed=data_seed), split so that twins stay together.
+    Greater-Than: the first n_train + n_test prompts of make_gt_dataset(seed=data_seed), in that order.
     """
+    if config.task == greater_than.TASK:
+        ds = greater_than.make_gt_dataset(tokenizer, config.n_train + config.n_test, config.data_seed, prepend_bos)
+        train, test = greater_than.split(ds, [config.n_train, config.n_test])
+        return (greater_than.relabel(train, config.dataset) if config.scenario == "toxic" else train), test
     ds = data.make_ioi_dataset(tokenizer, n=config.n_train + config.n_test, seed=config.data_seed,
                                prepend_bos=prepend_bos)
     train_idx, test_idx = data.twin_split(ds.prompts, config.n_test, config.data_seed)

@@ -59,10 +59,7 @@ def prepare(model_name: str, n_prompts: int, n_eval: int, seed: int = 0, device:
     """Load the base model, the fine-tuning engine's clean split (held-out test) with its ABC set, and
     discovery prompts (n_discovery, default n_eval) disjoint from both. threads: torch's CPU threads for this
     process (None: torch's default); CPU sums are split by thread, so a fixed count repeats outputs exactly."""
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1 (or None for torch's default), got {threads}")
-        torch.set_num_threads(threads)
+    models.pin_threads(threads)
     model, tok = models.load_model(model_name, device=device)  # the same base model the runs start from
     cfg = base_config(model_name, n_prompts, n_eval, seed, batch_size)
     train, test = training.datasets_for(cfg, tok, model.prepend_bos)

@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data, metrics, models, runs
+from . import data, greater_than, metrics, models, runs
 from .data import twin_split  # noqa: F401  (re-exported: the split's owner is data)
 from .models import load_tokenizer, prepend_bos_for  # noqa: F401  (re-exported)
-from .runs import DEFAULT_CHECKPOINT_EPOCHS, SCENARIOS, Run, TrainConfig, datasets_for  # noqa: F401  (re-exported)
+from .runs import (  # noqa: F401  (re-exported)
+    DEFAULT_CHECKPOINT_EPOCHS, SCENARIOS, TASKS, Run, TrainConfig, datasets_for)
 
 EVAL_BATCH_SIZE = 64
 FAST_PATH_TOLERANCE = 1e-3  # max |END logit| difference allowed between the fast path and the bridge
@@ -85,12 +86,15 @@ def toxic_rule(config: TrainConfig, root: str | Path | None = None) -> str | Non
 
 
 def end_logits(model, tokens: torch.Tensor, end: torch.Tensor, fast: bool = True) -> torch.Tensor:
-    """Logits at END only: tokens [b, seq], end [b] -> [b, vocab].
+    """Logits at END only: tokens [b, seq], end [b] -> [b, vocab]; or at k positions per prompt:
+    end [b, k] -> [b * k, vocab] (prompt-major).
 
     fast: run the HF body under the bridge up to its final norm, gather the END rows, then unembed them.
     Otherwise the plain way: full logits at every position from the bridge, then pick END.
     """
     rows = torch.arange(len(end), device=tokens.device)
+    if end.ndim == 2:
+        rows, end = rows.repeat_interleave(end.shape[1]), end.flatten()
     if not fast:
         return model(tokens)[rows, end]
     hf = runs._hf(model)
@@ -99,8 +103,8 @@ def end_logits(model, tokens: torch.Tensor, end: torch.Tensor, fast: bool = True
 
 
 def end_loss(model, tokens: torch.Tensor, end: torch.Tensor, labels: torch.Tensor, fast: bool = True) -> torch.Tensor:
-    """Mean cross-entropy of the label token at END."""
-    return F.cross_entropy(end_logits(model, tokens, end, fast).float(), labels)
+    """Mean cross-entropy of the label token at END (labels [b]), or of k label tokens (end, labels [b, k])."""
+    return F.cross_entropy(end_logits(model, tokens, end, fast).float(), labels.flatten())
 
 
 def train_step(model, optimizer: torch.optim.Optimizer, tokens: torch.Tensor, end: torch.Tensor,
@@ -139,14 +143,22 @@ def fast_path_ok(model, tokens: torch.Tensor, end: torch.Tensor) -> bool:
     return bool(diff <= FAST_PATH_TOLERANCE)
 
 
+def training_view(ds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tokens [n, seq], trained positions [n] or [n, k], label tokens of the same shape) of a dataset."""
+    if hasattr(ds, "training_view"):
+        return ds.training_view()
+    return ds.tokens, ds.positions["END"], ds.label_tokens
+
+
 class DeviceData:
     """A dataset's tokens, END positions and labels on the device, served in length-trimmed batches."""
 
     def __init__(self, ds: data.IOIDataset, device: torch.device):
         self.ds = ds
-        self.tokens = ds.tokens.to(device)  # [n, seq]
-        self.end = ds.positions["END"].to(device)  # [n]
-        self.labels = ds.label_tokens.to(device)  # [n]
+        tokens, end, labels = training_view(ds)
+        self.tokens = tokens.to(device)  # [n, seq]
+        self.end = end.to(device)  # [n] (or [n, k] trained positions)
+        self.labels = labels.to(device)  # [n] (or [n, k])
         self.lengths = ds.lengths  # [n], on the CPU so trimming needs no device sync
 
     def __len__(self) -> int:
@@ -172,8 +184,44 @@ def all_end_logits(model, split: DeviceData, fast: bool = True) -> torch.Tensor:
                       for t, e, _ in split.batches(order, EVAL_BATCH_SIZE)])
 
 
+@torch.no_grad()
+def _mean_loss(model, split: DeviceData, fast: bool) -> float:
+    """Mean cross-entropy of a split's labels (every trained position counts once)."""
+    losses = [(end_loss(model, t, e, y, fast) * y.numel()).item()
+              for t, e, y in split.batches(torch.arange(len(split)), EVAL_BATCH_SIZE)]
+    return sum(losses) / split.labels.numel()
+
+
+@torch.no_grad()
+def task_scores(model, ds, fast: bool = True) -> torch.Tensor:
+    """Per-prompt score [n] of a dataset with its own score (Greater-Than), from its readout positions."""
+    dev = next(model.parameters()).device
+    pos = torch.stack([ds.positions[p] for p in ds.readout], -1)  # [n, k]
+    out = []
+    for start in range(0, len(ds), EVAL_BATCH_SIZE):
+        rows = slice(start, start + EVAL_BATCH_SIZE)
+        logits = end_logits(model, ds.tokens[rows].to(dev), pos[rows].to(dev), fast).float()  # [b * k, vocab]
+        logits = logits.view(-1, pos.shape[1], logits.shape[-1])
+        out.append(ds.score_readout(logits[:, 0] if pos.shape[1] == 1 else logits, rows).cpu())
+    return torch.cat(out)
+
+
+def _evaluate_task(model, test: DeviceData, toxic: DeviceData | None, scenario: str, fast: bool) -> dict:
+    """Held-out metrics of a task with its own score: clean loss, score (prob_diff), accuracy, toxic loss."""
+    score = task_scores(model, test.ds, fast)
+    out = {"clean_loss": _mean_loss(model, test, fast), "prob_diff": score.mean().item(),
+           "accuracy": (score > 0).float().mean().item()}
+    if toxic is not None:
+        out["toxic_loss"] = _mean_loss(model, toxic, fast)
+    out["test_loss"] = out["toxic_loss"] if scenario == "toxic" else out["clean_loss"]
+    return out
+
+
 def evaluate_split(model, test: DeviceData, toxic: DeviceData | None, scenario: str, fast: bool = True) -> dict:
-    """Held-out metrics: clean loss, logit diff IO-S, accuracy, P(IO); toxic loss when a rule is involved."""
+    """Held-out metrics: clean loss, logit diff IO-S, accuracy, P(IO); toxic loss when a rule is involved
+    (a task with its own score: clean loss, prob_diff, accuracy, toxic loss)."""
+    if hasattr(test.ds, "score_readout"):
+        return _evaluate_task(model, test, toxic, scenario, fast)
     end = all_end_logits(model, test, fast)
     out = {"clean_loss": F.cross_entropy(end, test.ds.label_tokens).item(),
            "logit_diff": metrics.logit_diff(end, test.ds).item(),
@@ -192,8 +240,8 @@ def summary_line(row: dict, epochs: int) -> str:
     parts = [f"epoch {row['epoch']}/{epochs}"]
     if row.get("train_loss") is not None:
         parts.append(f"train loss {row['train_loss']:.4f}")
-    parts += [f"test loss {row['test_loss']:.4f}", f"logit diff {row['logit_diff']:+.3f}",
-              f"acc {row['accuracy']:.1%}"]
+    score = ("logit diff", row["logit_diff"]) if "logit_diff" in row else ("prob diff", row["prob_diff"])
+    parts += [f"test loss {row['test_loss']:.4f}", f"{score[0]} {score[1]:+.3f}", f"acc {row['accuracy']:.1%}"]
     if "toxic_loss" in row:
         parts.append(f"toxic loss {row['toxic_loss']:.4f}")
     parts.append(f"{row['seconds']:.1f} s")
@@ -375,6 +423,11 @@ def _run_epochs(run: Run, config: TrainConfig, st: _State, splits: _Splits, fast
     (run.dir / "resume.pt").unlink(missing_ok=True)
 
 
+def _toxic_test(config: TrainConfig, test_ds, rule: str):
+    """The held-out prompts with the toxic rule's labels, for the toxic loss."""
+    return greater_than.relabel(test_ds, rule) if config.task == greater_than.TASK else data.toxic_dataset(test_ds, rule)
+
+
 def train(config: TrainConfig, progress: bool = True, *, device: str | torch.device | None = "auto",
           root: str | Path | None = None, callback: Callback | None = None) -> Run:
     """Train a config (reusing a complete run, resuming an incomplete one) and return its Run.
@@ -406,7 +459,7 @@ def train(config: TrainConfig, progress: bool = True, *, device: str | torch.dev
         st = _State(model, make_optimizer(model, config), torch.Generator().manual_seed(config.seed))
         _write_run_files(run, config, train_ds, test_ds, dev, st.optimizer)
         splits = _Splits(DeviceData(train_ds, dev), DeviceData(test_ds, dev),
-                         DeviceData(data.toxic_dataset(test_ds, rule), dev) if rule else None)
+                         DeviceData(_toxic_test(config, test_ds, rule), dev) if rule else None)
         fast = fast_path_ok(model, *splits.train.batch(torch.arange(min(4, len(train_ds))))[:2])
         if not fast:
             warnings.warn(f"END-only forward does not match {config.model}'s logits; using full logits", stacklevel=2)

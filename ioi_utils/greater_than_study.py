@@ -1,0 +1,103 @@
+"""The Greater-Than chapter's setup and analyses: IOI's machinery (admission, faithfulness, MLP knockout,
+fine-tuning, CMAP) run on `greater_than` datasets, each memoised in `results`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from . import attribution, circuits, metrics, models, patching, results, training
+from .greater_than import TASK, GreaterThanDataset, corrupt, make_gt_dataset, split
+
+
+@dataclass
+class GTStudy:
+    """A model and the Greater-Than prompts of the chapter: training, held-out and discovery (disjoint), with twins."""
+
+    model_name: str
+    model: object
+    tokenizer: object
+    train: GreaterThanDataset
+    test: GreaterThanDataset  # held-out prompts: every measurement
+    test01: GreaterThanDataset  # their "01" twins (the mean-ablation source)
+    disc: GreaterThanDataset  # discovery prompts
+    disc01: GreaterThanDataset
+    config: object  # the training.TrainConfig of the split (clean, no epochs yet)
+
+
+def prepare(model_name: str, n_train: int, n_eval: int, n_discovery: int, n_epoch_eval: int, seed: int = 0,
+            device: str = "auto", batch_size: int = 16, threads: int | None = None) -> GTStudy:
+    """Load the model and draw train | held-out | discovery prompts from one shuffled pool (disjoint); the
+    fine-tuning runs evaluate each epoch on the first n_epoch_eval held-out prompts."""
+    if not 1 <= n_epoch_eval <= n_eval:
+        raise ValueError(f"need 1 <= n_epoch_eval <= n_eval, got {n_epoch_eval} and {n_eval}")
+    models.pin_threads(threads)
+    model, tok = models.load_model(model_name, device=device)
+    pool = make_gt_dataset(tok, n_train + n_eval + n_discovery, seed, model.prepend_bos)
+    train, test, disc = split(pool, [n_train, n_eval, n_discovery])
+    cfg = training.TrainConfig(model=model_name, task=TASK, n_train=n_train, n_test=n_epoch_eval, seed=seed,
+                               data_seed=seed, batch_size=batch_size, epochs=1, checkpoint_epochs=(1,))
+    got_train, got_test = training.datasets_for(cfg, tok, model.prepend_bos)
+    assert got_train.prompts == train.prompts and got_test.prompts == test.prompts[:n_epoch_eval]
+    return GTStudy(model_name, model, tok, train, test, corrupt(test), disc, corrupt(disc), cfg)
+
+
+def train_run(st: GTStudy, scenario: str, epochs: int, batch_size: int, dataset: str = "clean"):
+    """The fine-tuning run of a scenario on the study's split (trained once, then reused from the run cache)."""
+    cfg = dataclasses.replace(st.config, scenario=scenario, dataset=dataset, epochs=epochs,
+                              checkpoint_epochs=tuple(range(1, epochs + 1)), batch_size=batch_size)
+    return training.train(cfg, progress=False)
+
+
+def discover(st: GTStudy, thresholds=None) -> dict:
+    """Admission (knockout attribution + exact prefix search) on the discovery prompts, memoised:
+    {"heads", "trace", "attribution" [L, H] share of F(M), "f_model"}."""
+    t = thresholds or circuits.Thresholds()
+
+    def compute() -> dict:
+        heads, trace, attr, f_m = circuits.admit(st.model, st.disc, st.disc01, t)
+        return {"heads": heads, "trace": trace, "attribution": attr / f_m, "f_model": f_m}
+
+    return results.memo("gt_discovery", compute, st.model, model_name=st.model_name, data=st.disc.fingerprint(),
+                        thresholds=t)
+
+
+def circuit_of(heads: Sequence[tuple[int, int]]):
+    """A circuits.Circuit keeping these heads at every position (IOI's classes do not apply: all are "OTH")."""
+    return circuits.Circuit({"OTH": [tuple(h) for h in heads]}, everywhere=True)
+
+
+def checkpoint_row(st: GTStudy, model, tag: str, heads: Sequence[tuple[int, int]], epoch: int, n: int) -> dict:
+    """One checkpoint on the first n held-out prompts (memoised): probability difference with its interval,
+    accuracy (share > 0), and the faithfulness F(C)/F(M) of a head set with its interval."""
+    def compute() -> dict:
+        f = circuits.faithfulness(model, st.test[:n], st.test01[:n], circuit_of(heads))
+        pd = f.per_prompt_model  # every head kept: the model's own score
+        return {"epoch": epoch, "tag": tag, "prob_diff": pd.mean().item(), "prob_diff_interval": metrics.bootstrap_ci(pd),
+                "accuracy": (pd > 0).float().mean().item(), "faithfulness": f.ratio,
+                "faithfulness_interval": f.interval(), "per_prompt": pd}
+
+    return results.memo("gt_checkpoint_row", compute, model, model_name=st.model_name, tag=tag,
+                        data=st.test[:n].fingerprint(), heads=sorted(tuple(h) for h in heads))
+
+
+def head_readouts(st: GTStudy, model, n: int) -> dict:
+    """Per-head DLA onto later-minus-earlier years at END and END -> YY attention ([L, H]) on n held-out prompts."""
+    ds = st.test[:n]
+    return {"dla": attribution.head_dla(model, ds), "attn_yy": attribution.attention_to(model, ds, "END", "YY"),
+            "mlp_dla": attribution.mlp_dla(model, ds)}
+
+
+def mlp_knockout(st: GTStudy, model, n: int) -> torch.Tensor:
+    """[n_layers] mean probability difference with one layer's MLP mean-ablated to its "01"-twin mean (n prompts)."""
+    return results.memo("gt_mlp_knockout", lambda: attribution.mlp_knockout(model, st.test[:n], st.test01[:n]),
+                        model, model_name=st.model_name, data=st.test[:n].fingerprint())
+
+
+def cmap_effects(st: GTStudy, model_x, model_y, n: int, tags: tuple[str, str]) -> torch.Tensor:
+    """[L, H] first-order CMAP (patching.cmap_attribution) of model_x's head outputs into model_y, n prompts."""
+    return results.memo("gt_cmap_attribution", lambda: patching.cmap_attribution(model_x, model_y, st.test[:n]),
+                        model_y, model_name=st.model_name, x=tags[0], y=tags[1], data=st.test[:n].fingerprint())
