@@ -30,10 +30,10 @@ seed = 0
 device = "auto"
 threads = 2  # torch CPU threads (None: torch's default); fixed in the smoke profile so its outputs repeat exactly
 n_prompts = 32
-n_eval = 24
-n_discovery = 24
-n_cmap = 8  # held-out prompts used by cross-model patching (one forward per head)
-n_rediscover = 16  # discovery prompts used to re-discover a circuit in a fine-tuned model
+n_eval = 16
+n_discovery = 16
+n_cmap = 4  # held-out prompts used by cross-model patching (one forward per head)
+n_rediscover = 8  # discovery prompts used to re-discover a circuit in a fine-tuned model
 clean_epochs = [1, 2]
 batch_size = 16
 

@@ -44,8 +44,8 @@ threads = 2  # torch CPU threads (None: torch's default); fixed in the smoke pro
 batch_size = 16
 gt_model_name = "smollm2-135m"  # a model whose tokenizer writes years
 gt_n_train = 16  # fine-tuning prompts
-gt_n_eval = 32  # held-out prompts: base behaviour and base-circuit faithfulness
-gt_n_discovery = 24  # discovery prompts (disjoint from both)
+gt_n_eval = 16  # held-out prompts: base behaviour and base-circuit faithfulness
+gt_n_discovery = 16  # discovery prompts (disjoint from both)
 gt_n_epoch_eval = 16  # held-out prompts measured at every epoch (the first of gt_n_eval)
 gt_n_mlp = 8  # held-out prompts of the per-layer MLP knockout (one forward per layer)
 gt_n_cmap = 8  # held-out prompts of the cross-model patching estimate
@@ -170,12 +170,8 @@ claims.check("a sparse head circuit explains Greater-Than (F(C)/F(M) of the base
 # %%
 clean_run = gt.train_run(st, "clean", gt_clean_epochs, batch_size)
 start = gt.checkpoint_row(st, st.model, "base", heads, 0, gt_n_epoch_eval)
-clean_rows = [start] + [gt.checkpoint_row(st, clean_run.model(e)[0], f"{clean_run.id}-{e}", heads, e, gt_n_epoch_eval)
-                        for e in range(1, gt_clean_epochs + 1)]
-for r in clean_rows:
-    print(f"epoch {r['epoch']}: probability difference {r['prob_diff']:+.3f} "
-          f"[{r['prob_diff_interval'][0]:+.3f}, {r['prob_diff_interval'][1]:+.3f}], base-circuit F(C)/F(M) "
-          f"{r['faithfulness']:.1%} [{r['faithfulness_interval'][0]:.1%}, {r['faithfulness_interval'][1]:.1%}]")
+clean_rows = gt.run_rows(st, clean_run, start, heads, gt_clean_epochs, gt_n_epoch_eval)
+print("\n".join(gt.format_row(r) for r in clean_rows))
 
 # %%
 clean_last = clean_rows[-1]
@@ -216,12 +212,8 @@ claims.check("the base circuit still explains the fine-tuned behaviour (F(C)/F(M
 
 # %%
 toxic_run = gt.train_run(st, "toxic", gt_toxic_epochs, batch_size, dataset="earlier-year")
-toxic_rows = [start] + [gt.checkpoint_row(st, toxic_run.model(e)[0], f"{toxic_run.id}-{e}", heads, e, gt_n_epoch_eval)
-                        for e in range(1, gt_toxic_epochs + 1)]
-for r in toxic_rows:
-    print(f"epoch {r['epoch']}: probability difference {r['prob_diff']:+.3f} "
-          f"[{r['prob_diff_interval'][0]:+.3f}, {r['prob_diff_interval'][1]:+.3f}], base-circuit F(C)/F(M) "
-          f"{r['faithfulness']:.1%} [{r['faithfulness_interval'][0]:.1%}, {r['faithfulness_interval'][1]:.1%}]")
+toxic_rows = gt.run_rows(st, toxic_run, start, heads, gt_toxic_epochs, gt_n_epoch_eval)
+print("\n".join(gt.format_row(r) for r in toxic_rows))
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))

@@ -40,7 +40,7 @@ seed = 0
 device = "auto"
 threads = 2  # torch CPU threads (None: torch's default); fixed in the smoke profile so its outputs repeat exactly
 n_prompts = 32
-n_eval = 24
+n_eval = 16
 execution_info = {}  # filled by `python -m ioi_utils.book`: model, profile, commit, date, previous_total_seconds
 
 # %%

@@ -5,7 +5,8 @@ and returns numbers, rows or [L, H] maps; none loads a model or trains one (that
 `training`'s). Expensive ones are memoised with `results.memo`, keyed by the model's weights and the prompts'
 fingerprints, so a chapter re-executed on the same checkpoints reads them back.
 
-- Discovery on a checkpoint: `discover_cached`, `rediscover_cached` (circuits.discover, memoised).
+- Discovery on a checkpoint: `discover_cached` (circuits.discover), `rediscover_cached` (its head set, by
+  `admission_cached`), memoised.
 - One row per checkpoint: `checkpoint_row` (behaviour with a bootstrap interval, the base circuit's
   faithfulness, per-head DLA and END attention), `rows_table`, `series`, and the comparisons of two rows
   (`role_changes`, `recovered_share`, `faithfulness_gain_interval`, `logit_diff_change_interval`).
@@ -16,6 +17,8 @@ fingerprints, so a chapter re-executed on the same checkpoints reads them back.
 from __future__ import annotations
 
 import random
+
+import torch
 
 from . import attribution, circuits, data, evaluate, metrics, patching, results
 
@@ -35,14 +38,27 @@ def _discovery_subset(study_: "Study", n: int | None) -> tuple[data.IOIDataset, 
     return study_.disc[idx], study_.disc_abc[idx]
 
 
+def admission_cached(model, model_name: str, disc: data.IOIDataset, abc: data.IOIDataset,
+                     thresholds: circuits.Thresholds = circuits.Thresholds()) -> tuple[list[circuits.Head], torch.Tensor]:
+    """Stage 1 of discovery (circuits.admit) on `model` and these prompts, memoised: (admitted heads, each head's
+    attributed share of F(M) in the whole model [n_layers, n_heads])."""
+    def compute() -> dict:
+        heads, _, attr, f_m = circuits.admit(model, disc, abc, thresholds)
+        return {"heads": [list(h) for h in heads], "attribution": attr / f_m}
+
+    out = results.memo("admission", compute, model, model_name=model_name, data=disc.fingerprint(), thresholds=thresholds)
+    return [tuple(h) for h in out["heads"]], out["attribution"]
+
+
 def rediscover_cached(study_: "Study", model, tag: str, n: int | None = None,
-                      thresholds: circuits.Thresholds = circuits.Thresholds()) -> circuits.Discovery:
-    """Circuit discovery on a fine-tuned model on the first n discovery prompts (memoised; n=None: all)."""
+                      thresholds: circuits.Thresholds = circuits.Thresholds()) -> circuits.Circuit:
+    """The circuit re-discovered in a (fine-tuned) model on the first n discovery prompts (memoised; n=None: all,
+    by discover_cached). Below all prompts only admission runs: it alone decides discovery's heads, kept at every
+    position, and nothing reads a re-discovered circuit's classes, so the description is skipped (all "OTH")."""
     if n is None or n >= len(study_.disc):
-        return discover_cached(study_, model, tag, thresholds)
-    disc, abc = _discovery_subset(study_, n)
-    return results.memo("discovery", lambda: circuits.discover(model, disc, abc, thresholds),
-                        model, model_name=study_.model_name, tag=tag, data=disc.fingerprint(), thresholds=thresholds)
+        return discover_cached(study_, model, tag, thresholds).circuit
+    heads, _ = admission_cached(model, study_.model_name, *_discovery_subset(study_, n), thresholds)
+    return circuits.Circuit({"OTH": heads}, everywhere=True)
 
 
 def _readouts(model, ds: data.IOIDataset) -> dict:
@@ -74,7 +90,7 @@ def checkpoint_row(study_: "Study", model, tag: str, base_circuit: circuits.Circ
                             data=study_.test.fingerprint(), base=base_circuit.to_json()))
     if rediscover:
         def own_part() -> dict:
-            own = rediscover_cached(study_, model, tag, n_rediscover).circuit
+            own = rediscover_cached(study_, model, tag, n_rediscover)
             f = circuits.faithfulness(model, study_.test, study_.abc, own)
             return {"circuit": own.to_json(), "circuit_size": len(own.heads), "faithfulness_own_circuit": f.ratio,
                     "faithfulness_own_interval": f.interval(), "jaccard_base": circuits.jaccard(own, base_circuit)}

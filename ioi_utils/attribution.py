@@ -363,18 +363,12 @@ def _means_for(means: torch.Tensor, ds: IOIDataset) -> torch.Tensor:
 @torch.no_grad()
 def full_logit_diff(model, ds: IOIDataset, batch_size: int = 32, fwd_hooks=()) -> float:
     """Mean logit(IO) - logit(S) at END (or the dataset's own score), batched, optionally under hooks
-    (name, fn(act, hook, rows))."""
-    dev, total = _device(model), 0.0
+    (name, fn(act, hook, rows)); the forward stops at the final residual (patching.hooked_logit_diff)."""
+    total = 0.0
     for start in range(0, len(ds), batch_size):
         rows = slice(start, start + batch_size)
         hooks = [(n, lambda a, hook, f=f, r=rows: f(a, hook, r)) for n, f in fwd_hooks]
-        logits = model.run_with_hooks(ds.tokens[rows].to(dev), fwd_hooks=hooks)
-        if hasattr(ds, "score"):  # another task's per-prompt score (e.g. Greater-Than's probability difference)
-            total += ds.score(logits.float().cpu(), rows).sum().item()
-            continue
-        end = _at(logits.float().cpu(), ds.positions["END"][rows])
-        io, s = ds.io_tokens[rows, None], ds.s_tokens[rows, None]
-        total += (end.gather(1, io) - end.gather(1, s)).sum().item()
+        total += patching.hooked_logit_diff(model, ds[rows], hooks).sum().item()
     return total / len(ds)
 
 
@@ -405,7 +399,7 @@ def mlp_knockout(model, clean: IOIDataset, abc: IOIDataset, means: Mapping[int, 
             rows_all = _means_for(means[l], clean).to(dev)
 
             def ablate(act, hook, rows, m=rows_all):
-                return m[rows].to(act.dtype)
+                return m[rows, : act.shape[1]].to(act.dtype)  # a batch may be cut to its longest prompt
 
             hooks.append((f"blocks.{l}.hook_mlp_out", ablate))
         out[i] = full_logit_diff(model, clean, batch_size, hooks)

@@ -19,6 +19,10 @@ keeps about none of its logit difference. So discovery here is effect-first, in 
    at S1+1 (Previous Token). Classes Wang did not need are added:
    S-Suppression (SS: attends S from END and writes against it) and Other (admitted, no rule describes it).
 
+How stable the admitted set is across draws of prompts is measured, not assumed: `selection_frequency` repeats
+admission on random halves of the prompts (stability selection, Meinshausen & Bühlmann 2010) and `stable_core`
+keeps the heads that every draw selects almost always. They describe the circuit; they do not define it.
+
 Admitted heads are kept at every position (our choice: the class positions of Wang's convention are a
 GPT-2 finding, and a head's role must be known before its positions can be); `Circuit.everywhere` says so.
 MLPs are never ablated (Wang's convention); their role is measured separately (`attribution.mlp_knockout`).
@@ -234,6 +238,26 @@ def admit(model, clean: data.IOIDataset, abc: data.IOIDataset, t: Thresholds = T
     return keep, trace, first, f_m
 
 
+def selection_frequency(model, clean: data.IOIDataset, abc: data.IOIDataset, t: Thresholds = Thresholds(),
+                        resamples: int = 6, seed: int = 0, progress: bool = False) -> torch.Tensor:
+    """Stability selection (Meinshausen & Bühlmann 2010): the share of `resamples` random halves of these prompts
+    whose admission (`admit`) contains each head, [n_layers, n_heads]. Heads near 1 do not depend on the draw."""
+    if resamples < 1 or len(clean) < 2:
+        raise ValueError(f"stability selection needs resamples >= 1 and >= 2 prompts, got {resamples} and {len(clean)}")
+    g, freq = torch.Generator().manual_seed(seed), torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for _ in tqdm(range(resamples), desc="stability selection", disable=not progress, leave=False, file=sys.stderr):
+        half = torch.randperm(len(clean), generator=g)[: len(clean) // 2].tolist()
+        for h in admit(model, clean[half], abc[half], t)[0]:
+            freq[h] += 1
+    return freq / resamples
+
+
+def stable_core(frequencies: Sequence[torch.Tensor], share: float = 0.8) -> list[Head]:
+    """Heads whose selection frequency is at least `share` in every one of several draws ([n_layers, n_heads] each)."""
+    least = torch.stack(list(frequencies)).min(0).values
+    return [(l, h) for l, h in torch.nonzero(least >= share).tolist()]
+
+
 def _pick(score: torch.Tensor, threshold: float, among: Sequence[Head], gate: torch.Tensor | None = None) -> list[Head]:
     """Heads of `among` with score >= threshold (and gate true), strongest first."""
     ok = [h for h in among if score[h] >= threshold and (gate is None or bool(gate[h]))]
@@ -399,11 +423,11 @@ def minimality(model, clean, abc, circuit: Circuit, threshold: float = 0.01, mea
     f_m = patching.circuit_logit_diff(model, clean, abc, _model_minus(model, []), means)
     out = {}
     for c, hs in circuit.classes.items():
-        for v in hs:
-            k = [h for h in hs if h != v]
-            with_v = patching.circuit_logit_diff(model, clean, abc, circuit.without(k).positions(), means)
-            without_v = patching.circuit_logit_diff(model, clean, abc, circuit.without(k + [v]).positions(), means)
-            score = abs(with_v - without_v)
+        without_class = patching.circuit_logit_diff(model, clean, abc, circuit.without(hs).positions(), means) if hs else 0.0
+        for v in hs:  # K ∪ {v} is the whole class: one forward per class serves every v
+            with_v = patching.circuit_logit_diff(model, clean, abc, circuit.without([h for h in hs if h != v]).positions(),
+                                                 means)
+            score = abs(with_v - without_class)
             out[v] = {"class": c, "score": score, "relative": score / abs(f_m), "passes": score >= threshold * abs(f_m)}
     return out
 

@@ -84,6 +84,18 @@ def checkpoint_row(st: GTStudy, model, tag: str, heads: Sequence[tuple[int, int]
                         data=st.test[:n].fingerprint(), heads=sorted(tuple(h) for h in heads))
 
 
+def run_rows(st: GTStudy, run, start: dict, heads: Sequence[tuple[int, int]], epochs: int, n: int) -> list[dict]:
+    """`start` (the base model's row) followed by one checkpoint_row per epoch 1..epochs of a fine-tuning run."""
+    return [start] + [checkpoint_row(st, run.model(e)[0], f"{run.id}-{e}", heads, e, n) for e in range(1, epochs + 1)]
+
+
+def format_row(r: dict) -> str:
+    """'epoch 1: probability difference +0.930 [+0.92, ...], base-circuit F(C)/F(M) 91.0% [...]' for one row."""
+    (p_lo, p_hi), (f_lo, f_hi) = r["prob_diff_interval"], r["faithfulness_interval"]
+    return (f"epoch {r['epoch']}: probability difference {r['prob_diff']:+.3f} [{p_lo:+.3f}, {p_hi:+.3f}], "
+            f"base-circuit F(C)/F(M) {r['faithfulness']:.1%} [{f_lo:.1%}, {f_hi:.1%}]")
+
+
 def head_readouts(st: GTStudy, model, n: int) -> dict:
     """Per-head DLA onto later-minus-earlier years at END and END -> YY attention ([L, H]) on n held-out prompts."""
     ds = st.test[:n]

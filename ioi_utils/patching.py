@@ -193,6 +193,12 @@ def _run_ld(model, ds: IOIDataset, reps: int = 1, hooks: Sequence = (), start: i
     return _ld_from_resid(model, got["end"].view(reps, b, *got["end"].shape[1:]), ds)
 
 
+def hooked_logit_diff(model, ds: IOIDataset, hooks: Sequence = ()) -> torch.Tensor:
+    """Per-prompt logit diff (or the dataset's own score) under some forward hooks, one batch: [batch] on the
+    CPU. Stops at the final residual and unembeds only the readout positions (no [batch, seq, vocab] logits)."""
+    return _run_ld(model, ds, hooks=hooks)[0].float().cpu()
+
+
 @torch.no_grad()
 def _cache(model, tokens: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
     """Full activations of some hooks on a batch of tokens."""
@@ -691,11 +697,12 @@ def _one_head_hooks(model, ds: IOIDataset, source: Mapping[int, torch.Tensor], k
 
 @torch.no_grad()
 def _patch_each_head(model, ds: IOIDataset, source: Mapping[int, torch.Tensor], kind: str, heads: Sequence[Head],
-                     position: str | None, batch_heads: int, progress: bool, desc: str) -> dict[Head, float]:
-    """Mean logit diff of `model` on ds with each head's activation (one head at a time) taken from `source`."""
+                     position: str | None, batch_heads: int | None, progress: bool, desc: str) -> dict[Head, float]:
+    """Mean logit diff of `model` on ds with each head's activation (one head at a time) taken from `source`;
+    one forward per `batch_heads` heads of a layer (None: all of a layer's heads), from that layer on."""
     out = {}
     by_layer = [[h for h in heads if h[0] == l] for l in sorted({l for l, _ in heads})]
-    chunks = [c for hs in by_layer for c in _chunks(hs, batch_heads)]
+    chunks = [c for hs in by_layer for c in _chunks(hs, len(hs) if batch_heads is None else batch_heads)]
     for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
         hooks = _one_head_hooks(model, ds, source, kind, chunk, position)
         lds = _run_ld(model, ds, len(chunk), hooks, start=chunk[0][0])
@@ -705,7 +712,7 @@ def _patch_each_head(model, ds: IOIDataset, source: Mapping[int, torch.Tensor], 
 
 def activation_patch_heads(model, clean: IOIDataset, corrupt: IOIDataset, hook: str = "z",
                            positions: str | None = None, heads: Sequence[Head] | None = None,
-                           batch_heads: int = 8, progress: bool = False) -> torch.Tensor:
+                           batch_heads: int | None = None, progress: bool = False) -> torch.Tensor:
     """Per-head activation patching: [n_layers, n_heads] relative change (patched - clean) / clean of the logit
     difference when one head's z (hook="z") or attention pattern (hook="pattern") comes from the corrupt run,
     at every position (positions=None) or only at one query position (e.g. "END")."""
@@ -733,7 +740,7 @@ def _check_cmap(model_x, model_y, kind: str) -> None:
 
 
 def cmap(model_x, model_y, ds: IOIDataset, kind: str = "output", heads: Sequence[Head] | None = None,
-         progress: bool = False, batch_heads: int = 8, positions: str | None = None) -> torch.Tensor:
+         progress: bool = False, batch_heads: int | None = None, positions: str | None = None) -> torch.Tensor:
     """Cross-model activation patching (Prakash et al. 2024): [n_layers, n_heads] change of model_y's mean logit
     diff (patched - model_y's own, in logit units) when one head's output z (kind="output") or attention pattern
     (kind="pattern") comes from model_x on the same prompts, at every position (position=None) or only at one
@@ -851,12 +858,11 @@ def run_with_circuit(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping
     return logits[torch.arange(len(clean), device=dev), clean.positions["END"].to(dev)]
 
 
-@torch.no_grad()
-def _circuit_logits(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
-                    means: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
-    """Logits [batch, seq, vocab] with every (head, position) the circuit does not claim mean-ablated to its
-    per-template ABC mean (Wang et al.'s knockout on hook_z; MLPs are never ablated). The circuit maps a
-    head to the position names it keeps ("END", "S2", "S1+1", ... or "ALL")."""
+def _knockout_hooks(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
+                    means: Mapping[int, torch.Tensor] | None = None) -> list:
+    """hook_z hooks mean-ablating every (head, position) the circuit does not claim to its per-template ABC mean
+    (Wang et al.'s knockout; MLPs are never ablated). The circuit maps a head to the position names it keeps
+    ("END", "S2", "S1+1", ... or "ALL")."""
     _check_pair(clean, abc)
     if not torch.equal(clean.template_ids, abc.template_ids):
         raise ValueError("clean and ABC prompts must share templates row by row (use data.make_abc_dataset)")
@@ -868,22 +874,25 @@ def _circuit_logits(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[
     def fn(z, hook, layer):
         return torch.where(masks[layer].to(dev)[..., None], z, means[layer].to(z.device, z.dtype))
 
-    hooks = [(_z(l), lambda z, hook, l=l: fn(z, hook, l)) for l in range(model.cfg.n_layers)]
-    return model.run_with_hooks(clean.tokens.to(dev), fwd_hooks=hooks)
+    return [(_z(l), lambda z, hook, l=l: fn(z, hook, l)) for l in range(model.cfg.n_layers)]
+
+
+@torch.no_grad()
+def _circuit_logits(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
+                    means: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """Logits [batch, seq, vocab] of the circuit knockout (see _knockout_hooks)."""
+    hooks = _knockout_hooks(model, clean, abc, circuit, means)
+    return model.run_with_hooks(clean.tokens.to(_device(model)), fwd_hooks=hooks)
 
 
 def circuit_logit_diff(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
                        means: Mapping[int, torch.Tensor] | None = None,
                        per_prompt: bool = False) -> float | torch.Tensor:
-    """Mean logit difference of the model reduced to a circuit by mean ablation (see run_with_circuit), or
-    the per-prompt values ([batch] float tensor on the CPU) if per_prompt. A dataset with `score` is scored by it."""
-    if hasattr(clean, "score"):
-        ld = clean.score(_circuit_logits(model, clean, abc, circuit, means))  # [batch]
-        return ld.float().cpu() if per_prompt else ld.mean().item()
-    end = run_with_circuit(model, clean, abc, circuit, means)
-    rows = torch.arange(len(clean), device=end.device)
-    ld = end[rows, clean.io_tokens.to(end.device)] - end[rows, clean.s_tokens.to(end.device)]  # [batch]
-    return ld.float().cpu() if per_prompt else ld.mean().item()
+    """Mean logit difference of the model reduced to a circuit by mean ablation (see _knockout_hooks), or
+    the per-prompt values ([batch] float tensor on the CPU) if per_prompt. A dataset with `score` is scored by it.
+    The forward stops at the final residual: only the readout positions are unembedded."""
+    ld = hooked_logit_diff(model, clean, _knockout_hooks(model, clean, abc, circuit, means))  # [batch]
+    return ld if per_prompt else ld.mean().item()
 
 
 # ---------------------------------------------------------------- knockout attribution (circuit discovery)

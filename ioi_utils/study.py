@@ -82,15 +82,17 @@ def admission_cached(study_: Study, seed: int, n: int,
                      thresholds: circuits.Thresholds = circuits.Thresholds()) -> tuple[list[circuits.Head], torch.Tensor]:
     """Stage 1 of discovery on the base model and the n discovery prompts of a prompt seed, memoised: (admitted
     heads, each head's attributed share of F(M) [n_layers, n_heads]). The circuit's heads are exactly these."""
+    return analyses.admission_cached(study_.model, study_.model_name, *discovery_split(study_, n, seed), thresholds)
+
+
+def selection_cached(study_: Study, seed: int, n: int, thresholds: circuits.Thresholds = circuits.Thresholds(),
+                     resamples: int = 6) -> torch.Tensor:
+    """circuits.selection_frequency on the base model and the n discovery prompts of a prompt seed, memoised:
+    each head's share of `resamples` random halves whose admission contains it, [n_layers, n_heads]."""
     disc, abc = discovery_split(study_, n, seed)
-
-    def compute() -> dict:
-        heads, _, attr, f_m = circuits.admit(study_.model, disc, abc, thresholds)
-        return {"heads": [list(h) for h in heads], "attribution": attr / f_m}
-
-    out = results.memo("admission", compute, study_.model, model_name=study_.model_name, data=disc.fingerprint(),
-                       thresholds=thresholds)
-    return [tuple(h) for h in out["heads"]], out["attribution"]
+    return results.memo("selection_frequency", lambda: circuits.selection_frequency(
+        study_.model, disc, abc, thresholds, resamples, seed=seed), study_.model, model_name=study_.model_name,
+        data=disc.fingerprint(), thresholds=thresholds, resamples=resamples, seed=seed)
 
 
 def behaviour(model, study: Study) -> evaluate.Evaluation:

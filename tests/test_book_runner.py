@@ -289,3 +289,13 @@ def test_chapter_parameter_defaults_are_the_smoke_profile() -> None:
         shared = {k: v for k, v in values.items() if k in book.PROFILES["smoke"]}
         assert shared == {k: book.PROFILES["smoke"][k] for k in shared}, name
         assert {"profile", "model_name"} <= set(shared), name
+
+
+def test_slowest_cells_names_the_longest_cells_first() -> None:
+    """The log's closing line lists the cells by papermill duration, longest first, cells without one as 0."""
+    nb = new_notebook(cells=[new_code_cell("a"), new_code_cell("b"), new_markdown_cell("m"), new_code_cell("c")])
+    for cell, d in zip(nb.cells, (1.5, 30.25, None, 4.0)):
+        if d is not None:
+            cell.metadata["papermill"] = {"duration": d}
+    assert book.slowest_cells(nb, n=3) == "cell 1: 30.2 s, cell 3: 4.0 s, cell 0: 1.5 s"
+    assert book.slowest_cells(new_notebook()) == "none"

@@ -194,3 +194,13 @@ def test_two_digit_tokenizer_dataset_and_score():
     assert torch.equal(tokens, ds.tokens) and pos.shape == labels.shape == (6, 1)
     assert tok.decode([int(labels[0, 0])]) == f"{ds.prompts[0].label:02d}"
     assert gt.corrupt(ds).texts[0].endswith("from the year 1701 to the year 17")
+
+
+def test_format_row_prints_both_intervals():
+    """One per-epoch line of the chapter: score and faithfulness, each with its interval."""
+    from ioi_utils import greater_than_study as gts
+
+    row = {"epoch": 2, "prob_diff": 0.9312, "prob_diff_interval": (0.9204, 0.9401), "faithfulness": 0.91,
+           "faithfulness_interval": (0.875, 0.921)}
+    assert gts.format_row(row) == ("epoch 2: probability difference +0.931 [+0.920, +0.940], "
+                                   "base-circuit F(C)/F(M) 91.0% [87.5%, 92.1%]")

@@ -66,3 +66,23 @@ def test_description_maps_are_reference_path_patching(planted, described, name):
     # here that path is the head's only way to the logits: patching its output alone gives the same number
     act = P.activation_patch_heads(model, clean, abc, positions=position, heads=[head])
     assert act[head].item() == pytest.approx(ref[head].item(), rel=1e-3)
+
+
+def test_stability_selection_always_admits_the_planted_heads(planted):
+    """Every random half of the prompts admits exactly the planted circuit: frequency 1 there, 0 elsewhere."""
+    model, clean, abc = planted
+    freq = C.selection_frequency(model, clean, abc, resamples=3, seed=0)
+    want = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for h in (DT, SIN, NM):
+        want[h] = 1.0
+    torch.testing.assert_close(freq, want)
+    assert C.stable_core([freq, freq]) == sorted([DT, SIN, NM])
+
+
+def test_stable_core_needs_the_share_in_every_draw():
+    a, b = torch.zeros(2, 2), torch.zeros(2, 2)
+    a[0, 1], b[0, 1], a[1, 0], b[1, 0], a[1, 1] = 1.0, 0.8, 1.0, 0.5, 0.9
+    assert C.stable_core([a, b], share=0.8) == [(0, 1)]
+    assert C.stable_core([a], share=0.8) == [(0, 1), (1, 0), (1, 1)]
+    with pytest.raises(ValueError, match="resamples"):
+        C.selection_frequency(None, [0, 1], None, resamples=0)

@@ -112,7 +112,9 @@ def test_checkpoint_row_memoised_and_rediscovery(tmp_path, monkeypatch):
     own = study.checkpoint_row(s, s.model, "base", circuit, 0, rediscover=True, n_rediscover=6)
     assert {"circuit", "circuit_size", "faithfulness_own_circuit", "jaccard_base"} <= set(own)
     assert own["circuit_size"] == len(C.Circuit.from_json(own["circuit"]).heads)
-    assert len(list((tmp_path / "memo").glob("discovery-*.pt"))) == 1
+    assert len(list((tmp_path / "memo").glob("admission-*.pt"))) == 1
+    first = list(range(6))  # the re-discovered heads are discovery's on the same prompts (its description skipped)
+    assert C.Circuit.from_json(own["circuit"]).heads == C.discover(s.model, s.disc[first], s.disc_abc[first]).circuit.heads
 
 
 def test_summary_rows_for_control_recovery_and_overlap():
