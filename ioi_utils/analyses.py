@@ -58,7 +58,7 @@ def rediscover_cached(study_: "Study", model, tag: str, n: int | None = None,
     if n is None or n >= len(study_.disc):
         return discover_cached(study_, model, tag, thresholds).circuit
     heads, _ = admission_cached(model, study_.model_name, *_discovery_subset(study_, n), thresholds)
-    return circuits.Circuit({"OTH": heads}, everywhere=True)
+    return circuits.circuit_of(heads)
 
 
 def _readouts(model, ds: data.IOIDataset) -> dict:

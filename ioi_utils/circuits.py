@@ -335,6 +335,11 @@ def discover(model, clean: data.IOIDataset, abc: data.IOIDataset, thresholds: Th
     return Discovery(circuit, maps, thresholds, trace, time.perf_counter() - t0)
 
 
+def circuit_of(heads: Sequence[Head]) -> Circuit:
+    """A Circuit keeping these heads at every position, all in class "OTH" (a head set with no description)."""
+    return Circuit({"OTH": [tuple(h) for h in heads]}, everywhere=True)
+
+
 def jaccard(a: Circuit, b: Circuit) -> float:
     """|heads in both| / |heads in either| (1 for two empty circuits)."""
     x, y = set(a.heads), set(b.heads)

@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 
 from . import attribution, circuits, metrics, models, patching, results, training
+from .circuits import circuit_of  # noqa: F401  (the chapter calls gt.circuit_of: IOI's classes do not apply)
 from .greater_than import TASK, GreaterThanDataset, corrupt, make_gt_dataset, split
 
 
@@ -63,11 +64,6 @@ def discover(st: GTStudy, thresholds=None) -> dict:
 
     return results.memo("gt_discovery", compute, st.model, model_name=st.model_name, data=st.disc.fingerprint(),
                         thresholds=t)
-
-
-def circuit_of(heads: Sequence[tuple[int, int]]):
-    """A circuits.Circuit keeping these heads at every position (IOI's classes do not apply: all are "OTH")."""
-    return circuits.Circuit({"OTH": [tuple(h) for h in heads]}, everywhere=True)
 
 
 def checkpoint_row(st: GTStudy, model, tag: str, heads: Sequence[tuple[int, int]], epoch: int, n: int) -> dict:

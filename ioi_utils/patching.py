@@ -852,9 +852,9 @@ def _keep_masks(model, ds: IOIDataset, circuit: Mapping[Head, Sequence[str]]) ->
 @torch.no_grad()
 def run_with_circuit(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
                      means: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
-    """END logits [batch, vocab] of the circuit knockout (see _circuit_logits)."""
+    """END logits [batch, vocab] of the circuit knockout (see _knockout_hooks)."""
     dev = _device(model)
-    logits = _circuit_logits(model, clean, abc, circuit, means)
+    logits = model.run_with_hooks(clean.tokens.to(dev), fwd_hooks=_knockout_hooks(model, clean, abc, circuit, means))
     return logits[torch.arange(len(clean), device=dev), clean.positions["END"].to(dev)]
 
 
@@ -875,14 +875,6 @@ def _knockout_hooks(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[
         return torch.where(masks[layer].to(dev)[..., None], z, means[layer].to(z.device, z.dtype))
 
     return [(_z(l), lambda z, hook, l=l: fn(z, hook, l)) for l in range(model.cfg.n_layers)]
-
-
-@torch.no_grad()
-def _circuit_logits(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
-                    means: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
-    """Logits [batch, seq, vocab] of the circuit knockout (see _knockout_hooks)."""
-    hooks = _knockout_hooks(model, clean, abc, circuit, means)
-    return model.run_with_hooks(clean.tokens.to(_device(model)), fwd_hooks=hooks)
 
 
 def circuit_logit_diff(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
