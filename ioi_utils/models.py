@@ -215,9 +215,19 @@ def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "
     return model, tok
 
 
+THREADS_ENV = "IOI_UTILS_THREADS"  # overrides every `threads` argument (e.g. CI's cross-condition nbval run)
+
+
 def pin_threads(threads: int | None) -> None:
     """Fix torch's CPU threads for this process (None: leave torch's default). CPU sums are split by thread, so a
-    fixed count repeats outputs exactly."""
+    fixed count repeats outputs exactly. `$IOI_UTILS_THREADS`, when set, wins over the argument: it runs a
+    profile's chapters (whose parameter cells pin 2 in the smoke profile) at another thread count unchanged."""
+    override = os.environ.get(THREADS_ENV, "").strip()
+    if override:
+        try:
+            threads = int(override)
+        except ValueError:
+            raise ValueError(f"${THREADS_ENV} must be a whole number of threads, got {override!r}") from None
     if threads is None:
         return
     if threads < 1:

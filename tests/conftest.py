@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import nbval_numbers
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +45,7 @@ def _patch_nbval() -> None:
 
 
 _patch_nbval()
+nbval_numbers.patch_nbval()  # long floats compared at a stated precision (tests/nbval_numbers.py)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,0 +1,76 @@
+"""The nbval comparison at a stated precision (tests/nbval_numbers.py): float noise passes, real changes fail."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+
+import nbval_numbers as nn
+
+
+@pytest.mark.parametrize("fresh, stored", [
+    ("5.550049781799316", "5.550049304962158"),  # glue record, 7th digit (issue seen on another CPU)
+    ("27.7619513651081", "27.76193656713116"),
+    ("-0.3159799677746833", "-0.3159816458186131"),
+    ("Claim(ours=0.6254453769845378, interval=(0.4509936483429886, 0.8))",
+     "Claim(ours=0.6254459999845378, interval=(0.4509931111429886, 0.8))"),
+    ("x  = 1.0000012e-07", "x = -2.38418579e-07"),  # zero up to noise; runs of spaces count as one
+])
+def test_float_noise_agrees(fresh, stored):
+    assert nn.texts_agree(fresh, stored)
+
+
+@pytest.mark.parametrize("fresh, stored", [
+    ("5.550049304962158", "-5.550049304962158"),  # flipped sign
+    ("heads 23.3, 24.4", "heads 23.3, 24.1"),  # moved head (short numbers compare exactly)
+    ("10.10", "10.11"),  # a GPT-2 head index is short however close
+    ("LD 5.55 [4.67, 6.47]", "LD 5.56 [4.67, 6.47]"),  # a rounded printout is exact
+    ("circuit of 18 heads", "circuit of 19 heads"),
+    ("[REPRODUCED] F = 0.9143", "[INCONCLUSIVE] F = 0.9143"),  # a verdict
+    ("5.5500493", "5.5510493"),  # long, but 2e-4 apart
+    ("a 1.234567 b", "a 1.234567 b 2"),  # one number more
+])
+def test_real_changes_disagree(fresh, stored):
+    assert not nn.texts_agree(fresh, stored)
+
+
+def test_significant_digits_and_long():
+    assert nn.significant_digits("0.0031") == 2
+    assert nn.significant_digits("-27.761936") == 8
+    assert nn.significant_digits("1.2345e-07") == 5
+    assert nn.is_long("5.5500") and not nn.is_long("5.550") and not nn.is_long("123456")
+
+
+def test_number_pattern_leaves_names_alone():
+    assert nn.NUMBER.findall("ipykernel_123/4.py v1.2.3 at 0.5, x2") == ["0.5"]
+
+
+def _out(text: str, mime: str = "application/papermill.record/text/plain"):
+    return nbformat.from_dict({"output_type": "display_data", "metadata": {}, "data": {mime: text}})
+
+
+def test_reconcile_replaces_only_agreeing_strings():
+    stored = [_out("5.550049304962158"), _out("18")]
+    fresh = [_out("5.550049781799316"), _out("19")]
+    got = nn.reconcile(fresh, stored)
+    assert got[0]["data"]["application/papermill.record/text/plain"] == "5.550049304962158"
+    assert got[1]["data"]["application/papermill.record/text/plain"] == "19"  # left for nbval to report
+    assert fresh[0]["data"]["application/papermill.record/text/plain"] == "5.550049781799316"  # not mutated
+
+
+def test_reconcile_applies_the_sanitizer_first():
+    stored = [{"output_type": "stream", "stderr": "<obj at 0x7f00> 1.2345678"}]
+    fresh = [{"output_type": "stream", "stderr": "<obj at 0x7fff> 1.2345679"}]
+    sanitize = lambda s: s.replace("0x7f00", "0xA").replace("0x7fff", "0xA")  # noqa: E731
+    assert nn.reconcile(fresh, stored, sanitize)[0]["stderr"] == stored[0]["stderr"]
+    assert nn.reconcile(fresh, stored)[0]["stderr"] == fresh[0]["stderr"]
+
+
+def test_nbval_is_patched():
+    import nbval.plugin
+
+    nn.patch_nbval()
+    assert getattr(nbval.plugin.IPyNbCell.compare_outputs, "_ioi_numbers", False)
+    stream = nbformat.from_dict({"output_type": "stream", "name": "stdout", "text": "x"})
+    once = nbval.plugin.transform_streams_for_comparison([stream])
+    assert nbval.plugin.transform_streams_for_comparison(once) == once == [{"output_type": "stream", "stdout": "x"}]
