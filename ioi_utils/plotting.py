@@ -3,6 +3,11 @@
 Importing this module applies `style()`: fonts of 10-13 pt and constrained layout for every figure. Sizes
 are chosen for the book's text column (about 8 inches at 100 dpi), so text stays readable when the page
 scales a figure to its width.
+
+Every figure shows its data: nothing is written over a heat map's cells (a circuit head is an outlined cell,
+its class named in a legend below the figure), legends sit outside the data, a value beyond a line plot's
+limits is marked at the edge with its value, a bar too small to see is labelled, and every axis has a label.
+`figure_problems` checks these rules on a drawn figure; the tests apply it to every figure function here.
 """
 
 from __future__ import annotations
@@ -10,13 +15,19 @@ from __future__ import annotations
 import textwrap
 from typing import Mapping, Sequence
 
+import matplotlib.patheffects as path_effects
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.axes import Axes
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
+from matplotlib.legend import Legend
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 
 Head = tuple[int, int]  # (layer, query head)
 CLASS_COLORS: dict[str, str] = {
@@ -38,7 +49,11 @@ STYLE: dict[str, object] = {
     "figure.titlesize": 13,
     "figure.constrained_layout.use": True,  # labels, tick labels, colour bars and legends never overlap
 }
-CLASS_LABEL_PT = 8  # the NM/SIN/... labels drawn inside heat-map cells
+CLASS_LEGEND_TITLE = "circuit class (outlined cells)"
+OUTLINE_INSET = 0.07  # a class outline sits this far (in cells) inside its cell, so neighbours stay apart
+CELL_VALUE_GID = "cell-value"  # gid of a value written in its own cell: the only text allowed over an image
+OFFSCALE_GID = "offscale"  # gid of the edge marker of a line's value beyond the axes' limits
+NOTE_PT = 8  # off-scale markers and the labels of bars too small to see
 
 
 def style() -> None:
@@ -93,41 +108,57 @@ def _limits(values: np.ndarray, symmetric: bool) -> dict:
     return {"cmap": DIVERGING, "vmin": -m, "vmax": m}
 
 
-def _draw_classes(ax: Axes, classes: Mapping[str, Sequence[Head]], shape: tuple[int, int]) -> list[Patch]:
-    """Outline and label each class's heads; return legend handles for the classes present."""
+# ---------------------------------------------------------------- circuit classes on head maps
+
+
+def _class_of_heads(classes: Mapping[str, Sequence[Head]], shape: tuple[int, int]) -> dict[Head, list[str]]:
+    """Each head's classes (a head may be in several), checking that every head lies on the map."""
     labels: dict[Head, list[str]] = {}
     for cls, heads in classes.items():
         for layer, head in heads:
             if not (0 <= layer < shape[0] and 0 <= head < shape[1]):
                 raise ValueError(f"head {layer}.{head} of class {cls} is outside a {shape[0]}x{shape[1]} map")
             labels.setdefault((int(layer), int(head)), []).append(cls)
-    for (layer, head), cls in labels.items():
-        color = CLASS_COLORS.get(cls[0], "black")
-        ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor=color, linewidth=2.2))
-        ax.text(head, layer, "/".join(cls), ha="center", va="center", fontsize=CLASS_LABEL_PT, fontweight="bold",
-                color="black", bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.6})
-    present = [c for c in classes if classes[c]]
-    return [Patch(facecolor="none", edgecolor=CLASS_COLORS.get(c, "black"), linewidth=2, label=c) for c in present]
+    return labels
 
 
-def _legend(fig: Figure, ax: Axes | None, handles: list[Patch]) -> None:
-    """A class legend: outside the right edge of a figure we own, else inside the given axes."""
-    if not handles:
+def _draw_classes(ax: Axes, classes: Mapping[str, Sequence[Head]], shape: tuple[int, int]) -> list[str]:
+    """Outline each class's heads in the class colour (no fill, no text: the cell's value stays visible);
+    return the classes present, for the legend. A white halo keeps an outline visible on dark cells."""
+    halo = [path_effects.Stroke(linewidth=4.0, foreground="white"), path_effects.Normal()]
+    side = 1 - 2 * OUTLINE_INSET
+    for (layer, head), cls in _class_of_heads(classes, shape).items():
+        corner = (head - 0.5 + OUTLINE_INSET, layer - 0.5 + OUTLINE_INSET)
+        ax.add_patch(Rectangle(corner, side, side, fill=False, edgecolor=CLASS_COLORS.get(cls[0], "black"),
+                               linewidth=2.0, path_effects=halo))
+    return [c for c in classes if classes[c]]
+
+
+def _class_legend(fig: Figure, present: Sequence[str]) -> None:
+    """One class legend for the whole figure, below it (outside every map): merged with the classes an
+    earlier panel of the same figure already listed, in the order of CLASS_COLORS."""
+    old = [lg for lg in fig.legends if lg.get_title().get_text() == CLASS_LEGEND_TITLE]
+    listed = {t.get_text() for lg in old for t in lg.get_texts()} | set(present)
+    for legend in old:
+        legend.remove()
+    if not listed:
         return
-    kw = {"handles": handles, "title": "class"}
-    if ax is None:
-        fig.legend(loc="outside right upper", frameon=False, **kw)
-    else:
-        ax.legend(loc="best", framealpha=0.8, **kw)
+    order = [c for c in CLASS_COLORS if c in listed] + sorted(listed - set(CLASS_COLORS))
+    handles = [Patch(facecolor="none", edgecolor=CLASS_COLORS.get(c, "black"), linewidth=2, label=c) for c in order]
+    fig.legend(handles=handles, title=CLASS_LEGEND_TITLE, loc="outside lower center", ncol=min(len(handles), 9),
+               frameon=False)
+
+
+# ---------------------------------------------------------------- figures
 
 
 def head_heatmap(values, title: str, classes: Mapping[str, Sequence[Head]] | None = None, ax: Axes | None = None,
                  cbar_label: str = "", symmetric: bool = True, vmax: float | None = None) -> Figure:
-    """A [n_layers, n_heads] map (layer on y, head on x), classes outlined and labelled (NM, NNM, ...)."""
+    """A [n_layers, n_heads] map (layer on y, head on x); circuit heads outlined in their class colour, the
+    classes named in one legend below the figure (shared by every head map drawn on that figure)."""
     arr = _array(values)
     if arr.ndim != 2:
         raise ValueError(f"head_heatmap needs a [n_layers, n_heads] array, got shape {arr.shape}")
-    given = ax
     fig, ax = _new_ax(ax, _heatmap_size(*arr.shape))
     kw = _limits(arr, symmetric)
     if vmax is not None:
@@ -135,12 +166,10 @@ def head_heatmap(values, title: str, classes: Mapping[str, Sequence[Head]] | Non
     im = ax.imshow(arr, aspect="auto", origin="upper", interpolation="nearest", **kw)
     width = ax.get_position().width * fig.get_figwidth()
     _head_ticks(ax, arr.shape[0], arr.shape[1], width / arr.shape[1])
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    ax.set_title(title)
+    ax.set(xlabel="head", ylabel="layer", title=title)
     fig.colorbar(im, ax=ax, label=cbar_label, fraction=0.08, pad=0.03)
     if classes:
-        _legend(fig, given, _draw_classes(ax, classes, arr.shape))
+        _class_legend(fig, _draw_classes(ax, classes, arr.shape))
     return fig
 
 
@@ -151,12 +180,53 @@ def _x_positions(x: Sequence) -> tuple[np.ndarray, list[str] | None]:
     return np.asarray(x, dtype=float), None
 
 
+def legend_below(ax: Axes) -> Legend:
+    """The axes' legend under its x label, outside the data, in as many columns as fit the axes' width
+    (estimated from the labels' lengths at the legend font size)."""
+    handles, labels = ax.get_legend_handles_labels()
+    points = FontProperties(size=plt.rcParams["legend.fontsize"]).get_size_in_points()
+    entry = max((len(label) * 0.5 + 3.0) * points / 72 for label in labels)  # text + handle, inches
+    width = ax.get_position().width * ax.figure.get_figwidth()
+    ncol = max(1, min(len(labels), int(width // entry)))
+    return ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, frameon=False)
+
+
+def _offscale_points(ax: Axes) -> list[tuple[Line2D, float, float, bool]]:
+    """(line, x, y, above) for every finite point of a data line beyond the axes' current y limits."""
+    lo, hi = sorted(ax.get_ylim())
+    points = []
+    for line in ax.get_lines():
+        if line.get_transform() != ax.transData or not line.get_visible():
+            continue
+        for x, y in zip(np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)):
+            if np.isfinite(y) and not lo <= y <= hi:
+                points.append((line, float(x), float(y), y > hi))
+    return points
+
+
+def mark_offscale(ax: Axes) -> None:
+    """Write every line value beyond the y limits at the edge it leaves by, in the line's colour
+    ("▲ 4.1" at the top, "▼ -3" at the bottom), replacing earlier marks. checkpoint_lines calls this
+    whenever the limits change, so a chapter's later `set_ylim` is marked too."""
+    for text in [t for t in ax.texts if t.get_gid() == OFFSCALE_GID]:
+        text.remove()
+    edge = ax.get_xaxis_transform()  # x in data, y in axes fraction
+    for line, x, y, above in _offscale_points(ax):
+        ax.text(x, 0.98 if above else 0.02, f"{'▲' if above else '▼'} {y:.3g}", transform=edge, ha="center",
+                va="top" if above else "bottom", fontsize=NOTE_PT, color=line.get_color(), gid=OFFSCALE_GID,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": line.get_color(), "lw": 0.6})
+
+
 def checkpoint_lines(x: Sequence[float | int | str], series: Mapping[str, Sequence[float]], title: str, xlabel: str,
                      ylabel: str, ax: Axes | None = None,
                      bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None) -> Figure:
-    """One line per series across checkpoints/epochs, with optional (lower, upper) bands per series."""
+    """One line per series across checkpoints/epochs, with optional (lower, upper) bands per series. The
+    legend sits below the axes; values beyond later-set y limits are marked at the edge (mark_offscale)."""
     xs, ticks = _x_positions(x)
     fig, ax = _new_ax(ax, (7.5, 4.2))
+    unknown = set(bands or {}) - set(series)
+    if unknown:
+        raise ValueError(f"bands for unknown series {sorted(unknown)}")
     for name, ys in series.items():
         ys = _array(ys)
         if len(ys) != len(xs):
@@ -165,43 +235,64 @@ def checkpoint_lines(x: Sequence[float | int | str], series: Mapping[str, Sequen
         if bands and name in bands:
             lo, hi = (_array(b) for b in bands[name])
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-    unknown = set(bands or {}) - set(series)
-    if unknown:
-        raise ValueError(f"bands for unknown series {sorted(unknown)}")
     if ticks is not None:
         ax.set_xticks(xs, ticks, rotation=30 if max(map(len, ticks), default=0) > 4 else 0)
     ax.axhline(0, color="grey", linewidth=0.6, zorder=0)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    if len(series) > 1:
-        ax.legend()
+    if len(ax.get_legend_handles_labels()[0]) > 1:
+        legend_below(ax)
     ax.grid(alpha=0.3)
+    if not getattr(ax, "_marks_offscale", False):  # one callback per axes, however many calls draw on it
+        ax.callbacks.connect("ylim_changed", mark_offscale)
+        ax._marks_offscale = True
     return fig
 
 
+def _label_small_bars(ax: Axes, bars, values: np.ndarray, span: float) -> None:
+    """Give bars shorter than 2% of the value range an outline and their value, so a bar at ~0 is seen."""
+    small = np.abs(values) < 0.02 * span
+    for bar, is_small in zip(bars, small):
+        if is_small:
+            bar.set_edgecolor(bar.get_facecolor())
+            bar.set_linewidth(2.0)
+    ax.bar_label(bars, labels=[f"{v:.2g}" if s else "" for v, s in zip(values, small)], padding=2,
+                 fontsize=NOTE_PT)
+
+
 def bar_compare(labels: Sequence[str], values: Mapping[str, Sequence[float]], title: str, ylabel: str,
-                ax: Axes | None = None) -> Figure:
-    """Grouped bars: one group per label, one bar per series in values."""
+                ax: Axes | None = None, xlabel: str = "", reference: Mapping[str, float] | None = None) -> Figure:
+    """Grouped bars: one group per label (named by xlabel), one bar per series in values; a bar too small
+    to see is outlined and labelled with its value; `reference` draws labelled dashed lines (e.g. the
+    unablated model)."""
     width = 0.6 * len(labels) * max(1, len(values)) ** 0.5 + 2
     fig, ax = _new_ax(ax, (min(max(5.0, width), MAX_WIDTH), 4.2))
-    n, width = len(values), 0.8 / max(1, len(values))
-    xs = np.arange(len(labels))
-    for i, (name, vals) in enumerate(values.items()):
-        vals = _array(vals)
+    ax.use_sticky_edges = False  # a margin below 0 (set before drawing), so a bar at ~0 clears the spine
+    arrays = {name: _array(v) for name, v in values.items()}
+    for name, vals in arrays.items():
         if len(vals) != len(labels):
             raise ValueError(f"series {name!r} has {len(vals)} values for {len(labels)} labels")
-        ax.bar(xs + (i - (n - 1) / 2) * width, vals, width, label=name)
+    every = np.concatenate([*arrays.values(), _array(list((reference or {}).values())), np.zeros(1)])
+    span = float(np.nanmax(every) - np.nanmin(every)) or 1.0
+    n, width = len(arrays), 0.8 / max(1, len(arrays))
+    xs = np.arange(len(labels))
+    for i, (name, vals) in enumerate(arrays.items()):
+        bars = ax.bar(xs + (i - (n - 1) / 2) * width, vals, width, label=name)
+        _label_small_bars(ax, bars, vals, span)
+    for (name, y), style in zip((reference or {}).items(), ("--", ":", "-.")):
+        ax.axhline(y, color="black", linestyle=style, linewidth=1, label=name)
     ax.set_xticks(xs, [str(l) for l in labels], rotation=30 if max(map(len, map(str, labels)), default=0) > 6 else 0)
     ax.axhline(0, color="grey", linewidth=0.6)
-    ax.set(title=title, ylabel=ylabel)
-    if n > 1:
-        ax.legend()
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if n + len(reference or {}) > 1:
+        legend_below(ax)
     ax.grid(axis="y", alpha=0.3)
     return fig
 
 
 def cmap_heatmaps(effects: Mapping[str, object], classes: Mapping[str, Sequence[Head]] | None = None,
                   title: str = "", cbar_label: str = "") -> Figure:
-    """Side-by-side [n_layers, n_heads] heat maps sharing one diverging colour scale centred at 0."""
+    """Side-by-side [n_layers, n_heads] heat maps sharing one diverging colour scale centred at 0; circuit
+    heads outlined, their classes named below the figure."""
     if not effects:
         raise ValueError("cmap_heatmaps needs at least one map")
     arrays = {k: _array(v) for k, v in effects.items()}
@@ -212,26 +303,34 @@ def cmap_heatmaps(effects: Mapping[str, object], classes: Mapping[str, Sequence[
     m = max(float(np.nanmax(np.abs(a))) for a in arrays.values()) or 1.0
     panel = min(0.8 + 0.38 * n_h, (MAX_WIDTH - 1.6) / len(arrays))  # inches per map
     _, h = _heatmap_size(n_l, n_h)
-    fig, axes = plt.subplots(1, len(arrays), figsize=(panel * len(arrays) + 1.6, h + 0.4), squeeze=False,
+    fig, axes = plt.subplots(1, len(arrays), figsize=(panel * len(arrays) + 1.6, h + 0.6), squeeze=False,
                              sharey=True, constrained_layout=True)
+    present: list[str] = []
     for ax, (name, arr) in zip(axes[0], arrays.items()):
         im = ax.imshow(arr, aspect="auto", interpolation="nearest", cmap=DIVERGING, vmin=-m, vmax=m)
         _head_ticks(ax, n_l, n_h, (panel - 0.6) / n_h)
         ax.set(title=_wrap(name, panel), xlabel="head")
-        handles = _draw_classes(ax, classes, arr.shape) if classes else []
+        present = _draw_classes(ax, classes, arr.shape) if classes else []
     axes[0][0].set_ylabel("layer")
     fig.colorbar(im, ax=list(axes[0]), label=cbar_label, fraction=0.05, pad=0.02)
-    _legend(fig, None, handles)
+    _class_legend(fig, present)
     if title:
         fig.suptitle(title)
     return fig
 
 
+def _annotate_cells(ax: Axes, arr: np.ndarray) -> None:
+    """Write each finite value in its cell (gid CELL_VALUE_GID: the text is the cell's data, not a label)."""
+    for i, j in zip(*np.nonzero(np.isfinite(arr))):
+        ax.text(j, i, f"{arr[i, j]:.2f}", ha="center", va="center", fontsize=7, color="black", gid=CELL_VALUE_GID)
+
+
 def head_rows_heatmaps(heads: Sequence[str], columns: Sequence[str], panels: Mapping[str, object], title: str = "",
-                       symmetric: Mapping[str, bool] | None = None, annotate: bool = True) -> Figure:
+                       symmetric: Mapping[str, bool] | None = None, annotate: bool = True,
+                       xlabel: str = "checkpoint") -> Figure:
     """Side-by-side [n_heads, n_columns] heat maps (one row per named head, one column per checkpoint or
-    model), each panel with its own colour bar: diverging around 0 (symmetric, e.g. DLA) or sequential
-    (attention). Values are written in the cells when annotate and the grid is small enough to read."""
+    model, named by xlabel), each panel with its own colour bar: diverging around 0 (symmetric, e.g. DLA) or
+    sequential (attention). Values are written in the cells when annotate and the grid is small enough to read."""
     if not panels:
         raise ValueError("head_rows_heatmaps needs at least one panel")
     arrays = {k: _array(v) for k, v in panels.items()}
@@ -243,6 +342,7 @@ def head_rows_heatmaps(heads: Sequence[str], columns: Sequence[str], panels: Map
     height = min(max(2.6, 0.28 * len(heads) + 1.4), 12.0)
     fig, axes = plt.subplots(1, len(arrays), figsize=(panel_w * len(arrays) + 1.0, height), squeeze=False,
                              sharey=True, constrained_layout=True)
+    long_names = max(map(len, map(str, columns))) > 3
     for ax, (name, arr) in zip(axes[0], arrays.items()):
         sym = symmetric.get(name, True)
         kw = _limits(arr, sym)
@@ -250,15 +350,12 @@ def head_rows_heatmaps(heads: Sequence[str], columns: Sequence[str], panels: Map
             finite = arr[np.isfinite(arr)]
             kw.update(vmin=0.0, vmax=max(float(finite.max()) if finite.size else 1.0, 1e-6))
         im = ax.imshow(arr, aspect="auto", interpolation="nearest", **kw)
-        ax.set_xticks(range(len(columns)), [str(c) for c in columns], rotation=45 if max(map(len, map(str, columns))) > 3 else 0,
-                      ha="right" if max(map(len, map(str, columns))) > 3 else "center")
+        ax.set_xticks(range(len(columns)), [str(c) for c in columns], rotation=45 if long_names else 0,
+                      ha="right" if long_names else "center")
         ax.set_yticks(range(len(heads)), list(heads))
-        ax.set_title(_wrap(name, panel_w))
+        ax.set(title=_wrap(name, panel_w), xlabel=xlabel)
         if annotate and len(heads) * len(columns) <= 200 and panel_w / max(1, len(columns)) >= 0.35:
-            for i in range(len(heads)):
-                for j in range(len(columns)):
-                    if np.isfinite(arr[i, j]):
-                        ax.text(j, i, f"{arr[i, j]:.2f}", ha="center", va="center", fontsize=7, color="black")
+            _annotate_cells(ax, arr)
         fig.colorbar(im, ax=ax, fraction=0.08, pad=0.02)
     axes[0][0].set_ylabel("head")
     if title:
@@ -277,6 +374,7 @@ def checkpoint_heads(rows: Sequence[Mapping], heads: Sequence[Head], labels: Seq
     return head_rows_heatmaps(labels, columns, panels, title,
                               symmetric={name: name.startswith("DLA") for name in HEAD_READOUTS})
 
+
 def masked(values, heads: Sequence[Head]) -> np.ndarray:
     """A [n_layers, n_heads] map with every head outside `heads` set to nan (drawn blank): a map measured only
     on some heads."""
@@ -286,3 +384,92 @@ def masked(values, heads: Sequence[Head]) -> np.ndarray:
         keep[l, h] = True
     arr[~keep] = np.nan
     return arr
+
+
+# ---------------------------------------------------------------- the figure check
+
+
+def _labels_over_images(fig: Figure, renderer) -> list[str]:
+    """Texts and legends whose drawn box overlaps a heat map's cells (values written in their own cell,
+    gid CELL_VALUE_GID, are the data and allowed)."""
+    images = [(ax, im.get_window_extent(renderer)) for ax in fig.axes for im in ax.get_images() if im.get_visible()]
+    images = [(ax, Bbox.intersection(box, ax.bbox)) for ax, box in images]
+    legends = [lg for lg in fig.findobj(Legend) if lg.get_visible()]
+    in_legends = {id(t) for lg in legends for t in [*lg.get_texts(), lg.get_title()]}  # checked with their legend
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip() and id(t) not in in_legends
+             and t.get_gid() != CELL_VALUE_GID]
+    problems = []
+    for artist in [*texts, *legends]:
+        box = artist.get_window_extent(renderer)
+        for ax, image in images:
+            overlap = image and Bbox.intersection(box, image)
+            if overlap and overlap.width > 1 and overlap.height > 1:
+                what = f"legend {artist.get_title().get_text()!r}" if isinstance(artist, Legend) else \
+                    f"text {artist.get_text()!r}"
+                problems.append(f"{what} covers the cells of the map {ax.get_title()!r}")
+    return problems
+
+
+def _has_label(ax: Axes, axis: str) -> bool:
+    """An axis is labelled if it, or an axes sharing it (the first panel of a row), has a label."""
+    shared = ax.get_shared_x_axes() if axis == "x" else ax.get_shared_y_axes()
+    return any((a.get_xlabel() if axis == "x" else a.get_ylabel()).strip() for a in shared.get_siblings(ax))
+
+
+def _unlabelled_axes(fig: Figure) -> list[str]:
+    """Axes (colour bars apart) without an x or a y label."""
+    return [f"axes {ax.get_title()!r} has no {axis} label" for ax in fig.axes
+            if ax.get_visible() and ax.axison and not hasattr(ax, "_colorbar")
+            for axis in "xy" if not _has_label(ax, axis)]
+
+
+def _points_outside(ax: Axes, line: Line2D) -> np.ndarray:
+    """The finite (x, y) data points of a line that are drawn more than a pixel outside its axes."""
+    xy = np.column_stack([line.get_xdata(), line.get_ydata()]).astype(float)
+    xy = xy[np.isfinite(xy).all(axis=1)]
+    if not len(xy):
+        return xy
+    shown, box = line.get_transform().transform(xy), ax.bbox
+    inside = ((shown[:, 0] >= box.x0 - 1) & (shown[:, 0] <= box.x1 + 1) &
+              (shown[:, 1] >= box.y0 - 1) & (shown[:, 1] <= box.y1 + 1))
+    return xy[~inside]
+
+
+def _lines_off_axes(fig: Figure) -> list[str]:
+    """Line points drawn beyond their axes that no off-scale marker (mark_offscale) names; unlabelled guides
+    spanning the axes (axhline, axvline) may leave the view."""
+    problems = []
+    for ax in fig.axes:
+        marked = {(round(t.get_position()[0], 6), to_hex(t.get_color())) for t in ax.texts
+                  if t.get_gid() == OFFSCALE_GID}
+        for line in ax.get_lines():
+            guide = line.get_label().startswith("_") and line.get_transform() != ax.transData  # axhline(0) etc.
+            if guide or not line.get_visible():
+                continue
+            problems += [f"line {line.get_label()!r} of {ax.get_title()!r} leaves the axes at ({x:g}, {y:g})"
+                         for x, y in _points_outside(ax, line)
+                         if (round(float(x), 6), to_hex(line.get_color())) not in marked]
+    return problems
+
+
+def _legends_over_data(fig: Figure, renderer) -> list[str]:
+    """Legends drawn inside the plotting area of an axes (colour bars apart): legends belong outside the data."""
+    problems = []
+    for legend in [lg for lg in fig.findobj(Legend) if lg.get_visible()]:
+        box = legend.get_window_extent(renderer)
+        for ax in [a for a in fig.axes if a.get_visible() and not hasattr(a, "_colorbar")]:
+            overlap = Bbox.intersection(box, ax.bbox)
+            if overlap and overlap.width > 1 and overlap.height > 1:
+                problems.append(f"legend {legend.get_title().get_text()!r} lies inside the axes {ax.get_title()!r}")
+    return problems
+
+
+def figure_problems(fig: Figure) -> list[str]:
+    """What keeps a figure from showing its data, as sentences (empty: the figure passes). After drawing the
+    figure: no text or legend over a heat map's cells (values written in their own cell apart), no legend
+    inside an axes' plotting area, an x and a y label on every axes but colour bars (a shared axis may carry
+    it once), and no line point beyond its axes unless mark_offscale wrote it at the edge."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    return [*_labels_over_images(fig, renderer), *_legends_over_data(fig, renderer), *_unlabelled_axes(fig),
+            *_lines_off_axes(fig)]
