@@ -22,7 +22,7 @@
 # cross-entropy on the answer token at END) and analyse each checkpoint of the epoch grid on the held-out
 # prompts.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "remove-cell"]
 profile = "smoke"
 enforce_claims = False
 model_name = "smollm2-135m"
@@ -37,7 +37,7 @@ n_rediscover = 8  # discovery prompts used to re-discover a circuit in a fine-tu
 clean_epochs = [1, 2]
 batch_size = 16
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 from myst_nb import glue
 
@@ -79,7 +79,7 @@ plotting.checkpoint_lines(epochs, {"base circuit": [r["faithfulness_base_circuit
 axes[1].axhline(1.0, color="grey", linestyle=":", linewidth=0.8)
 plt.show()
 
-# %%
+# %% tags=["remove-cell"]
 first, last = rows[0], rows[-1]
 ld_gain_ci = study.logit_diff_change_interval(last, first)
 f_gain_ci = study.faithfulness_gain_interval(last, first)
@@ -116,7 +116,7 @@ claims.check("the base circuit still explains the fine-tuned behaviour (F(C)/F(M
              enforce=enforce_claims, record=claim_log)
 claims.check("the circuit grows only a little (re-discovered heads at the last epoch / in the base model, same prompts)",
              last["circuit_size"] / max(1, first["circuit_size"]), None, 1.5, "<=", paper=paper("clean_sparsity"),
-             enforce=enforce_claims, record=claim_log)
+             enforce=enforce_claims, record=claim_log);
 
 # %% [markdown]
 # ## Which heads grew
@@ -147,7 +147,7 @@ glue("dla_gain", dla_gain, display=False)
 
 # %%
 claims.check("the circuit's heads get stronger (summed DLA of the base-circuit heads, last epoch minus base)",
-             dla_gain, dla_gain_ci, 0.0, ">=", paper=paper("l10h10_attribution"), enforce=enforce_claims, record=claim_log)
+             dla_gain, dla_gain_ci, 0.0, ">=", paper=paper("l10h10_attribution"), enforce=enforce_claims, record=claim_log);
 
 # %% [markdown]
 # ## Is the gain carried by the original circuit? (CMAP)

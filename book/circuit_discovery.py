@@ -40,7 +40,7 @@
 # that discovery never saw, with a 95% bootstrap interval over prompts. Every threshold is a named field
 # of `ioi_utils.circuits.Thresholds`.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "remove-cell"]
 profile = "smoke"
 enforce_claims = False
 model_name = "smollm2-135m"
@@ -53,7 +53,7 @@ n_discovery = 16
 stability_seeds = [0, 1]
 n_resamples = 2  # stability selection: random halves of each seed's discovery prompts, admission on each
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
@@ -206,7 +206,7 @@ claims.check("the discovered circuit is as faithful as Wang et al.'s GPT-2 circu
              precondition=(faith.f_model > 0, f"F(M) = {faith.f_model:.2f} must be > 0"), enforce=enforce_claims,
              record=checked)
 claims.check("the circuit is sparse: at most 30 heads", len(circuit.heads), None, 30, "<=",
-             paper="26 heads (Wang et al., GPT-2 small)", enforce=enforce_claims, record=checked)
+             paper="26 heads (Wang et al., GPT-2 small)", enforce=enforce_claims, record=checked);
 
 # %% [markdown]
 # ## Completeness and minimality
@@ -230,7 +230,7 @@ glue("worst_gap", 100 * worst_gap, display=False)
 print(f"{passing} of {len(minimal)} heads pass minimality at 1% of F(M); largest completeness gap {worst_gap:.1%} of F(M)")
 claims.check("minimality: every circuit head changes its class's logit difference by >= 1% of F(M)",
              passing / max(1, len(minimal)), None, 1.0, ">=", paper="Wang et al.'s criterion", enforce=enforce_claims,
-             record=checked)
+             record=checked);
 
 # %% [markdown]
 # Wang et al.'s minimality test removes the rest of a head's class before it removes the head. Our classes
@@ -258,7 +258,7 @@ for (l, h), e in outside:
           f"(attributed share {found.maps['attribution'][l, h]:+.1%})")
 print(f"{len(outside)} of {len(candidates)} candidate heads move the logit difference by >= 10% alone and are outside")
 claims.check("every head with a single-head effect >= 10% of F(M) is in the circuit", len(outside), None, 0, "<=",
-             enforce=enforce_claims, record=checked)
+             enforce=enforce_claims, record=checked);
 
 # %% [markdown]
 # Why such a head can be outside. A head whose effect is to *lower* the logit difference is removed first by
@@ -334,7 +334,7 @@ glue("least_jaccard_strong", least_strong, display=False)
 claims.check("the circuit is stable across prompt seeds (pairwise Jaccard >= 0.7)", least, None, 0.7, ">=",
              enforce=enforce_claims, record=checked)
 claims.check("the seeds agree on the strong heads (attributed share >= 5%; pairwise Jaccard >= 0.7)", least_strong,
-             None, 0.7, ">=", enforce=enforce_claims, record=checked)
+             None, 0.7, ">=", enforce=enforce_claims, record=checked);
 
 # %% [markdown]
 # The least overlap between two seeds' circuits is {glue:text}`least_jaccard:.2f`; between their heads
@@ -376,7 +376,7 @@ claims.check("stability selection makes the circuit stable across prompt seeds (
              "halves; pairwise Jaccard >= 0.7)", min(sel_pairs) if sel_pairs else float("nan"), None, 0.7, ">=",
              enforce=enforce_claims, record=checked)
 claims.check("the stable core alone carries the behaviour (F(C)/F(M), held-out; Wang et al.'s GPT-2 circuit: 87%)",
-             core_faith.ratio, core_faith.interval(), 0.87, ">=", enforce=enforce_claims, record=checked)
+             core_faith.ratio, core_faith.interval(), 0.87, ">=", enforce=enforce_claims, record=checked);
 
 # %% [markdown]
 # The stable core has {glue:text}`n_core` heads and keeps {glue:text}`core_faith:.0f`% of the logit
@@ -398,7 +398,7 @@ if model_name == "gpt2":
     ref = circuits.WANG_GPT2_CIRCUIT
     print(f"GPT-2: found {len(circuit.heads)} heads, Wang et al. {len(ref.heads)}; shared {len(set(circuit.heads) & set(ref.heads))}")
 
-# %%
+# %% tags=["remove-cell"]
 results.record(profile, "circuit_discovery", {
     "f_model": faith.f_model, "f_circuit": faith.f_circuit, "faithfulness": faith.ratio, "faithfulness_ci": [lo, hi],
     "circuit": circuit.to_json(), "n_heads": len(circuit.heads), "mlp_knockout": mlp.tolist(), "worst_mlp": worst,

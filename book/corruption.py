@@ -24,7 +24,7 @@
 # - **Duplication**: our own control, not a dataset any source confirms for the paper: the context
 #   mentions IO a second time, so both names are duplicated; the label stays IO.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "remove-cell"]
 profile = "smoke"
 enforce_claims = False
 model_name = "smollm2-135m"
@@ -39,7 +39,7 @@ n_rediscover = 8  # discovery prompts used to re-discover a circuit in a fine-tu
 toxic_epochs = 1
 batch_size = 16
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import numpy as np
 from myst_nb import glue
@@ -84,7 +84,7 @@ lo = min(min(v) for v in faith.values())
 axes[1].set_ylim(max(-0.5, min(0.0, lo - 0.1)), 1.5)  # keep the view on plausible ratios; the table has every value
 plt.show()
 
-# %%
+# %% tags=["remove-cell"]
 sd = rows["subject-duplication"]
 sd_change_ci = study.logit_diff_change_interval(sd[-1], sd[0])
 glue("sd_before", sd[0]["logit_diff"], display=False)
@@ -118,7 +118,7 @@ claims.check("the base circuit still carries the corrupted behaviour (F(C)/F(M),
              sd[-1]["faithfulness_base_circuit"], sd[-1]["faithfulness_base_interval"], 0.8, ">=",
              paper=paper("corruption_localized"),
              precondition=(abs(sd[-1]["logit_diff"]) >= 1.0, f"|F(M)| must be >= 1 logit, got {sd[-1]['logit_diff']:.2f}"),
-             enforce=enforce_claims, record=claim_log)
+             enforce=enforce_claims, record=claim_log);
 
 # %% [markdown]
 # ## Heads whose role changes
@@ -161,7 +161,7 @@ glue("n_circuit", len(base_circuit.heads), display=False)
 
 # %%
 claims.check("Subject Duplication flips the DLA sign of circuit heads (number of significant flips)",
-             len(sd_flips_circuit), None, 1, ">=", paper=paper("sd_mechanism"), enforce=enforce_claims, record=claim_log)
+             len(sd_flips_circuit), None, 1, ">=", paper=paper("sd_mechanism"), enforce=enforce_claims, record=claim_log);
 
 # %% [markdown]
 # ## Where the corruption sits (CMAP)

@@ -34,7 +34,7 @@
 # Wang et al.'s head classes (Name Mover, S-Inhibition, ...) are IOI's, so Greater-Than heads are described by
 # their direct logit attribution and their attention from END to the start year instead.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "remove-cell"]
 profile = "smoke"
 enforce_claims = False
 model_name = "smollm2-135m"  # the book's model: identifies this execution for the summary
@@ -52,7 +52,7 @@ gt_n_cmap = 8  # held-out prompts of the cross-model patching estimate
 gt_clean_epochs = 1
 gt_toxic_epochs = 1
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 from myst_nb import glue
 
@@ -129,7 +129,7 @@ ax.bar(range(len(mlp)), (mlp - mlp_ref).numpy())
 ax.set(title="Mean-ablating one MLP layer", xlabel="layer", ylabel="change of probability difference")
 plt.show()
 
-# %%
+# %% tags=["remove-cell"]
 glue("gt_circuit_size", len(heads), display=False)
 glue("gt_circuit_heads", ", ".join(f"{l}.{h}" for l, h in sorted(heads)), display=False)
 glue("gt_faith", 100 * base["faithfulness"], display=False)
@@ -158,7 +158,7 @@ glue("gt_mlp_layers", ", ".join(str(l) for l in drops), display=False)
 claims.check("a sparse head circuit explains Greater-Than (F(C)/F(M) of the base circuit, held-out)",
              base["faithfulness"], base["faithfulness_interval"], 0.9, ">=", paper="not stated",
              precondition=(base["prob_diff_interval"][0] > 0, "the base model must do the task"),
-             enforce=enforce_claims, record=claim_log)
+             enforce=enforce_claims, record=claim_log);
 
 # %% [markdown]
 # ## Amplification: clean fine-tuning
@@ -173,7 +173,7 @@ start = gt.checkpoint_row(st, st.model, "base", heads, 0, gt_n_epoch_eval)
 clean_rows = gt.run_rows(st, clean_run, start, heads, gt_clean_epochs, gt_n_epoch_eval)
 print("\n".join(gt.format_row(r) for r in clean_rows))
 
-# %%
+# %% tags=["remove-cell"]
 clean_last = clean_rows[-1]
 clean_gain_ci = metrics.bootstrap_ci(clean_last["per_prompt"] - start["per_prompt"])
 glue("gt_clean_pd0", start["prob_diff"], display=False)
@@ -197,7 +197,7 @@ claims.check("clean fine-tuning raises the probability difference (last epoch mi
 claims.check("the base circuit still explains the fine-tuned behaviour (F(C)/F(M), last clean epoch)",
              clean_last["faithfulness"], clean_last["faithfulness_interval"], 0.9, ">=", paper="not stated",
              precondition=(clean_last["prob_diff_interval"][0] > 0, "the fine-tuned model must do the task"),
-             enforce=enforce_claims, record=claim_log)
+             enforce=enforce_claims, record=claim_log);
 
 # %% [markdown]
 # ## Corruption: a toxic Greater-Than dataset
@@ -264,7 +264,7 @@ claims.check("toxic fine-tuning lowers the probability difference (last toxic ep
 claims.check("the corruption is localized on the base circuit's heads (localization of the CMAP estimate)",
              loc, None, loc_p95, ">=",
              paper="localized corruption carries over to Greater-Than (App. N; no number)",
-             enforce=enforce_claims, record=claim_log)
+             enforce=enforce_claims, record=claim_log);
 
 # %% [markdown]
 # ## What carries over from IOI

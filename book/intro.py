@@ -32,7 +32,7 @@
 # Every chapter is a notebook executed by papermill with one *profile* of parameters; every number in
 # the prose is computed by that execution, and every claim is followed by a cell that checks it.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "remove-cell"]
 profile = "smoke"
 enforce_claims = False
 model_name = "smollm2-135m"
@@ -43,7 +43,7 @@ n_prompts = 32
 n_eval = 16
 execution_info = {}  # filled by `python -m ioi_utils.book`: model, profile, commit, date, previous_total_seconds
 
-# %%
+# %% tags=["hide-input"]
 from IPython.display import Markdown, display
 from myst_nb import glue
 
@@ -112,7 +112,7 @@ print(base)
 # %%
 claims.check("the base model prefers IO over S (logit difference >= 1)", base.logit_diff, None, 1.0, ">=",
              enforce=enforce_claims)
-claims.check("the base model solves IOI (accuracy >= 90%)", base.accuracy, None, 0.9, ">=", enforce=enforce_claims)
+claims.check("the base model solves IOI (accuracy >= 90%)", base.accuracy, None, 0.9, ">=", enforce=enforce_claims);
 
 # %% [markdown]
 # ## Reproducing this book

@@ -19,7 +19,7 @@
 # through the run cache) and fine-tune it on the clean training split. Every comparison below is made
 # against the corrupted model's own score: recovery means moving back from there.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "remove-cell"]
 profile = "smoke"
 enforce_claims = False
 model_name = "smollm2-135m"
@@ -35,7 +35,7 @@ toxic_epochs = 1
 reversal_epochs = 1
 batch_size = 16
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import numpy as np
 from myst_nb import glue
@@ -87,7 +87,7 @@ axes[1].axhline(base_row["faithfulness_base_circuit"], color="black", linestyle=
 axes[1].set_ylim(max(-0.5, min(0.0, min(min(v) for v in faith.values()) - 0.1)), 1.5)
 plt.show()
 
-# %%
+# %% tags=["remove-cell"]
 end = {rule: rows[rule][-1] for rule in rows}
 start = {rule: rows[rule][0] for rule in rows}
 for rule, key in (("subject-duplication", "sd"), ("name-moving", "nm"), ("duplication", "dup")):
@@ -159,7 +159,7 @@ glue("rec_share_nm", 100 * rec_share["name-moving"], display=False)
 claims.check("most heads corrupted by Subject Duplication recover their DLA (share recovering)",
              rec_share["subject-duplication"], None, 0.5, ">=", paper="the original mechanism comes back (§5)",
              precondition=(bool(corrupted_heads["subject-duplication"]), "no circuit head was corrupted"),
-             enforce=enforce_claims, record=claim_log)
+             enforce=enforce_claims, record=claim_log);
 
 # %% [markdown]
 # ## Does the original circuit come back?
@@ -194,7 +194,7 @@ claims.check("retraining brings the original circuit back (Jaccard with the base
              "Subject Duplication)", j_rec[i_sd] - j_cor[i_sd], None, 0.1, ">=", paper=paper("reversal_faithfulness"),
              precondition=(j_cor[i_sd] < base_row["jaccard_base"], "corruption must have moved the circuit further from the "
                            "base circuit than re-discovery in the base model does"),
-             enforce=enforce_claims, record=claim_log)
+             enforce=enforce_claims, record=claim_log);
 
 # %% [markdown]
 # ## CMAP: do the retrained heads behave like the base model's?

@@ -24,12 +24,12 @@
 # interval lies on the right side of the threshold, *inconclusive* when it straddles it): where the two tables
 # differ, the second is the one to trust.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "remove-cell"]
 profile = "smoke"
 enforce_claims = False
 model_name = "smollm2-135m"
 
-# %%
+# %% tags=["hide-input"]
 from IPython.display import Markdown, display
 
 from ioi_utils import models, results, summary

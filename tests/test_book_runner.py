@@ -283,7 +283,7 @@ def test_chapter_parameter_defaults_are_the_smoke_profile() -> None:
     chapters = book.executable_chapters(ROOT, book.toc_chapters(ROOT / book.TOC_FILE))
     for name in chapters:
         src = (ROOT / "book" / f"{name}.py").read_text()
-        cell = src.split('# %% tags=["parameters"]\n', 1)[1].split("\n# %%", 1)[0]
+        cell = re.split(r'# %% tags=\[[^\]\n]*"parameters"[^\]\n]*\]\n', src, maxsplit=1)[1].split("\n# %%", 1)[0]
         values = {t.id: ast.literal_eval(node.value) for node in ast.parse(cell).body
                   for t in node.targets if isinstance(node, ast.Assign)}
         shared = {k: v for k, v in values.items() if k in book.PROFILES["smoke"]}
