@@ -128,14 +128,16 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 
-# Run-to-run noise in outputs, replaced in the stored notebooks. tests/nbval_sanitize.cfg uses the same
-# regex/replacement pairs (tests/test_book_runner.py checks that), so stored and fresh outputs compare equal.
-VOLATILE_OUTPUT: list[tuple[str, str]] = [
-    (r"\S*/ipykernel_\d+/\d+\.py", "IPYKERNEL_CELL"),
-    (r"at 0x[0-9a-f]+", "at 0xADDRESS"),
-    (r"\S*/site-packages/", "SITE-PACKAGES/"),
+# What the published notebooks lose, for the reader: progress bars (their final line, e.g. "Loading weights:
+# 100%|...| 272/272 [00:00<00:00, 9.1it/s]"; a line already turned into a placeholder by an older runner too) and
+# the machine's absolute paths in warnings. No placeholder is written: the run-to-run noise that remains (temp
+# paths, addresses) is replaced only when nbval compares, by tests/nbval_sanitize.cfg, which holds these pairs
+# too, so stored and fresh outputs still compare equal (tests/test_book_runner.py checks both).
+PROGRESS_BAR_LINE = r"(?m)^[^\n]*(?:\[\d+:\d+(?::\d+)?(?:<|, )[^\]\n]*\]|\[TQDM-TIME\])[^\n]*(?:\n|$)"
+PUBLISHED_CLEANUP: list[tuple[str, str]] = [
+    (PROGRESS_BAR_LINE, ""),
+    (r"\S*/site-packages/", ""),  # a package's path in warnings: tqdm/auto.py
     (r"/\S*/(?=ioi_utils/\w+\.py)", ""),  # the checkout's absolute path in warnings: ioi_utils/<module>.py
-    (r"\[\d+:\d+(?::\d+)?<[^\]\n]*\]", "[TQDM-TIME]"),
 ]
 _CARRIAGE_RETURN = re.compile(r"^.*\r(?=[^\n])", re.MULTILINE)  # as nbval: keep what a terminal would show
 
@@ -205,8 +207,8 @@ def strip_volatile(nb: Any) -> Any:
 
 
 def scrub_text(text: str) -> str:
-    """Apply the VOLATILE_OUTPUT replacements to one output text."""
-    for pattern, replacement in VOLATILE_OUTPUT:
+    """Apply the PUBLISHED_CLEANUP replacements to one output text."""
+    for pattern, replacement in PUBLISHED_CLEANUP:
         text = re.sub(pattern, replacement, text)
     return text
 
@@ -231,16 +233,21 @@ def _merge_streams(outputs: list[Any]) -> list[Any]:
 
 
 def scrub_outputs(nb: Any) -> Any:
-    """Make code-cell outputs reproducible: merged streams, no temp paths, addresses or tqdm timings."""
+    """Make code-cell outputs fit to read: merged streams, no progress bars (a stream left empty is dropped),
+    no absolute paths. Temp paths and addresses stay as they are (nbval replaces them when it compares)."""
     for cell in nb.cells:
         if cell.get("cell_type") != "code":
             continue
-        cell["outputs"] = _merge_streams(cell.get("outputs", []))
-        for out in cell["outputs"]:
+        outputs = []
+        for out in _merge_streams(cell.get("outputs", [])):
             if out.get("output_type") == "stream":
                 out["text"] = scrub_text(out["text"])
+                if not out["text"]:
+                    continue
             elif isinstance(out.get("data", {}).get("text/plain"), str):
                 out["data"]["text/plain"] = scrub_text(out["data"]["text/plain"])
+            outputs.append(out)
+        cell["outputs"] = outputs
     return nb
 
 

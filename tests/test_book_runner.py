@@ -49,25 +49,53 @@ def test_strip_volatile_is_idempotent() -> None:
     assert once == twice
 
 
-def test_scrub_outputs_merges_streams_and_removes_noise() -> None:
-    """Progress bars settle to their last state; temp paths, addresses and timings are replaced."""
-    outputs = [
-        new_output("stream", name="stderr", text="/tmp/ipykernel_123/456.py:1: UserWarning: w\n"),
-        new_output("stream", name="stderr", text="\r  0%|          | 0/9 [00:00<?, ?it/s]"),
-        new_output("stream", name="stderr", text="\r100%|##########| 9/9 [00:01<00:00, 8.12it/s]"),
-        new_output("execute_result", data={"text/plain": "<Foo at 0x7f00deadbeef>"}, execution_count=1),
-    ]
+RAW_STDERR = [  # a fresh kernel's stderr: a warning from a notebook cell, a package's warning, a progress bar
+    "/tmp/ipykernel_123/456.py:1: UserWarning: w\n",
+    "/home/u/.venv/lib/python3.12/site-packages/tqdm/auto.py:21: TqdmWarning: IProgress not found\n",
+    "\r  0%|          | 0/9 [00:00<?, ?it/s]",
+    "\r100%|##########| 9/9 [00:01<00:00, 8.12it/s]\n",
+    "/home/u/repo/ioi_utils/data.py:259: UserWarning: kept 82 names\n",
+]
+OLDER_STDERR = ("IPYKERNEL_CELL:1: UserWarning: w\nSITE-PACKAGES/tqdm/auto.py:21: TqdmWarning: IProgress not found\n"
+                "100%|##########| 9/9 [TQDM-TIME]\nioi_utils/data.py:259: UserWarning: kept 82 names\n")  # older runner
+
+
+def _scrubbed(texts: list[str], plain: str = "<Foo at 0x7f00deadbeef>") -> list[str]:
+    """The output texts of one cell with these stderr writes and an execute_result, as the runner stores them."""
+    outputs = [new_output("stream", name="stderr", text=t) for t in texts]
+    outputs.append(new_output("execute_result", data={"text/plain": plain}, execution_count=1))
     nb = book.scrub_outputs(new_notebook(cells=[new_code_cell("x", outputs=outputs)]))
-    texts = [o.get("text") or o["data"]["text/plain"] for o in nb.cells[0].outputs]
-    assert texts == ["IPYKERNEL_CELL:1: UserWarning: w\n100%|##########| 9/9 [TQDM-TIME]", "<Foo at 0xADDRESS>"]
+    return [o.get("text") or o["data"]["text/plain"] for o in nb.cells[0].outputs]
 
 
-def test_sanitize_cfg_matches_runner_patterns() -> None:
-    """tests/nbval_sanitize.cfg contains every regex/replacement the runner applies."""
+def test_scrub_outputs_merges_streams_drops_bars_and_writes_no_placeholder() -> None:
+    """Streams merge, the progress bar goes, absolute paths shrink; temp paths and addresses stay as they are."""
+    assert _scrubbed(RAW_STDERR) == [
+        "/tmp/ipykernel_123/456.py:1: UserWarning: w\ntqdm/auto.py:21: TqdmWarning: IProgress not found\n"
+        "ioi_utils/data.py:259: UserWarning: kept 82 names\n", "<Foo at 0x7f00deadbeef>"]
+    assert _scrubbed(["\r100%|#| 9/9 [00:01<00:00, 8.12it/s]\n"]) == ["<Foo at 0x7f00deadbeef>"]  # emptied: dropped
+
+
+def _nbval_sanitize(text: str) -> str:
+    """What nbval compares: the text after every pair of tests/nbval_sanitize.cfg, in order."""
+    from nbval.plugin import get_sanitize_patterns
+
+    for regex, replace in get_sanitize_patterns((ROOT / "tests" / "nbval_sanitize.cfg").read_text()):
+        text = re.sub(regex, replace, text)
+    return text
+
+
+def test_sanitize_cfg_compares_raw_published_and_older_outputs_equal() -> None:
+    """nbval sees the same text in a fresh run (raw), a notebook the runner published, and one an older runner
+    stored with placeholders; the cfg holds every pair the runner applies."""
     from nbval.plugin import get_sanitize_patterns
 
     cfg = get_sanitize_patterns((ROOT / "tests" / "nbval_sanitize.cfg").read_text())
-    assert set(book.VOLATILE_OUTPUT) <= set(cfg)
+    assert set(book.PUBLISHED_CLEANUP) <= set(cfg)
+    settled = "".join(RAW_STDERR).replace("\r  0%|          | 0/9 [00:00<?, ?it/s]\r", "")  # as nbval settles \r
+    raw = _nbval_sanitize(settled)
+    assert raw == _nbval_sanitize(_scrubbed(RAW_STDERR)[0]) == _nbval_sanitize(OLDER_STDERR)
+    assert "IPYKERNEL_CELL" in raw and "9/9" not in raw
 
 
 def test_profiles_share_keys() -> None:
