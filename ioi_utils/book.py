@@ -11,6 +11,11 @@ volatile metadata, moved into ``book/`` (or ``--out-dir``), all together, each b
 failed or interrupted run leaves the target untouched and says where its partial notebooks are. Then the
 run's timings go to ``_build/execution-<profile>.json`` and ``$IOI_UTILS_RESULTS/<profile>/execution.json``
 and ``jupyter-book build book/ -W`` runs.
+
+The terminal shows a line as each chapter starts and ends, with what is left estimated from the last run's
+record, or on a first run from the published execution's own times (kept in each published notebook's
+metadata, used when its profile and model match); and, inside a chapter, a line as each code cell starts:
+its number, its first comment line, the chapter's elapsed time and what the cell took in the published run.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TextIO
 
 import yaml
 
@@ -375,6 +380,30 @@ def chapter_parameters(profile: str, strict: bool, info: dict[str, Any]) -> dict
             "execution_info": dict(info)}
 
 
+TIMING_KEY = "ioi_utils_execution"  # notebook metadata of a published chapter: its profile, model and times
+
+
+def timing_of(nb: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """What a papermill-executed chapter took, kept in its published notebook (TIMING_KEY) so that a first run
+    elsewhere can estimate: profile, model, commit, the chapter's seconds and each code cell's."""
+    cells = [round(float(c.metadata.get("papermill", {}).get("duration") or 0.0), 1)
+             for c in nb.cells if c.get("cell_type") == "code"]
+    total = nb.metadata.get("papermill", {}).get("duration")
+    return {"profile": params.get("profile"), "model": params.get("model_name"),
+            "commit": params.get("execution_info", {}).get("commit"),
+            "seconds": round(float(total if total is not None else sum(cells)), 1), "cell_seconds": cells}
+
+
+def published_timing(folder: Path, name: str, profile: str, model: str) -> dict[str, Any] | None:
+    """The timing stored in folder/<name>.ipynb if that execution ran this profile on this model, else None."""
+    try:
+        timing = json.loads((folder / f"{name}.ipynb").read_text(encoding="utf-8"))["metadata"][TIMING_KEY]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    matches = isinstance(timing, dict) and timing.get("profile") == profile and timing.get("model") == model
+    return timing if matches and isinstance(timing.get("seconds"), (int, float)) else None
+
+
 # ---------------------------------------------------------------- execution
 
 
@@ -393,6 +422,8 @@ class Execution:
     staging: Path
     info: dict[str, Any]
     previous: dict[str, float] = field(default_factory=dict)  # seconds per chapter of the last run
+    estimated_from: str = ""  # where `previous` comes from, for the progress lines
+    cell_seconds: dict[str, list[float]] = field(default_factory=dict)  # per code cell, published execution
     seconds: dict[str, float] = field(default_factory=dict)  # seconds per chapter of this run
     staged: list[Path] = field(default_factory=list)
     published: bool = False
@@ -448,8 +479,73 @@ def slowest_cells(nb: Any, n: int = 5) -> str:
     return ", ".join(f"cell {i}: {d:.1f} s" for d, i in sorted(times, reverse=True)[:n]) or "none"
 
 
-def execute_chapter(src: Path, out: Path, params: dict[str, Any], log: Path) -> None:
-    """Execute one jupytext source with papermill into `out` (saved after every cell), streaming to `log`."""
+def cell_title(cell: Any, width: int = 72) -> str:
+    """How a progress line names a cell: its first comment line, else its first line, cut to `width`."""
+    lines = [line.strip() for line in cell.get("source", "").splitlines() if line.strip()]
+    comments = [line.lstrip("#").strip() for line in lines if line.startswith("#") and line.lstrip("#").strip()]
+    title = comments[0] if comments else (lines[0] if lines else "(empty)")
+    return title if len(title) <= width else title[: width - 1] + "…"
+
+
+@dataclass
+class CellProgress:
+    """Called by the engine as each cell starts; prints one line per code cell to the terminal: "[3/7] corruption:
+    cell 5/19 at 2 min 10 s (published run: 41.0 s): <first comment line>". Parameters cells are counted, not
+    shown. `hints` are the published execution's seconds per code cell (used only if the cell counts agree)."""
+
+    tag: str
+    hints: Sequence[float] | None = None
+    out: TextIO | None = None
+    start: float = field(default_factory=time.perf_counter)
+
+    def __call__(self, nb: Any, cell: Any, index: int) -> None:
+        """Report cell `index` of `nb` if it is a code cell."""
+        code = [i for i, c in enumerate(nb.cells) if c.get("cell_type") == "code"]
+        tags = set(cell.get("metadata", {}).get("tags", []))
+        if index not in code or tags & {"parameters", "injected-parameters"}:
+            return
+        k = code.index(index)
+        hint = ""
+        if self.hints is not None and len(self.hints) == len(code):
+            hint = f" (published run: {fmt_seconds(self.hints[k])})"
+        elapsed = fmt_seconds(time.perf_counter() - self.start)
+        print(f"{self.tag}: cell {k + 1}/{len(code)} at {elapsed}{hint}: {cell_title(cell)}",
+              file=self.out or sys.stdout, flush=True)
+
+
+_ENGINE = "ioi_utils"
+
+
+def register_engine() -> str:
+    """Register (once) and name the papermill engine that calls `on_cell(nb, cell, index)` as each cell starts:
+    nbclient's engine with the execution manager's cell_start wrapped."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class ReportingEngine(NBClientEngine):
+        """NBClientEngine reporting cell starts to an `on_cell` callback (a papermill engine keyword)."""
+
+        @classmethod
+        def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, on_cell: Callable | None = None,
+                                     **kwargs: Any) -> Any:
+            if on_cell is not None:
+                start = nb_man.cell_start
+
+                def cell_start(cell: Any, cell_index: int | None = None, **kw: Any) -> Any:
+                    on_cell(nb_man.nb, cell, cell_index)
+                    return start(cell, cell_index, **kw)
+
+                nb_man.cell_start = cell_start
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    if _ENGINE not in papermill_engines._engines:
+        papermill_engines.register(_ENGINE, ReportingEngine)
+    return _ENGINE
+
+
+def execute_chapter(src: Path, out: Path, params: dict[str, Any], log: Path,
+                    on_cell: Callable[[Any, Any, int], None] | None = None) -> None:
+    """Execute one jupytext source with papermill into `out` (saved after every cell), streaming to `log`;
+    `on_cell(nb, cell, index)` is called as each cell starts; the chapter's times go into the notebook."""
     import papermill as pm
 
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -461,12 +557,13 @@ def execute_chapter(src: Path, out: Path, params: dict[str, Any], log: Path) -> 
             nb = pm.execute_notebook(
                 load_source(src), str(out), parameters=copy.deepcopy(params), cwd=str(src.parent),
                 kernel_name=KERNEL, progress_bar={"file": handle, "ascii": True},
-                stdout_file=handle, stderr_file=handle,
+                stdout_file=handle, stderr_file=handle, engine_name=register_engine(), on_cell=on_cell,
             )
         except Exception as exc:
             handle.write(f"\n# FAILED: {_describe(exc)}\n")
             raise ChapterFailed(f"chapter '{src.stem}' failed: {_describe(exc)}") from exc
         handle.write(f"\n# done {utc_now()}; slowest cells: {slowest_cells(nb)}\n")
+    nb.metadata[TIMING_KEY] = timing_of(nb, params)
     write_atomic(scrub_outputs(strip_volatile(nb)), out)
 
 
@@ -479,22 +576,23 @@ def _relative(path: Path, root: Path) -> Path:
 
 
 def _left(ex: Execution, remaining: Sequence[str]) -> str:
-    """'about X left' from the previous run's times, or 'no estimate of what is left'."""
+    """'about X left' from the previous run's (or the published execution's) times, or 'no estimate ...'."""
     if not remaining:
         return "nothing left"
     left = estimate_left(ex.previous, remaining)
-    return "no estimate of what is left" if left is None else f"about {fmt_seconds(left)} left"
+    return "no estimate of what is left" if left is None else f"about {fmt_seconds(left)} left{ex.estimated_from}"
 
 
 def run_chapters(ex: Execution, params: dict[str, Any]) -> None:
-    """Execute the chapters in order into the staging folder, one progress line per start and end."""
+    """Execute the chapters in order into the staging folder: a line as each starts and ends, one per code cell."""
     book, start_all, n = ex.root / BOOK_DIR, time.perf_counter(), len(ex.chapters)
     for i, name in enumerate(ex.chapters, 1):
         src, tag = book / f"{name}.py", f"[{i}/{n}] {name}"
         print(f"{tag}: running ({_left(ex, ex.chapters[i - 1:])}); log: {_relative(ex.log(name), ex.root)}", flush=True)
         start = time.perf_counter()
         try:
-            execute_chapter(src, ex.staging / f"{name}.ipynb", params, ex.log(name))
+            execute_chapter(src, ex.staging / f"{name}.ipynb", params, ex.log(name),
+                            on_cell=CellProgress(tag, ex.cell_seconds.get(name)))
         except ChapterFailed:
             print(f"{tag}: FAILED after {fmt_seconds(time.perf_counter() - start)}", flush=True)
             raise
@@ -616,15 +714,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def previous_times(ex: Execution, record: dict[str, Any]) -> None:
+    """Fill ex.previous (seconds per chapter: the last run's record, else the published execution's own times
+    for the chapters it has of this profile and model), ex.estimated_from, and ex.cell_seconds."""
+    model = PROFILES[ex.profile]["model_name"]
+    published = {name: published_timing(ex.target, name, ex.profile, model) for name in ex.chapters}
+    published = {name: t for name, t in published.items() if t is not None}
+    ex.cell_seconds = {name: [float(x) for x in t.get("cell_seconds", [])] for name, t in published.items()}
+    recorded = {k: float(v) for k, v in record.get("seconds_per_chapter", {}).items()}
+    ex.previous = {**{name: float(t["seconds"]) for name, t in published.items()}, **recorded}
+    if not recorded and published:
+        commits = sorted({str(t.get("commit")) for t in published.values()})
+        ex.estimated_from = f" by the published execution ({', '.join(commits)})"
+
+
 def prepare(root: Path, args: argparse.Namespace, all_chapters: Sequence[str], chapters: list[str]) -> Execution:
     """Collect the run's metadata and previous timings and create its staging folder."""
     record = load_record(root, args.profile)
     info = {"model": PROFILES[args.profile]["model_name"], "profile": args.profile, "commit": git_commit(root),
             "date": utc_now(), "previous_total_seconds": previous_total(record, all_chapters)}
     target = args.out_dir.resolve() if args.out_dir else root / BOOK_DIR
-    return Execution(root=root, profile=args.profile, chapters=chapters, target=target,
-                     staging=new_staging(root, args.profile), info=info,
-                     previous={k: float(v) for k, v in record.get("seconds_per_chapter", {}).items()})
+    ex = Execution(root=root, profile=args.profile, chapters=chapters, target=target,
+                   staging=new_staging(root, args.profile), info=info)
+    previous_times(ex, record)
+    return ex
 
 
 def _unpublished(ex: Execution, why: str) -> None:

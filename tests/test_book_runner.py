@@ -173,9 +173,11 @@ def _mini_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def _fake_executor(calls: list[dict], fail: str | None = None, exc: type[BaseException] = book.ChapterFailed):
     """A stand-in for execute_chapter: writes a small notebook, or a partial one and raises for `fail`."""
 
-    def run(src: Path, out: Path, params: dict, log: Path) -> None:
+    def run(src: Path, out: Path, params: dict, log: Path, on_cell=None) -> None:
         calls.append({"name": src.stem, "out": out, "params": params, "log": log})
         nb = new_notebook(cells=[new_code_cell(f"# new {src.stem}")])
+        if on_cell is not None:
+            on_cell(nb, nb.cells[0], 0)
         nbformat.write(nb, out)
         if src.stem == fail:
             raise exc(f"chapter '{src.stem}' failed: boom")
@@ -217,6 +219,7 @@ def test_successful_run_publishes_all_and_writes_the_record(tmp_path, monkeypatc
     assert [c["log"] for c in calls] == [root / "_build" / "logs" / f"{n}.log" for n in "ab"]
     out = capsys.readouterr().out
     assert "[1/2] a: running (no estimate of what is left); log: _build/logs/a.log" in out
+    assert "[2/2] b: cell 1/1 at " in out and ": new b\n" in out  # the cell's progress line
     record = json.loads((tmp_path / "results" / "execution-smoke.json").read_text())
     assert set(record) == {"model", "profile", "commit", "date", "seconds_per_chapter", "total_seconds"}
     assert record["model"] == "smollm2-135m" and record["profile"] == "smoke"
@@ -327,3 +330,103 @@ def test_slowest_cells_names_the_longest_cells_first() -> None:
             cell.metadata["papermill"] = {"duration": d}
     assert book.slowest_cells(nb, n=3) == "cell 1: 30.2 s, cell 3: 4.0 s, cell 0: 1.5 s"
     assert book.slowest_cells(new_notebook()) == "none"
+
+
+# ---------------------------------------------------------------- progress in the terminal, first-run estimates
+
+
+def _timed_notebook(profile: str = "smoke", model: str = "smollm2-135m", seconds: float = 30.0) -> dict:
+    """A published notebook's JSON with the runner's timing metadata (two code cells of 10 and 20 s)."""
+    nb = new_notebook(cells=[new_markdown_cell("# T"), new_code_cell("a = 1"), new_code_cell("b = 2")])
+    nb.metadata[book.TIMING_KEY] = {"profile": profile, "model": model, "commit": "abc1234", "seconds": seconds,
+                                    "cell_seconds": [10.0, 20.0]}
+    return nb
+
+
+def test_timing_of_keeps_the_chapter_and_cell_times() -> None:
+    """The published notebook keeps profile, model, commit, the chapter's seconds and each code cell's."""
+    nb = _executed_notebook()
+    timing = book.timing_of(nb, {"profile": "smoke", "model_name": "tiny", "execution_info": {"commit": "c0ffee"}})
+    assert timing == {"profile": "smoke", "model": "tiny", "commit": "c0ffee", "seconds": 1.2,
+                      "cell_seconds": [0.1, 0.1, 0.1]}
+    assert book.published_timing(Path("/nonexistent"), "a", "smoke", "tiny") is None
+
+
+@pytest.mark.parametrize("profile, model, expected", [
+    ("smoke", "smollm2-135m", "running (about 1 min 00 s left by the published execution (abc1234))"),
+    ("offline", "smollm2-135m", "running (no estimate of what is left)"),  # another profile's times
+    ("smoke", "gpt2", "running (no estimate of what is left)"),  # another model's
+])
+def test_first_run_estimates_from_the_published_execution(tmp_path, monkeypatch, capsys, profile, model,
+                                                          expected) -> None:
+    """Without a record of an earlier run, the published notebooks' own times (same profile and model) give the
+    estimate and the cells' published times; a record of an earlier run takes precedence."""
+    root = _mini_repo(tmp_path, monkeypatch)
+    for name in "ab":
+        nbformat.write(_timed_notebook(profile, model), root / "book" / f"{name}.ipynb")
+    seen: list = []
+    monkeypatch.setattr(book, "execute_chapter", lambda src, out, params, log, on_cell=None: (
+        seen.append(on_cell), _fake_executor([])(src, out, params, log)))
+    assert book.main(["--profile", "smoke", "--root", str(root), "--no-build"]) == 0
+    assert f"[1/2] a: {expected}" in capsys.readouterr().out
+    assert seen[0].hints == ([10.0, 20.0] if expected.startswith("running (about") else None)
+    for name in "ab":  # the fake run published notebooks without timing; the record now holds this run's
+        nbformat.write(_timed_notebook(), root / "book" / f"{name}.ipynb")
+    assert book.main(["--profile", "smoke", "--root", str(root), "--no-build"]) == 0
+    assert "[1/2] a: running (about " in (out := capsys.readouterr().out) and "published execution" not in out
+
+
+def test_cell_progress_names_code_cells_by_their_first_comment() -> None:
+    """One line per code cell: k/n over all code cells, elapsed, the published time if the cells match, the title;
+    parameters cells are counted but not shown."""
+    import io
+
+    nb = new_notebook(cells=[
+        new_code_cell("seed = 0", metadata={"tags": ["parameters"]}), new_markdown_cell("text"),
+        new_code_cell("x = 1\n# stability selection: admission on halves\ny = 2"),
+        new_code_cell("print('a very long first line ' + 'of code without any comment in it at all, cut')")])
+    out = io.StringIO()
+    progress = book.CellProgress("[2/7] circuit_discovery", hints=[0.1, 400.0, 2.0], out=out)
+    for index, cell in enumerate(nb.cells):
+        progress(nb, cell, index)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("[2/7] circuit_discovery: cell 2/3 at ")
+    assert lines[0].endswith(" (published run: 6 min 40 s): stability selection: admission on halves")
+    assert lines[1].endswith("): print('a very long first line ' + 'of code without any comment in it at…")
+    progress.hints = [1.0]  # the chapter changed since: no published times
+    progress(nb, nb.cells[2], 2)
+    assert "published run" not in out.getvalue().splitlines()[-1]
+
+
+def test_reporting_engine_calls_on_cell_as_each_cell_starts(monkeypatch) -> None:
+    """The registered papermill engine wraps the execution manager's cell_start (no kernel: nbclient is faked)."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    def fake_execute(cls, nb_man, kernel_name, **kwargs):
+        for index, cell in enumerate(nb_man.nb.cells):
+            nb_man.cell_start(cell, index)
+            nb_man.cell_complete(cell, cell_index=index)
+        return nb_man.nb
+
+    monkeypatch.setattr(NBClientEngine, "execute_managed_notebook", classmethod(fake_execute))
+    nb = new_notebook(cells=[new_code_cell("a = 1"), new_markdown_cell("m"), new_code_cell("b = 2")])
+    nb.metadata["papermill"] = {}
+    for cell in nb.cells:
+        cell.metadata["papermill"] = {}  # as papermill's prepare_notebook_metadata leaves them
+    seen: list = []
+    papermill_engines.execute_notebook_with_engine(book.register_engine(), nb, kernel_name=book.KERNEL,
+                                                   progress_bar=False, on_cell=lambda nb, c, i: seen.append(i))
+    assert seen == [0, 1, 2] and book.register_engine() == book.register_engine()
+
+
+@pytest.mark.slow
+def test_execute_chapter_reports_cells_and_stores_times(tmp_path) -> None:
+    """With a real kernel (a few seconds): progress for each code cell, times in the published notebook."""
+    src = tmp_path / "ch.py"
+    src.write_text('# %% tags=["parameters"]\nprofile = "smoke"\n\n# %%\n# first step\nx = 1\n\n# %%\nprint(x)\n')
+    seen: list = []
+    book.execute_chapter(src, tmp_path / "ch.ipynb", {"profile": "smoke", "model_name": "tiny"}, tmp_path / "ch.log",
+                         on_cell=lambda nb, cell, index: seen.append(book.cell_title(cell)))
+    assert seen == ["profile = \"smoke\"", "Parameters", "first step", "print(x)"]
+    timing = nbformat.read(tmp_path / "ch.ipynb", as_version=4).metadata[book.TIMING_KEY]
+    assert timing["profile"] == "smoke" and len(timing["cell_seconds"]) == 4 and timing["seconds"] > 0
