@@ -8,6 +8,7 @@ the `tiny` model on a few prompts (seconds) and compares the repaired run with a
 from __future__ import annotations
 
 import errno
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -150,21 +151,36 @@ def test_missing_checkpoint_of_a_complete_run(good, capsys):
 # ---------------------------------------------------------------- damaged metadata
 
 
-@pytest.mark.parametrize("name, retrained", [
-    ("config.json", False), ("run.json", False), ("complete.json", False),  # rewritten: nothing to retrain
-    ("metrics.jsonl", True), ("checkpoints.json", True),  # the run's history is lost: retrained from epoch 0
+def _other_config(run: runs.Run) -> str:
+    """config.json holding a valid config, but not the run's."""
+    return json.dumps(TrainConfig(**FAST, epochs=7).to_dict())
+
+
+def _metrics_with_a_gap(run: runs.Run) -> str:
+    """metrics.jsonl that parses, with epoch 2 missing."""
+    return "".join(json.dumps(r) + "\n" for r in run.metrics if r["epoch"] != 2)
+
+
+@pytest.mark.parametrize("name, damage, problem, retrained", [
+    ("config.json", None, "is unreadable", False),  # rewritten: nothing to retrain
+    ("config.json", _other_config, "holds another config than the one its folder is named after", False),
+    ("run.json", None, "is unreadable", False),
+    ("complete.json", None, "is unreadable", False),
+    ("metrics.jsonl", None, "is unreadable", True),  # the run's history is lost: retrained from epoch 0
+    ("metrics.jsonl", _metrics_with_a_gap, "lists epochs [0, 1, 3], not 0..2 in order", True),
+    ("checkpoints.json", None, "is unreadable", True),
 ])
-def test_corrupt_run_metadata(good, capsys, name, retrained):
+def test_corrupt_run_metadata(good, capsys, name, damage, problem, retrained):
     run, before, metrics = good
     config = run.config
-    (run.dir / name).write_text('{"epoch": ')
+    (run.dir / name).write_text(damage(run) if damage else '{"epoch": ')
     again, trained = _epochs_trained(config)
     assert trained == ([1, 2, 3] if retrained else [])
     [line] = _warnings(capsys.readouterr().err)
-    assert line.startswith(f"warning: run {run.id}: {name} is unreadable; fix: ")
+    assert line.startswith(f"warning: run {run.id}: {name} {problem}; fix: ")
     assert line.endswith("retrain from epoch 0") == retrained
     assert again.complete and _same_weights(_weights(again), before) and _without_time(again) == metrics
-    assert run_checks.check(again).faults == []  # every file reads and verifies again
+    assert again.config == config and run_checks.check(again).faults == []  # every file reads and verifies again
 
 
 def test_corrupt_resume_state_restarts_from_epoch_0(capsys):
