@@ -181,6 +181,7 @@ class _Encoder:
         self._names: dict[int, str] = {}
 
     def __call__(self, v: Any) -> Any:
+        """The JSON skeleton of a value (its tensors are collected in self.tensors)."""
         t = type(v)
         if v is None or t in (bool, int, float, str):
             return v
