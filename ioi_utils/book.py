@@ -7,8 +7,9 @@ Chapters are the jupytext percent sources ``book/<name>.py`` listed in ``_toc.ym
 executed (in TOC order, kernel cwd = ``book/``) with the profile's parameters injected, into a staging
 folder ``_build/staging/<profile>-<UTC time>/``; its cell progress and the kernel's stdout/stderr stream
 to ``_build/logs/<name>.log``. Only when every requested chapter succeeded are the notebooks, stripped of
-volatile metadata, moved into ``book/`` (or ``--out-dir``), all together, each by an atomic replace; a
-failed or interrupted run leaves the target untouched and says where its partial notebooks are. Then the
+volatile metadata, moved into ``book/`` (or ``--out-dir``), all together, each by an atomic replace, under a
+journal that the next run completes if a kill interrupts the replacing (`publish`); a failed or interrupted run
+leaves the target untouched and says where its partial notebooks are. Then the
 run's timings go to ``_build/execution-<profile>.json`` and ``$IOI_UTILS_RESULTS/<profile>/execution.json``
 and ``jupyter-book build book/ -W`` runs.
 
@@ -31,7 +32,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -153,6 +153,7 @@ STAGING_DIR = BUILD_DIR / "staging"  # <profile>-<UTC time>/<chapter>.ipynb, kep
 LOG_DIR = BUILD_DIR / "logs"  # <chapter>.log: papermill's cell progress and the kernel's stdout/stderr
 # the record of the last successful run: $IOI_UTILS_RESULTS/execution-<profile>.json, beside (not among) the
 # chapters' records in $IOI_UTILS_RESULTS/<profile>/, which the summary chapter reads as one execution
+PUBLISHING = ".publishing.json"  # in the target folder while a publication replaces its notebooks (publish)
 KEEP_STAGING = 5  # failed/interrupted staging folders kept (the newest ones)
 KERNEL = "python3"
 
@@ -256,41 +257,12 @@ def scrub_outputs(nb: Any) -> Any:
     return nb
 
 
-def _umask() -> int:
-    """The process umask (read without changing it for good)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _temp_file(folder: Path, prefix: str, suffix: str) -> Path:
-    """Create an empty temp file in folder with the usual file mode (mkstemp uses 0600)."""
-    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
-    os.close(fd)
-    os.chmod(name, 0o666 & ~_umask())
-    return Path(name)
-
-
-def write_text_atomic(text: str, path: Path) -> None:
-    """Write a text file via a temp file in the same folder and os.replace (complete or absent)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_file(path.parent, f".{path.stem}.", f"{path.suffix}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_atomic(nb: Any, path: Path) -> None:
     """Write a notebook via a temp file in the same folder and os.replace."""
     import nbformat
 
     text = nbformat.writes(nb)
-    write_text_atomic(text if text.endswith("\n") else text + "\n", path)
+    results.atomic_write_text(path, text if text.endswith("\n") else text + "\n")
 
 
 def _describe(exc: BaseException) -> str:
@@ -622,21 +594,53 @@ def signals_deferred() -> Iterator[None]:
 
 
 def publish(staged: Sequence[Path], target: Path) -> list[Path]:
-    """Copy every staged file next to its destination, then os.replace them all; return the destinations."""
+    """Put every staged file in the target folder, all or none, even across a hard kill; return the destinations.
+
+    Each file is first copied beside its destination (a temp file, fsynced); then a journal, PUBLISHING, lists
+    the (temp, destination) pairs; then the temps replace the destinations and the journal goes. A kill before
+    the journal leaves the target as it was (the temps are removed by the next run); a kill after it is
+    completed by the next run (`finish_publication`), so the published notebooks always come from one run.
+    """
     target.mkdir(parents=True, exist_ok=True)
-    temps: list[tuple[Path, Path]] = []
+    finish_publication(target)
+    pairs: list[tuple[Path, Path]] = []
     try:
         for src in staged:
-            tmp = _temp_file(target, f".{src.stem}.", f"{src.suffix}.tmp")
-            temps.append((tmp, target / src.name))
-            shutil.copyfile(src, tmp)
-        with signals_deferred():
-            for tmp, dest in temps:
-                os.replace(tmp, dest)
-    finally:
-        for tmp, _ in temps:
+            dest = target / src.name
+            pairs.append((results.stage(dest, lambda tmp, src=src: shutil.copyfile(src, tmp)), dest))
+    except BaseException:
+        for tmp, _ in pairs:
             tmp.unlink(missing_ok=True)
-    return [dest for _, dest in temps]
+        raise
+    results.atomic_write_text(target / PUBLISHING, json.dumps([[t.name, d.name] for t, d in pairs]) + "\n")
+    with signals_deferred():
+        finish_publication(target)
+    return [dest for _, dest in pairs]
+
+
+def finish_publication(target: Path) -> int:
+    """Complete a publication that a kill interrupted after its journal was written (replace every destination
+    whose temp is still there, then drop the journal), and remove the temps of one killed before; returns the
+    number of notebooks replaced."""
+    journal, done = target / PUBLISHING, 0
+    if journal.exists():
+        for tmp_name, dest_name in _journal_pairs(journal):
+            if (target / tmp_name).exists():
+                results.commit(target / tmp_name, target / dest_name)
+                done += 1
+        journal.unlink()
+    results.clean_temp_files(target)
+    return done
+
+
+def _journal_pairs(journal: Path) -> list[tuple[str, str]]:
+    """The (temp, destination) names a publication journal lists: plain names in its folder, temps hidden."""
+    try:
+        pairs = [(str(t), str(d)) for t, d in json.loads(journal.read_text())]
+    except (OSError, ValueError, TypeError):
+        return []  # written atomically: unreadable only if damaged afterwards; nothing can be completed
+    plain = lambda name: name == Path(name).name and name not in ("", ".", "..")  # noqa: E731
+    return [(t, d) for t, d in pairs if plain(t) and plain(d) and t.startswith(".") and t.endswith(".tmp")]
 
 
 def execution_record(ex: Execution) -> dict[str, Any]:
@@ -650,7 +654,7 @@ def write_record(ex: Execution) -> list[Path]:
     text = json.dumps(execution_record(ex), indent=1, sort_keys=True) + "\n"
     paths = record_paths(ex.root, ex.profile)
     for path in paths:
-        write_text_atomic(text, path)
+        results.atomic_write_text(path, text)
     return paths
 
 
@@ -774,6 +778,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     kernel_env(root)
     quiet_papermill()
     ex = prepare(root, args, all_chapters, chapters)
+    if ex.target.is_dir() and (n := finish_publication(ex.target)):
+        print(f"completed an interrupted publication: {n} notebook(s) replaced in "
+              f"{_relative(ex.target, root)}/", flush=True)
     print(f"profile {args.profile}{' (strict)' if args.strict else ''}: {PROFILES[args.profile]}", flush=True)
     print(f"execution: {ex.info}; staging in {_relative(ex.staging, root)}/", flush=True)
     try:

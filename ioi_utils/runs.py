@@ -6,8 +6,12 @@ Layout of a run folder ``$IOI_UTILS_RUNS/<run id>/`` (default root ``~/.cache/io
 - ``run.json``      run id, dataset fingerprints, code version (package + git commit), torch, device
 - ``metrics.jsonl`` one JSON line per epoch (epoch 0 = the starting model, before any step)
 - ``epoch_XXX.safetensors`` model weights after epoch XXX (grid epochs and the final one), in config.dtype
-- ``resume.pt``     latest complete epoch: float32 weights, optimizer state, RNG states, epoch (removed when done)
-- ``complete.json`` written last; its presence is what makes a run complete
+- ``checkpoints.json`` each checkpoint's sha256 and size, recorded as it is written; a checkpoint is loaded only
+  when it matches its record (`load_checkpoint`)
+- ``resume.safetensors`` latest complete epoch: float32 weights, optimizer state, RNG states, epoch (a
+  `results` checked file: no code, its own sha256; removed when done)
+- ``complete.json`` written last; its presence marks a run complete, and `training.train` trusts the mark only
+  once every file verifies (`run_checks`)
 
 A run is addressed by its `TrainConfig` and the fingerprints of its datasets (`datasets_for`: the config's
 clean prompts split with `data.twin_split`, toxic labels applied for the toxic scenario), so both live here, below
@@ -24,14 +28,14 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from . import __version__, data, greater_than, models
+from . import __version__, data, greater_than, models, results
 
 RUNS_ENV = "IOI_UTILS_RUNS"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -99,44 +103,12 @@ def code_version() -> dict[str, Any]:
     return out
 
 
-# ---------------------------------------------------------------- atomic writes
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via `write(tmp)` to a temp file in the same folder, fsync it, then os.replace onto path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def _umask() -> int:
-    """The process umask (read by setting and restoring it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+# ---------------------------------------------------------------- atomic writes (results.atomic_write)
 
 
 def write_text(path: str | Path, text: str) -> None:
     """Atomically write a text file."""
-    _atomic(Path(path), lambda tmp: tmp.write_text(text))
+    results.atomic_write_text(path, text)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -147,30 +119,6 @@ def write_json(path: str | Path, obj: Any) -> None:
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
     """Atomically (re)write a JSON-lines file."""
     write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-
-
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Atomically write a safetensors file, after checking free disk."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    ensure_free_space(path.parent, sum(t.numel() * t.element_size() for t in tensors.values()))
-    # own, contiguous memory: the bridge's GPT-2 q/k/v weights are strided views of one qkv tensor
-    tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
-    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def save_torch(path: str | Path, obj: Any, size_hint: int) -> None:
-    """Atomically torch.save an object, after checking that size_hint bytes are free."""
-    path = Path(path)
-    ensure_free_space(path.parent, size_hint)
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
-
-
-def clean_temp_files(folder: str | Path) -> None:
-    """Remove temp files left by writes that were killed half-way."""
-    for f in Path(folder).glob(".*.tmp"):
-        f.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- weights
@@ -301,6 +249,20 @@ def datasets_for(config: TrainConfig, tokenizer, prepend_bos: bool) -> tuple[dat
 
 # ---------------------------------------------------------------- runs
 
+CONFIG, INFO, METRICS, COMPLETE = "config.json", "run.json", "metrics.jsonl", "complete.json"
+CHECKPOINTS = "checkpoints.json"  # checkpoint file -> {"epoch", "sha256", "bytes"}, rewritten with each checkpoint
+RESUME = "resume.safetensors"  # a results checked file: the state training continues from
+LEGACY_RESUME = "resume.pt"  # a pickle written before checked files: never read
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be trusted (missing, unrecorded, not matching its sha256, not fitting the model)."""
+
+
+def retrain_hint(run_id: str) -> str:
+    """What to do about a run whose files do not verify."""
+    return f"retrain it with `python -m ioi_utils.train --run {run_id}` (it resumes from its last good epoch)"
+
 
 def checkpoint_name(epoch: int) -> str:
     """File name of an epoch's checkpoint."""
@@ -308,6 +270,74 @@ def checkpoint_name(epoch: int) -> str:
 
 
 _CHECKPOINT = re.compile(r"^epoch_(\d{3,})\.safetensors$")
+
+
+def checkpoint_files(folder: Path) -> dict[int, Path]:
+    """epoch -> checkpoint file, for every epoch_XXX.safetensors in a folder (recorded or not)."""
+    return {int(m.group(1)): f for f in folder.glob("epoch_*.safetensors") if (m := _CHECKPOINT.match(f.name))}
+
+
+def read_json(path: Path) -> Any:
+    """A run file's JSON content; CorruptFile (one line) if it does not parse."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise results.CorruptFile(f"{path.name} is unreadable") from None
+
+
+def read_records(folder: Path) -> dict[int, dict[str, Any]]:
+    """epoch -> {"file", "sha256", "bytes"}: the checkpoints recorded in a run's checkpoints.json ({} without one).
+
+    CorruptFile if the file does not parse or an entry is malformed.
+    """
+    path = folder / CHECKPOINTS
+    if not path.exists():
+        return {}
+    raw = read_json(path)
+    try:
+        out = {int(r["epoch"]): {"file": name, "sha256": str(r["sha256"]), "bytes": int(r["bytes"])}
+               for name, r in raw.items()}
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise results.CorruptFile(f"{CHECKPOINTS} is unreadable") from None
+    if any(r["file"] != checkpoint_name(e) for e, r in out.items()):
+        raise results.CorruptFile(f"{CHECKPOINTS} names a file that is not its epoch's checkpoint")
+    return out
+
+
+def read_records_or_empty(folder: Path) -> dict[int, dict[str, Any]]:
+    """read_records, or {} when checkpoints.json is unreadable."""
+    try:
+        return read_records(folder)
+    except results.CorruptFile:
+        return {}
+
+
+def write_records(folder: Path, records: dict[int, dict[str, Any]]) -> None:
+    """Atomically (re)write checkpoints.json."""
+    write_json(folder / CHECKPOINTS, {r["file"]: {"epoch": e, "sha256": r["sha256"], "bytes": r["bytes"]}
+                                      for e, r in sorted(records.items())})
+
+
+def record_of(path: Path, payload: bytes | None = None) -> dict[str, Any]:
+    """The record of a checkpoint file: its name, sha256 and size (of `payload` when given: the bytes written)."""
+    if payload is None:
+        return {"file": path.name, "sha256": results.sha256_file(path), "bytes": path.stat().st_size}
+    return {"file": path.name, "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
+
+
+def checkpoint_problem(path: Path, record: dict[str, Any] | None, payload: bytes | None = None) -> str | None:
+    """What is wrong with a checkpoint file against its record, or None when it verifies (reads the whole file,
+    unless its bytes are given)."""
+    if record is None:
+        return "has no recorded sha256"
+    if payload is None and not path.exists():
+        return "is missing"
+    size = len(payload) if payload is not None else path.stat().st_size
+    if size != record["bytes"]:
+        return f"has {size} bytes, not the recorded {record['bytes']}"
+    if record_of(path, payload)["sha256"] != record["sha256"]:
+        return "does not match its recorded sha256"
+    return None
 
 
 class Run:
@@ -328,30 +358,39 @@ class Run:
     @property
     def exists(self) -> bool:
         """True once the run's config has been written."""
-        return (self.dir / "config.json").exists()
+        return (self.dir / CONFIG).exists()
 
     @property
     def config(self):
-        """The TrainConfig of this run."""
-        return TrainConfig.from_dict(json.loads((self.dir / "config.json").read_text()))
+        """The TrainConfig of this run (CorruptFile if config.json is unreadable)."""
+        d = read_json(self.dir / CONFIG)
+        try:
+            return TrainConfig.from_dict(d)
+        except (TypeError, ValueError, AttributeError):
+            raise results.CorruptFile(f"{CONFIG} does not hold a valid TrainConfig") from None
 
     @property
     def info(self) -> dict[str, Any]:
         """run.json: id, dataset fingerprints, code version, environment."""
-        return json.loads((self.dir / "run.json").read_text())
+        return read_json(self.dir / INFO)
 
     @property
     def metrics(self) -> list[dict[str, Any]]:
-        """One dict per finished epoch (epoch 0 is the starting model)."""
-        path = self.dir / "metrics.jsonl"
+        """One dict per finished epoch (epoch 0 is the starting model); CorruptFile if metrics.jsonl is unreadable."""
+        path = self.dir / METRICS
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        try:
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            return [r for r in rows if int(r["epoch"]) >= 0]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise results.CorruptFile(f"{METRICS} is unreadable") from None
 
     @property
     def complete(self) -> bool:
-        """True when every epoch is trained and saved."""
-        return (self.dir / "complete.json").exists()
+        """True once training marked every epoch trained and saved (training.train checks the files before it
+        trusts the mark)."""
+        return (self.dir / COMPLETE).exists()
 
     @property
     def last_epoch(self) -> int:
@@ -365,10 +404,16 @@ class Run:
 
     @property
     def epochs_available(self) -> list[int]:
-        """Epochs that .model() can load: 0 (the starting model) and every stored checkpoint."""
-        found = sorted(int(m.group(1)) for f in self.dir.glob("epoch_*.safetensors")
-                       if (m := _CHECKPOINT.match(f.name)))
-        return [0] + found if self.exists else found
+        """Epochs that .model() can try: 0 (the starting model) and every recorded checkpoint whose file is there
+        (checked against its sha256 when loaded). Without a readable checkpoints.json (a run written before
+        checksums, or a damaged one) every checkpoint file counts, and loading it says what to do."""
+        files = set(checkpoint_files(self.dir))
+        if (self.dir / CHECKPOINTS).exists():
+            try:
+                files &= set(read_records(self.dir))
+            except results.CorruptFile:
+                pass  # damaged: loading a checkpoint says what to do
+        return [0] + sorted(files) if self.exists else sorted(files)
 
     def checkpoint_path(self, epoch: int) -> Path:
         """Path of an epoch's checkpoint file."""
@@ -400,14 +445,67 @@ class Run:
         return datasets_for(config, tok, models.prepend_bos_for(config.model, tok))
 
 
-def load_checkpoint(model: torch.nn.Module, run: Run, epoch: int) -> torch.nn.Module:
-    """Load a run's epoch checkpoint into a model (in place; also returned)."""
-    from safetensors.torch import load_file
+def mark_complete(run: Run, metrics: list[dict[str, Any]], rewritten: bool = False) -> None:
+    """Write complete.json, the mark of a complete run (written last)."""
+    mark = {"epochs": metrics[-1]["epoch"], "seconds": sum(m["seconds"] for m in metrics),
+            "finished": datetime.now(timezone.utc).isoformat()}
+    write_json(run.dir / COMPLETE, mark | ({"rewritten": True} if rewritten else {}))
 
+
+def save_checkpoint(run: Run, epoch: int, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write an epoch's checkpoint, then record its sha256 and size in checkpoints.json (each write atomic).
+
+    The sha256 is that of the bytes meant for the disk, so a write that went wrong never verifies; a kill between
+    the two writes leaves an unrecorded file, which is never loaded (training removes it).
+    """
+    from safetensors.torch import save
+
+    ensure_free_space(run.dir, sum(t.numel() * t.element_size() for t in tensors.values()))
+    # own, contiguous memory: the bridge's GPT-2 q/k/v weights are strided views of one qkv tensor
+    tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
+    payload = save(tensors, metadata=metadata)
     path = run.checkpoint_path(epoch)
-    if not path.exists():
-        raise ValueError(f"run {run.id} has no checkpoint for epoch {epoch}; available: {run.epochs_available}")
-    load_state_dict(model, load_file(str(path)))
+    results.atomic_write_bytes(path, payload)
+    write_records(run.dir, {**read_records(run.dir), epoch: record_of(path, payload)})
+
+
+def _verified_bytes(run: Run, epoch: int) -> bytes:
+    """The bytes of an epoch's checkpoint, once they match its record; CheckpointError (one line) otherwise."""
+    path = run.checkpoint_path(epoch)
+    try:
+        record = read_records(run.dir).get(epoch)
+    except results.CorruptFile as e:
+        raise CheckpointError(f"run {run.id}: {e}; {retrain_hint(run.id)}") from None
+    payload = path.read_bytes() if record is not None and path.exists() else None
+    problem = checkpoint_problem(path, record, payload)
+    if problem is not None:
+        if record is None and not (run.dir / CHECKPOINTS).exists():
+            problem += " (the run was written before checksums)"
+        raise CheckpointError(f"run {run.id}: epoch {epoch} checkpoint {problem}; {retrain_hint(run.id)}")
+    return payload
+
+
+def load_checkpoint(model: torch.nn.Module, run: Run, epoch: int) -> torch.nn.Module:
+    """Load a run's epoch checkpoint into a model (in place; also returned), once it matches its recorded sha256.
+
+    CheckpointError, one line (the run, the epoch, what to do), if it is missing, unrecorded, corrupt or does not
+    fit the model.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    if epoch not in checkpoint_files(run.dir) and epoch not in read_records_or_empty(run.dir):
+        raise CheckpointError(f"run {run.id} has no checkpoint for epoch {epoch}; available: {run.epochs_available}")
+    payload = _verified_bytes(run, epoch)
+    try:
+        tensors = load(payload)
+    except SafetensorError as e:
+        raise CheckpointError(f"run {run.id}: epoch {epoch} checkpoint does not load ({e}); "
+                              f"{retrain_hint(run.id)}") from None
+    try:
+        load_state_dict(model, tensors)
+    except ValueError as e:  # "checkpoint does not fit this model: ..." / "checkpoint tensor ... has shape ..."
+        raise CheckpointError(f"run {run.id}: epoch {epoch} {e}; {retrain_hint(run.id)}") from None
     return model
 
 

@@ -6,6 +6,7 @@ Examples:
     python -m ioi_utils.train --model smollm2-135m --scenario reversal --dataset subject-duplication \
         --source-epochs 5 --epochs 5      # source: the toxic run trained with the same other options
     python -m ioi_utils.train --list
+    python -m ioi_utils.train --run RUN_ID     # resume or repair a run from its recorded config
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import dataclasses
 import sys
 
-from . import data, models, runs, training
+from . import data, models, results, runs, training
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--root", default=None, help=f"runs folder (default ${runs.RUNS_ENV} or ~/.cache/ioi_utils/runs)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--list", action="store_true", help="list the runs under the root and exit")
+    ap.add_argument("--run", default=None, metavar="RUN_ID",
+                    help="train the run with this id from its config.json (resumes it, or repairs files that do "
+                         "not verify); other training options are ignored")
     return ap
 
 
@@ -92,9 +96,20 @@ def _list(root) -> None:
     """Print one line per run."""
     found = runs.list_runs(root)
     for run in found:
-        state = "complete" if run.complete else f"{run.last_epoch} epochs done"
+        try:
+            state = "complete" if run.complete else f"{run.last_epoch} epochs done"
+        except results.CorruptFile as e:
+            state = f"damaged ({e}: see python -m ioi_utils.verify)"
         print(f"{run.id}  {state}  {runs.human_size(run.size)}")
     print(f"{len(found)} runs under {root or runs.runs_root()}")
+
+
+def _recorded_config(run_id: str, root) -> training.TrainConfig:
+    """The config a run folder records (ValueError, one line, if it has none that reads)."""
+    try:
+        return runs.open_run(run_id, root).config
+    except results.CorruptFile as e:
+        raise ValueError(f"run {run_id}: {e}: train it with its options instead of --run") from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         _list(a.root)
         return
     try:
-        config = config_from_args(a)
+        config = _recorded_config(a.run, a.root) if a.run else config_from_args(a)
         run = training.train(config, progress=not a.no_progress, device=a.device, root=a.root)
     except (ValueError, OSError, models.ModelUnavailableError, runs.RunBusyError) as e:
         ap.exit(2, f"error: {e}\n")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data, greater_than, metrics, models, runs
+from . import data, greater_than, metrics, models, results, run_checks, runs
 from .data import twin_split  # noqa: F401  (re-exported: the split's owner is data)
 from .models import load_tokenizer, prepend_bos_for  # noqa: F401  (re-exported)
 from .runs import (  # noqa: F401  (re-exported)
@@ -265,18 +266,28 @@ def deterministic():
 
 @contextlib.contextmanager
 def _lock(folder: Path):
-    """Exclusive lock on a run folder, so two processes never train the same run at once."""
+    """Exclusive lock on a run folder, so two processes never train (or repair) the same run at once.
+
+    The lock file holds the holder's process id, for the one-line RunBusyError of the process that has to wait.
+    """
     try:
         import fcntl
     except ImportError:  # not POSIX: no locking
         yield
         return
-    with open(folder / ".lock", "w") as f:
+    with open(folder / ".lock", "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise runs.RunBusyError(f"run {folder.name} is being trained by another process") from None
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise runs.RunBusyError(f"run {folder.name} is being trained by process {holder}: wait for it to "
+                                    "finish (or stop it), then run again") from None
         try:
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
@@ -299,28 +310,38 @@ def _resume_bytes(model) -> int:
 
 
 def _save_epoch(run: Run, config: TrainConfig, st: _State) -> None:
-    """Persist a finished epoch: metrics, then the checkpoint (if stored), then the resume state."""
-    runs.write_jsonl(run.dir / "metrics.jsonl", st.metrics)
+    """Persist a finished epoch: the checkpoint (if stored) and its record, then the metrics, then the resume state.
+
+    A kill between any two writes leaves the run resuming from the previous resume state: the epoch is trained
+    again and its files rewritten (an unrecorded checkpoint is never loaded).
+    """
     if st.epoch in config.stored_epochs:
         dtype = runs.DTYPES[config.dtype]
         weights = {k: v.to(dtype) for k, v in runs.state_dict(st.model).items()}
-        runs.save_tensors(run.checkpoint_path(st.epoch), weights,
-                          metadata={"run": run.id, "epoch": str(st.epoch), "dtype": config.dtype})
+        runs.save_checkpoint(run, st.epoch, weights, {"run": run.id, "epoch": str(st.epoch), "dtype": config.dtype})
+    runs.write_jsonl(run.dir / runs.METRICS, st.metrics)
     if st.epoch == config.epochs:
         return  # the final checkpoint makes the resume state unnecessary
     state = {"epoch": st.epoch, "weights": {k: v.float().cpu() for k, v in runs.state_dict(st.model).items()},
              "optimizer": st.optimizer.state_dict(), "generator": st.generator.get_state(),
              "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    runs.save_torch(run.dir / "resume.pt", state, _resume_bytes(st.model))
+    runs.ensure_free_space(run.dir, _resume_bytes(st.model))
+    results.write_checked(run.dir / runs.RESUME, state, {"run": run.id, "epoch": str(st.epoch)})
 
 
 def _restore(run: Run, st: _State) -> bool:
-    """Load resume.pt into the state if present (metrics cut back to its epoch); True if resumed."""
-    path = run.dir / "resume.pt"
+    """Load the resume state into the training state if there is one (metrics cut back to its epoch); True if
+    resumed. A resume state that does not verify is reported in one line and training starts again from epoch 0."""
+    path = run.dir / runs.RESUME
     if not path.exists():
         return False
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        saved = results.read_checked(path)
+    except results.CorruptFile as e:
+        results.warn(f"run {run.id}: {e}; fix: retrain from epoch 0")
+        run_checks.cut_back(run, run_checks.Check(run.id, resume_from=0, records={}))
+        return False
     runs.load_state_dict(st.model, saved["weights"])
     st.optimizer.load_state_dict(saved["optimizer"])
     st.generator.set_state(saved["generator"])
@@ -332,6 +353,26 @@ def _restore(run: Run, st: _State) -> bool:
     if [m["epoch"] for m in st.metrics] != list(range(st.epoch + 1)):
         raise RuntimeError(f"run {run.id}: metrics.jsonl does not cover epochs 0..{st.epoch}; delete the run folder")
     return True
+
+
+def _settle(run: Run, config: TrainConfig, train_ds, test_ds) -> bool:
+    """Check a run folder before training (run_checks.check), report each fault in one line and fix it: rewrite
+    unreadable metadata, and either tidy a complete run or cut the run back to the epoch it resumes from.
+    True when the run is complete and every file verifies (it is reused as it is). Under the run's lock."""
+    results.clean_temp_files(run.dir)
+    if not run.exists:  # a new folder, or one whose run never got its config: nothing in it is used
+        run_checks.cut_back(run, run_checks.Check(run.id, resume_from=0, records={}))
+        return False
+    c = run_checks.check(run, config)
+    for line in c.lines():
+        results.warn(line)
+    if c.rewrite & {runs.CONFIG, runs.INFO}:
+        _write_run_files(run, config, train_ds, test_ds, {"rewritten": datetime.now(timezone.utc).isoformat()})
+    if c.resume_from is None:
+        run_checks.tidy(run, c)
+        return True
+    run_checks.cut_back(run, c)
+    return False
 
 
 def _check_source(config: TrainConfig, root: Path) -> Run | None:
@@ -350,16 +391,14 @@ def _check_source(config: TrainConfig, root: Path) -> Run | None:
     return source
 
 
-def _write_run_files(run: Run, config: TrainConfig, train_ds, test_ds, device, optimizer) -> None:
-    """config.json and run.json, once per run folder."""
-    if run.exists:
-        return
+def _write_run_files(run: Run, config: TrainConfig, train_ds, test_ds, extra: dict[str, Any]) -> None:
+    """run.json (run id, dataset fingerprints, code version, environment and `extra`), then config.json."""
     info = {"id": run.id, "fingerprints": {"train": train_ds.fingerprint(), "test": test_ds.fingerprint()},
-            "code": runs.code_version(), "torch": torch.__version__, "device": str(device),
-            "threads": torch.get_num_threads(), "optimizer": type(optimizer).__name__,
-            "fused": bool(optimizer.defaults.get("fused")), "created": datetime.now(timezone.utc).isoformat()}
-    runs.write_json(run.dir / "run.json", info)
-    runs.write_json(run.dir / "config.json", config.to_dict())  # last: its presence marks the folder as a run
+            "code": runs.code_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "checksums": True,  # checkpoints.json records every checkpoint (a run without it predates them)
+            "created": datetime.now(timezone.utc).isoformat(), **extra}
+    runs.write_json(run.dir / runs.INFO, info)
+    runs.write_json(run.dir / runs.CONFIG, config.to_dict())  # last: its presence marks the folder as a run
 
 
 def _train_epoch(st: _State, split: DeviceData, config: TrainConfig, fast: bool, progress: bool,
@@ -404,7 +443,7 @@ def _run_epochs(run: Run, config: TrainConfig, st: _State, splits: _Splits, fast
             print(f"resuming after epoch {st.epoch}")
     else:
         st.metrics = [_evaluate_row(st, splits, config, fast, [], time.time())]
-        runs.write_jsonl(run.dir / "metrics.jsonl", st.metrics)
+        runs.write_jsonl(run.dir / runs.METRICS, st.metrics)
         if progress:
             print(summary_line(st.metrics[0], config.epochs))
     while st.epoch < config.epochs:
@@ -417,10 +456,8 @@ def _run_epochs(run: Run, config: TrainConfig, st: _State, splits: _Splits, fast
             print(summary_line(st.metrics[-1], config.epochs))
         if callback is not None:
             callback("epoch", st.epoch, None)
-    runs.write_json(run.dir / "complete.json", {"epochs": config.epochs,
-                                                "seconds": sum(m["seconds"] for m in st.metrics),
-                                                "finished": datetime.now(timezone.utc).isoformat()})
-    (run.dir / "resume.pt").unlink(missing_ok=True)
+    runs.mark_complete(run, st.metrics)
+    (run.dir / runs.RESUME).unlink(missing_ok=True)
 
 
 def _toxic_test(config: TrainConfig, test_ds, rule: str):
@@ -432,6 +469,8 @@ def train(config: TrainConfig, progress: bool = True, *, device: str | torch.dev
           root: str | Path | None = None, callback: Callback | None = None) -> Run:
     """Train a config (reusing a complete run, resuming an incomplete one) and return its Run.
 
+    Before it trusts a run folder it checks every file against its records (run_checks): a complete run whose
+    files do not verify is not complete, and is retrained from its last good epoch, each fault said in one line.
     callback(event, epoch, step) is called with ("step", epoch, step) after each optimizer step and
     ("epoch", epoch, None) once an epoch is saved; an exception from it stops training like a kill would.
     """
@@ -439,31 +478,40 @@ def train(config: TrainConfig, progress: bool = True, *, device: str | torch.dev
     tok = load_tokenizer(config.model)
     train_ds, test_ds = datasets_for(config, tok, prepend_bos_for(config.model, tok))
     run = Run(root / run_id(config, train_ds, test_ds))
-    if run.complete:
-        (run.dir / "resume.pt").unlink(missing_ok=True)
-        if progress:
-            print(f"reusing complete run {run.dir}")
-        return run
     source, rule = _check_source(config, root), toxic_rule(config, root)
+    run.dir.mkdir(parents=True, exist_ok=True)
+    with _lock(run.dir):
+        if _settle(run, config, train_ds, test_ds):
+            if progress:
+                print(f"reusing complete run {run.dir}")
+            return run
+        _train_folder(run, config, (train_ds, test_ds), (source, rule), progress, device, callback)
+    return run
+
+
+def _train_folder(run: Run, config: TrainConfig, datasets: tuple, source_rule: tuple[Run | None, str | None],
+                  progress: bool, device, callback: Callback | None) -> None:
+    """Load the model and train the run's remaining epochs into its (locked, settled) folder."""
+    (train_ds, test_ds), (source, rule) = datasets, source_rule
     model, _ = models.load_model(config.model, device=device)
     model.eval()  # dropout off: deterministic updates
     dev = next(model.parameters()).device
     ckpt_bytes = runs.parameter_bytes(model, runs.DTYPES[config.dtype])
-    runs.ensure_free_space(root, len(config.stored_epochs) * ckpt_bytes + _resume_bytes(model))
-    run.dir.mkdir(parents=True, exist_ok=True)
-    with _lock(run.dir), deterministic():
-        runs.clean_temp_files(run.dir)
+    runs.ensure_free_space(run.dir, len(config.stored_epochs) * ckpt_bytes + _resume_bytes(model))
+    with deterministic():
         if source is not None:
             runs.load_checkpoint(model, source, source.final_epoch)
         torch.manual_seed(config.seed)
         st = _State(model, make_optimizer(model, config), torch.Generator().manual_seed(config.seed))
-        _write_run_files(run, config, train_ds, test_ds, dev, st.optimizer)
+        if not run.exists:
+            _write_run_files(run, config, train_ds, test_ds, {
+                "device": str(dev), "optimizer": type(st.optimizer).__name__,
+                "fused": bool(st.optimizer.defaults.get("fused"))})
         splits = _Splits(DeviceData(train_ds, dev), DeviceData(test_ds, dev),
                          DeviceData(_toxic_test(config, test_ds, rule), dev) if rule else None)
         fast = fast_path_ok(model, *splits.train.batch(torch.arange(min(4, len(train_ds))))[:2])
         if not fast:
-            warnings.warn(f"END-only forward does not match {config.model}'s logits; using full logits", stacklevel=2)
+            warnings.warn(f"END-only forward does not match {config.model}'s logits; using full logits", stacklevel=3)
         if progress:
             print(f"run {run.dir}")
         _run_epochs(run, config, st, splits, fast, progress, callback)
-    return run

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -430,3 +433,53 @@ def test_execute_chapter_reports_cells_and_stores_times(tmp_path) -> None:
     assert seen == ["profile = \"smoke\"", "Parameters", "first step", "print(x)"]
     timing = nbformat.read(tmp_path / "ch.ipynb", as_version=4).metadata[book.TIMING_KEY]
     assert timing["profile"] == "smoke" and len(timing["cell_seconds"]) == 4 and timing["seconds"] > 0
+
+
+_KILLED_PUBLISHER = """
+import os, sys
+from pathlib import Path
+from ioi_utils import book
+
+calls, real = [0], os.replace
+
+
+def replace(src, dst):
+    calls[0] += 1
+    if calls[0] == int(sys.argv[1]):
+        os._exit(9)  # a hard kill: no finally, no cleanup
+    real(src, dst)
+
+
+os.replace = replace
+book.publish([Path(p) for p in sys.argv[3:]], Path(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("kill_at, after_kill", [
+    (1, {"a.ipynb": b"old a", "b.ipynb": b"old b"}),  # the journal's own rename: nothing published yet
+    (3, {"a.ipynb": b"new a", "b.ipynb": b"old b"}),  # between the two notebooks: a mixed book until completed
+])
+def test_book_run_killed_during_publication(tmp_path, monkeypatch, capsys, kill_at, after_kill) -> None:
+    """A hard kill in the middle of `publish`: the next run of the book (even one that fails) leaves the target
+    holding the notebooks of one run, never a mix, and no temp files."""
+    root = _mini_repo(tmp_path, monkeypatch)
+    target, staging = root / "book", tmp_path / "staged"
+    staging.mkdir()
+    for name in "ab":
+        (target / f"{name}.ipynb").write_bytes(f"old {name}".encode())
+        (staging / f"{name}.ipynb").write_bytes(f"new {name}".encode())
+    done = subprocess.run([sys.executable, "-c", _KILLED_PUBLISHER, str(kill_at), str(target),
+                           str(staging / "a.ipynb"), str(staging / "b.ipynb")],
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 9, done.stderr[-2000:]
+    notebooks = lambda: {k: v for k, v in _snapshot(target).items() if k.endswith(".ipynb")}  # noqa: E731
+    assert notebooks() == after_kill and any(p.name.endswith(".tmp") for p in target.iterdir())
+    monkeypatch.setattr(book, "execute_chapter", _fake_executor([], fail="a"))
+    assert book.main(["--profile", "smoke", "--root", str(root), "--no-build"]) == 1  # the next run fails...
+    out = capsys.readouterr().out
+    if kill_at == 3:  # ...but first completes the publication the kill interrupted
+        assert notebooks() == {"a.ipynb": b"new a", "b.ipynb": b"new b"}
+        assert "completed an interrupted publication: 1 notebook(s) replaced in book/" in out
+    else:
+        assert notebooks() == after_kill and "interrupted publication" not in out
+    assert sorted(_snapshot(target)) == ["a.ipynb", "a.py", "b.ipynb", "b.py", "notes.md"]

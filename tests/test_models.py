@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from ioi_utils import data, evaluate, models
+from ioi_utils import data, evaluate, models, results
 
 
 def test_tiny_model_runs_with_its_tokenizer():
@@ -64,4 +64,4 @@ def test_smollm2_offline_solves_ioi_and_cache_is_verified(tmp_path, monkeypatch)
         f.write(b"\0" * 64)
     with pytest.warns(UserWarning, match="failed its checksum"):
         models.smollm2_folder()
-    assert models._sha256(folder / "model.safetensors") == manifest["sha256"]
+    assert results.sha256_file(folder / "model.safetensors") == manifest["sha256"]

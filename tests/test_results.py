@@ -1,9 +1,17 @@
 """Results on disk: memo keys hold the weights and the code version; records cannot mix executions."""
 
+import collections
+import dataclasses
+import errno
+import math
+import pathlib
+import struct
+
+import numpy as np
 import pytest
 import torch
 
-from ioi_utils import models, results
+from ioi_utils import circuits as C, models, results
 
 
 @pytest.fixture()
@@ -69,3 +77,188 @@ def test_record_is_fresh_per_execution_and_load_refuses_others(root, tiny):
     results.record("p", "summary_input", {"c": 1}, execution="older")
     with pytest.raises(results.StaleRecord, match="summary_input.json .* from execution older, not the current"):
         results.load("p", ex)
+
+
+# ---------------------------------------------------------------- memos carry no code, and are checked
+
+
+def _same(a, b) -> bool:
+    """Exactly equal: the same types all the way down (tuple is not list), tensors equal in dtype, shape, device,
+    requires_grad and every element (NaN where NaN), floats equal bit for bit (NaN, -0.0), dict keys in order."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, torch.Tensor):
+        return (a.dtype, a.shape, a.device, a.requires_grad) == (b.dtype, b.shape, b.device, b.requires_grad) and \
+            bool(((a == b) | (a.isnan() & b.isnan()) if a.is_floating_point() else a == b).all())
+    if isinstance(a, float):
+        return struct.pack("<d", a) == struct.pack("<d", b) or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if dataclasses.is_dataclass(a):
+        return all(_same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    return a == b
+
+
+def test_same_sees_every_difference():
+    """The round-trip tests below are only as strict as _same."""
+    t = torch.ones(2)
+    assert _same({"a": (1, t)}, {"a": (1, t.clone())})
+    for a, b in [((1,), [1]), (1, 1.0), (True, 1), (-0.0, 0.0), ({"a": 1, "b": 2}, {"b": 2, "a": 1}),
+                 (t, t.half()), (t, t[None]), (t, t.clone().requires_grad_()), (t, t + 1),
+                 (C.Circuit({"NM": [(1, 0)]}), C.Circuit({"NM": [(1, 1)]}))]:
+        assert not _same(a, b), (a, b)
+
+
+def test_checked_files_round_trip_every_kind_of_value(root):
+    t = torch.arange(6.0).reshape(2, 3)
+    value = {"int": 2**70, "float": 0.1, "nan": float("nan"), "neg0": -0.0, "inf": float("-inf"), "bool": True,
+             "none": None, "str": "é\n$x", "list": [1, [2.5, "x"]], "tuple": (1, (2,), ()), "$dollar": 1,
+             (0, 1): "tuple key", 3: {"int key": t}, "tensors": [t, t, t[0], t.half(), t.bfloat16(), t.int(),
+                                                                 t > 2, torch.tensor(1.5), torch.zeros(0, 3)],
+             "grad": torch.ones(2, requires_grad=True), "circuit": C.Circuit({"NM": [(1, 0)]}, everywhere=True),
+             "thresholds": C.Thresholds(max_heads=4), "faith": C.Faithfulness(1.0, 0.5, t[0], None),
+             "discovery": C.Discovery(C.Circuit(), {"attribution": t}, C.Thresholds(), [{"heads": 3}], 1.5)}
+    results.write_checked(root / "v.safetensors", value)
+    back = results.read_checked(root / "v.safetensors")
+    assert _same(back, value)
+    assert back["tensors"][0] is back["tensors"][1]  # one tensor object stays one
+
+
+def test_unregistered_types_are_refused_not_pickled(root):
+    class Opaque:
+        pass
+
+    for value in ({"x": Opaque()}, {"x": {1, 2}}, np.float64(1.0), collections.OrderedDict(a=1)):
+        with pytest.raises(TypeError, match="cannot be stored without code: register it with results.register_type"):
+            results.write_checked(root / "v.safetensors", value)
+    assert not list(root.rglob("*"))
+
+
+def _memo_twice(name, fn, model, **key):
+    """(the computed value, the value read back from its memo); fails if the second call computes."""
+    first = results.memo(name, fn, model, **key)
+    second = results.memo(name, lambda: pytest.fail(f"memo {name} was recomputed"), model, **key)
+    return first, second
+
+
+def test_every_memo_call_site_round_trips_exactly(root, capsys):
+    """Each results.memo call of the package and the chapters (book/*.py), on the tiny models: the value read back
+    is the value computed, exactly."""
+    from ioi_utils import analyses, attribution, greater_than_study as gts, patching, study
+
+    torch.set_num_threads(1)
+    th = C.Thresholds(max_heads=4, n_describe=8)
+    s = study.prepare("tiny", 24, 12, 0, "cpu", 8, n_discovery=10)
+    found = analyses.discover_cached(s, s.model, "base", th)
+    assert _same(found, analyses.discover_cached(s, s.model, "base", th))
+    circuit = C.Circuit({"NM": [(1, 0)], "OTH": [(0, 1)]}, everywhere=True)
+    row = analyses.checkpoint_row(s, s.model, "base", circuit, 0, rediscover=True, n_rediscover=6)  # + admission
+    assert _same(row, analyses.checkpoint_row(s, s.model, "base", circuit, 0, rediscover=True, n_rediscover=6))
+    small = analyses.cmap_subset(s.test, 4)
+    assert _same(analyses.cmap_cached(s.model, s.model, small, "output", tags=("a", "b")),
+                 analyses.cmap_cached(s.model, s.model, small, "output", tags=("a", "b")))
+    assert _same(study.selection_cached(s, 0, 10, th, resamples=2), study.selection_cached(s, 0, 10, th, resamples=2))
+    book = {  # book/circuit_discovery.py
+        "direct_path_all": lambda: patching.path_patch(s.model, s.disc, s.disc_abc, progress=False),
+        "faithfulness": lambda: C.faithfulness(s.model, s.test, s.abc, circuit),
+        "completeness": lambda: C.completeness(s.model, s.test, s.abc, circuit),
+        "minimality": lambda: C.minimality(s.model, s.test, s.abc, circuit, threshold=0.01),
+        "single_head_effects": lambda: patching.activation_patch_heads(s.model, s.test, s.abc, heads=[(0, 1), (1, 0)]),
+        "mlp_knockout": lambda: attribution.mlp_knockout(s.model, s.test, s.abc, progress=False),
+        "mlp_group_knockout": lambda: attribution.mlp_knockout(s.model, s.test, s.abc,
+                                                               groups=attribution.layer_groups(2, 3)),
+        "core_faithfulness": lambda: C.faithfulness(s.model, s.test, s.abc, C.Circuit({"OTH": [(1, 0)]})),
+    }
+    for name, fn in book.items():
+        assert _same(*_memo_twice(name, fn, s.model, data=s.test.fingerprint())), name
+    g = gts.prepare("tiny-digits", 8, 8, 8, 8, device="cpu")
+    heads = gts.discover(g, th)["heads"]
+    assert _same(gts.discover(g, th), gts.discover(g, th))
+    for once in (lambda: gts.checkpoint_row(g, g.model, "base", heads or [(0, 0)], 0, 8),
+                 lambda: gts.mlp_knockout(g, g.model, 4), lambda: gts.cmap_effects(g, g.model, g.model, 4, ("a", "b"))):
+        assert _same(once(), once())
+    assert "warning" not in capsys.readouterr().err
+    names = {p.name.split("-")[0] for p in results.memo_folder().iterdir()}
+    assert names == {"discovery", "checkpoint_row", "checkpoint_own", "admission", "cmap", "selection_frequency",
+                     "gt_discovery", "gt_checkpoint_row", "gt_mlp_knockout", "gt_cmap_attribution", *book}
+
+
+def _corrupt(path, how: str) -> None:
+    """Damage a memo file one way."""
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    elif how == "tensor byte":  # the last byte of the tensor data
+        data[-1] ^= 1
+    elif how == "json value":  # one digit of the stored float, inside the header's JSON
+        i = data.index(b"0.25")
+        data[i + 3:i + 4] = b"6"
+    elif how == "empty":
+        data = bytearray()
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "tensor byte", "json value", "empty"])
+def test_corrupt_memo_is_recomputed_with_one_line(root, tiny, capsys, how):
+    value = {"x": 0.25, "t": torch.arange(4.0)}
+    calls = []
+    fn = lambda: calls.append(1) or value  # noqa: E731
+    results.memo("m", fn, tiny)
+    [path] = results.memo_folder().iterdir()
+    _corrupt(path, how)
+    assert _same(results.memo("m", fn, tiny), value) and len(calls) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"warning: memo m: {path.name} ") and line.endswith("; recomputing it")
+    assert _same(results.read_checked(path), value) and len(calls) == 2  # stored afresh
+
+
+def test_memo_files_never_run_code(root, tiny, capsys):
+    """A pickle dropped where a memo or an old pickle memo would be is never unpickled: the value is recomputed."""
+    import io
+
+    results.memo("m", lambda: 1, tiny)
+    [path] = results.memo_folder().iterdir()
+    marker = root / "pwned"
+    buf = io.BytesIO()
+    torch.save(_Plant(str(marker)), buf)
+    path.write_bytes(buf.getvalue())
+    assert results.memo("m", lambda: 2, tiny) == 2
+    path.unlink()
+    path.with_suffix(".pt").write_bytes(buf.getvalue())
+    assert results.memo("m", lambda: 3, tiny) == 3
+    assert not marker.exists()
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("warning: memo m: ") and "does not load" in err[0]
+    assert err[1] == f"warning: memo m: {path.stem}.pt is an old pickle memo, never read; recomputing it"
+
+
+class _Plant:
+    """Unpickled, it creates a file (code run from a memo file)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def test_memo_on_a_full_disk_still_returns_its_value(root, tiny, monkeypatch, capsys):
+    def full(tensors, filename, metadata=None):
+        pathlib.Path(filename).write_bytes(b"\0" * 10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results, "save_file", full)
+    assert _same(results.memo("m", lambda: {"t": torch.ones(2)}, tiny), {"t": torch.ones(2)})
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: memo m not stored ([Errno 28] disk full while writing ") and line.endswith(
+        "(nothing half-written was kept)); it will be recomputed next time")
+    assert not list(root.rglob("*.safetensors")) and not list(root.rglob(".*.tmp"))
+
+
+def test_unreadable_record_is_refused_in_one_line(root):
+    results.record("p", "intro", {"a": 1}, execution="e")
+    (root / "p" / "intro.json").write_text('{"execution": ')
+    with pytest.raises(results.StaleRecord, match=r"^intro.json of profile 'p' is unreadable: rerun chapter 'intro'$"):
+        results.load("p", "e")

@@ -112,7 +112,7 @@ def test_checkpoint_row_memoised_and_rediscovery(tmp_path, monkeypatch):
     own = study.checkpoint_row(s, s.model, "base", circuit, 0, rediscover=True, n_rediscover=6)
     assert {"circuit", "circuit_size", "faithfulness_own_circuit", "jaccard_base"} <= set(own)
     assert own["circuit_size"] == len(C.Circuit.from_json(own["circuit"]).heads)
-    assert len(list((tmp_path / "memo").glob("admission-*.pt"))) == 1
+    assert len(list((tmp_path / "memo").glob("admission-*.safetensors"))) == 1
     first = list(range(6))  # the re-discovered heads are discovery's on the same prompts (its description skipped)
     assert C.Circuit.from_json(own["circuit"]).heads == C.discover(s.model, s.disc[first], s.disc_abc[first]).circuit.heads
 
@@ -160,7 +160,7 @@ def test_setup_is_the_chapters_steps_in_one_call(tmp_path, monkeypatch):
     assert (got.base.logit_diff, got.base.accuracy) == (ev.logit_diff, ev.accuracy)
     found = analyses.discover_cached(s, s.model, "base", th)  # read back from the memo setup wrote
     assert got.circuit.to_json() == found.circuit.to_json() == got.discovery.circuit.to_json()
-    assert len(list((tmp_path / "memo").glob("discovery-*.pt"))) == 1
+    assert len(list((tmp_path / "memo").glob("discovery-*.safetensors"))) == 1
 
 
 def test_study_reexports_the_analyses():

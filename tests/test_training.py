@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,9 +158,9 @@ def test_kill_and_resume_gives_bit_identical_weights(tmp_path):
     with pytest.raises(_Stop):  # killed in the middle of epoch 3 (epoch 2 saved)
         training.train(cfg, progress=False, root=root, callback=_stop_at("step", 3, 1))
     partial = runs.list_runs(root)[0]
-    assert not partial.complete and partial.last_epoch == 2 and (partial.dir / "resume.pt").exists()
+    assert not partial.complete and partial.last_epoch == 2 and (partial.dir / runs.RESUME).exists()
     resumed = training.train(cfg, progress=False, root=root)
-    assert resumed.id == whole.id and resumed.complete and not (resumed.dir / "resume.pt").exists()
+    assert resumed.id == whole.id and resumed.complete and not (resumed.dir / runs.RESUME).exists()
     assert resumed.epochs_available == whole.epochs_available == [0, 1, 2, 3]
     for epoch in (1, 2, 3):
         a, b = _weights(whole, epoch), _weights(resumed, epoch)
@@ -188,25 +189,29 @@ def test_complete_run_is_reused_not_retrained():
     assert training.find_run(dataclasses.replace(cfg, epochs=2)) is None
 
 
+def broken_writes(monkeypatch, name_part: str, error: OSError) -> None:
+    """Every byte write to a file whose name holds `name_part` writes half its bytes, then raises `error`."""
+    real = Path.write_bytes
+
+    def write_bytes(self, payload):
+        if name_part not in self.name:
+            return real(self, payload)
+        real(self, payload[: len(payload) // 2])
+        raise error
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
 def test_interrupted_write_leaves_no_checkpoint(monkeypatch):
-    import safetensors.torch
-
-    real_save = safetensors.torch.save_file
-
-    def broken_save(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"half a checkpoint")
-        raise OSError("disk died mid-write")
-
     cfg = TrainConfig(**FAST, epochs=2)
-    monkeypatch.setattr(safetensors.torch, "save_file", broken_save)
-    with pytest.raises(OSError, match="mid-write"):
-        training.train(cfg, progress=False)
+    with monkeypatch.context() as m:
+        broken_writes(m, "epoch_001", OSError("disk died mid-write"))
+        with pytest.raises(OSError, match="mid-write"):
+            training.train(cfg, progress=False)
     run = runs.list_runs()[0]
     assert run.epochs_available == [0] and not run.complete
     assert not [f for f in os.listdir(run.dir) if f.endswith(".tmp") or f.startswith("epoch_")]
     (run.dir / ".epoch_001.safetensors.killed.tmp").write_bytes(b"left by kill -9")
-    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
     done = training.train(cfg, progress=False)
     assert done.complete and done.epochs_available == [0, 1, 2]
     assert not list(done.dir.glob("*.tmp")) and not list(done.dir.glob(".*.tmp"))
