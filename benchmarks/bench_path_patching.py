@@ -10,6 +10,8 @@ path is then also timed on all senders.
     python benchmarks/bench_path_patching.py --model smollm2-135m --n 20 --threads 1 --max-senders 40 \
         --receivers 23.3 --component q --position END
     python benchmarks/bench_path_patching.py --model tiny --receivers "1.1 1.2" --component kv --position S2
+    python benchmarks/bench_path_patching.py --model gemma3-270m --n 8 --threads 1 --receivers 11.3 --component kv \
+        --position S2 --max-senders 24
 """
 
 from __future__ import annotations

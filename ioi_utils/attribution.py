@@ -5,7 +5,9 @@ Read-outs of one forward pass, no patching (for interventions see `patching`):
 - Direct logit attribution (DLA): the residual stream at END is a sum of components (embeddings, each head's
   z @ W_O, each MLP's output, biases). Through the final norm, frozen at its cached scale, each component's
   dot product with W_U[IO] - W_U[S] is its direct contribution to the logit difference; the contributions
-  add up exactly to the model's (`logit_attribution`, `head_dla` [L, H], `mlp_dla` [L]).
+  add up exactly to the model's (`logit_attribution`, `head_dla` [L, H], `mlp_dla` [L]). Where a block norms
+  its attention output before adding it (Gemma-3's ln1_post), that norm too is a linear map at its cached
+  scale, so a head's share of the residual is its z @ W_O through it.
 - Attention readouts: mean attention from one role position to another (`attention_to`: END -> IO, END -> S2,
   ...), previous-token, duplicate-token and induction scores ([L, H]), Wang's class signatures.
 - OV copy scores (`ov_copy_scores`): whether a head's OV circuit alone copies a name to the top of the logits.
@@ -102,22 +104,60 @@ def _end_acts(model, ds: IOIDataset, names: list[str], cache: Mapping[str, torch
 
 @dataclass(frozen=True)
 class FinalNorm:
-    """The final norm as a linear map given its cached scale: (x [- mean(x)]) / scale * w + b."""
+    """A norm as a linear map given its cached scale: (x [- mean(x)]) / scale * w + b (the final norm, or
+    a block's norm on its attention output)."""
 
     center: bool  # LayerNorm centres, RMSNorm does not
-    w: torch.Tensor  # [d_model] (ones if the model has no final norm)
+    w: torch.Tensor  # [d_model] the gain the norm applies (ones if the model has no final norm)
     b: torch.Tensor  # [d_model] (zeros if absent)
 
 
+@torch.no_grad()
+def norm_map(norm, d_model: int, center: bool) -> FinalNorm:
+    """A norm's gain and bias as it applies them, read off by normalising two probes: the zero vector gives
+    the bias, and c (+1, -1, +1, ...) (mean 0, scale c = 2^30, whose square drowns any eps) normalises to
+    exactly (+1, -1, ...) in float32, so its output minus the bias, sign-corrected, is the gain. Llama's and
+    GPT-2's norms apply their stored weight w, Gemma's 1 + w: a probe that matches one of them (to float
+    error) is replaced by it exactly."""
+    dev = next(norm.parameters()).device
+    sign = torch.ones(d_model, device=dev)
+    sign[1::2] = -1
+    b = norm(torch.zeros(1, 1, d_model, device=dev))[0, 0].float().cpu()
+    w = (norm(2.0 ** 30 * sign[None, None])[0, 0].float().cpu() - b) * sign.cpu()
+    return FinalNorm(center, _snap(w, getattr(norm, "w", None), 1), _snap(b, getattr(norm, "b", None), 0))
+
+
+def _snap(probe: torch.Tensor, stored: torch.Tensor | None, offset: float) -> torch.Tensor:
+    """The stored parameter (or offset + it, Gemma's form of a gain) where the probe matches it, else the probe."""
+    if stored is not None:
+        for exact in (stored.detach().float().cpu(), offset + stored.detach().float().cpu()):
+            if torch.allclose(probe, exact, rtol=1e-5, atol=1e-6):
+                return exact
+    return probe
+
+
 def final_norm(model) -> FinalNorm:
-    """The final norm's type, weight and bias as stored in the model (raw HF values, nothing folded)."""
+    """The final norm's type, gain and bias as the model applies them (nothing folded)."""
     kind, d = str(getattr(model.cfg, "normalization_type", "LN")), model.cfg.d_model
     ln = getattr(model, "ln_final", None)
-    w = getattr(ln, "w", None) if ln is not None else None
-    b = getattr(ln, "b", None) if ln is not None else None
-    w = torch.ones(d) if w is None or ln is None else w.detach().float().cpu()
-    b = torch.zeros(d) if b is None or ln is None else b.detach().float().cpu()
-    return FinalNorm(kind.startswith("LN"), w, b)
+    if ln is None:
+        return FinalNorm(kind.startswith("LN"), torch.ones(d), torch.zeros(d))
+    return norm_map(ln, d, kind.startswith("LN"))
+
+
+def _through(norm: FinalNorm | None, out: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """out [batch, ..., d_model] through a norm as a linear map (scale [batch, 1]); unchanged if norm is None."""
+    if norm is None:
+        return out
+    out = out - out.mean(-1, keepdim=True) if norm.center else out
+    return out / scale.view(-1, *[1] * (out.dim() - 1)) * norm.w
+
+
+def _attn_post_norm(model, layer: int) -> FinalNorm | None:
+    """The norm a layer applies to its attention output before the residual add (Gemma's ln1_post), or None."""
+    post = getattr(model.blocks[layer], "ln1_post", None)
+    kind = str(getattr(model.cfg, "normalization_type", "LN"))
+    return None if post is None else norm_map(post, model.cfg.d_model, kind.startswith("LN"))
 
 
 def _unembed_dirs(model, tokens: torch.Tensor) -> torch.Tensor:
@@ -144,7 +184,8 @@ def _dla_hooks(model) -> list[str]:
     """The hooks direct logit attribution needs."""
     n = model.cfg.n_layers
     names = ["hook_embed", "ln_final.hook_scale"] + [_z(l) for l in range(n)]
-    names += [f"blocks.{l}.hook_mlp_out" for l in range(n)]
+    names += [f"blocks.{l}.hook_mlp_out" for l in range(n)]  # after any post-MLP norm: the MLP's share of the residual
+    names += [f"blocks.{l}.ln1_post.hook_scale" for l in range(n) if _attn_post_norm(model, l) is not None]
     return names + (["hook_pos_embed"] if _has_pos_embed(model) else [])
 
 
@@ -153,10 +194,25 @@ def _has_pos_embed(model) -> bool:
     return str(getattr(model.cfg, "positional_embedding_type", "standard")) == "standard"
 
 
+def _post_scale(acts: Mapping[str, torch.Tensor], layer: int, post: FinalNorm | None) -> torch.Tensor | None:
+    """The cached END scale [batch, 1] of a layer's post-attention norm (None without one)."""
+    return None if post is None else acts[f"blocks.{layer}.ln1_post.hook_scale"]
+
+
 def _heads_out(model, acts: Mapping[str, torch.Tensor], layer: int) -> torch.Tensor:
-    """Each head's END output z @ W_O of one layer: [batch, n_heads, d_model]."""
+    """Each head's END share of the residual, z @ W_O (through a post-attention norm at its cached scale):
+    [batch, n_heads, d_model]. Their sum plus the bias term is the layer's attention output."""
     w_o = model.blocks[layer].attn.W_O.detach().float().cpu()  # [n_heads, d_head, d_model]
-    return torch.einsum("bhd,hdm->bhm", acts[_z(layer)], w_o)
+    post = _attn_post_norm(model, layer)
+    return _through(post, torch.einsum("bhd,hdm->bhm", acts[_z(layer)], w_o), _post_scale(acts, layer, post))
+
+
+def _attn_bias_out(model, acts: Mapping[str, torch.Tensor], layer: int, batch: int) -> torch.Tensor:
+    """A layer's END attention bias share of the residual, b_O (through a post-attention norm, plus that norm's
+    own bias): [batch, d_model]; zeros where there is neither."""
+    b_o, post = model.blocks[layer].attn.b_O, _attn_post_norm(model, layer)
+    out = torch.zeros(batch, model.cfg.d_model) if b_o is None else b_o.detach().float().cpu().expand(batch, -1)
+    return out if post is None else _through(post, out, _post_scale(acts, layer, post)) + post.b
 
 
 @dataclass
@@ -180,8 +236,7 @@ def _attribute(model, acts: Mapping[str, torch.Tensor], u: torch.Tensor, bias: t
     n = model.cfg.n_layers
     emb = acts["hook_embed"] + (acts["hook_pos_embed"] if "hook_pos_embed" in acts else 0)
     heads = torch.stack([torch.einsum("bhm,bm->bh", _heads_out(model, acts, l), u) for l in range(n)], 1)
-    b_o = [model.blocks[l].attn.b_O for l in range(n)]
-    attn_bias = torch.stack([u @ b.detach().float().cpu() if b is not None else torch.zeros(len(u)) for b in b_o], 1)
+    attn_bias = torch.stack([(_attn_bias_out(model, acts, l, len(u)) * u).sum(-1) for l in range(n)], 1)
     mlp = torch.stack([(acts[f"blocks.{l}.hook_mlp_out"] * u).sum(-1) for l in range(n)], 1)
     return Attribution((emb * u).sum(-1), heads, attn_bias, mlp, bias)
 
@@ -322,8 +377,9 @@ def induction_scores_random(model, seq_len: int = 50, n: int = 20, seed: int = 0
 @torch.no_grad()
 def ov_copy_scores(model, ds: IOIDataset, k: int = 5, batch_size: int = 32) -> dict[str, torch.Tensor]:
     """Wang et al.'s copy score: the share of names (IO, S1 of each prompt) whose residual after block 0,
-    passed through a head's ln1, W_V(+b_V), W_O and ln_final (fresh norms, no attention), ranks in the
-    top-k unembedded logits; "positive" for the output, "negative" for minus it. Each [L, H]."""
+    passed through a head's ln1, W_V(+b_V), W_O (and ln1_post where the block has one) and ln_final (fresh
+    norms, no attention), ranks in the top-k unembedded logits; "positive" for the output, "negative" for
+    minus it. Each [L, H]."""
     n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
     acts = run_cache(model, ds, ["blocks.0.hook_resid_post"], batch_size)["blocks.0.hook_resid_post"]
     rows, dev = torch.arange(len(ds)), _device(model)
@@ -338,6 +394,8 @@ def ov_copy_scores(model, ds: IOIDataset, k: int = 5, batch_size: int = 32) -> d
         rep = n_h // attn.W_V.shape[0]  # GQA: query head j reads kv head j // rep
         v = torch.einsum("bm,hmd->bhd", model.blocks[l].ln1(x), attn.W_V) + (attn.b_V if attn.b_V is not None else 0)
         o = torch.einsum("bhd,hdm->bhm", v.repeat_interleave(rep, 1), attn.W_O)  # [2b, H, d_model]
+        post = getattr(model.blocks[l], "ln1_post", None)  # Gemma norms the attention output before the residual
+        o = o if post is None else post(o)
         pos = model.ln_final(o) @ model.W_U  # [2b, H, vocab], without b_U
         for key, logits in (("positive", pos + b_u), ("negative", bias - pos + b_u)):
             out[key][l] = (logits.topk(k, -1).indices == names).any(-1).float().mean(0).cpu()

