@@ -102,7 +102,7 @@ def test_gemma_part_files_and_checksum_failures_are_one_line_errors(gemma_pkg, t
     with pytest.raises(models.ModelUnavailableError, match="corrupt .*--force-reinstall") as e:
         models.gemma_gguf(tmp_path)
     assert "\n" not in str(e.value)
-    monkeypatch.setattr(gemma_pkg, "EXPECTED_SHA256", models._sha256(fake))  # the package's check passes, ours not
+    monkeypatch.setattr(gemma_pkg, "EXPECTED_SHA256", results.sha256_file(fake))  # the package's check passes, ours not
     with pytest.raises(models.ModelUnavailableError, match="fails its sha256 check"):
         models.gemma_gguf(tmp_path)
 
@@ -114,7 +114,7 @@ def test_cached_folder_is_reused_when_intact_and_rebuilt_when_corrupt(tmp_path):
         builds.append(folder)
         folder.mkdir(exist_ok=True)
         (folder / "model.safetensors").write_bytes(b"weights")
-        (folder / "manifest.json").write_text(json.dumps({"sha256": models._sha256(folder / "model.safetensors")}))
+        (folder / "manifest.json").write_text(json.dumps({"sha256": results.sha256_file(folder / "model.safetensors")}))
 
     folder = tmp_path / "m"
     assert models._cached_folder(folder, build) == folder and len(builds) == 1
