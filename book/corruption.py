@@ -44,7 +44,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from myst_nb import glue
 
-from ioi_utils import claims, data, plotting, results, study, summary
+from ioi_utils import circuits, claims, data, plotting, results, study, summary
 
 setup = study.setup(profile, model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery, threads=threads)
 s, execution, base_circuit = setup.study, setup.execution, setup.circuit  # execution stamps this chapter's records
@@ -110,10 +110,8 @@ claims.check("Subject Duplication training makes the model prefer S (held-out lo
              enforce=enforce_claims, record=claim_log)
 dup_change = abs(rows["duplication"][-1]["logit_diff"] - base_row["logit_diff"])
 sd_change = abs(sd[-1]["logit_diff"] - base_row["logit_diff"])
-claims.check("the Duplication control (our construction) changes behaviour less than Subject Duplication, by at "
-             "least half a logit (|change| Duplication minus |change| Subject Duplication)", dup_change - sd_change, None,
-             -0.5, "<=",
-             paper="no such control in the paper", enforce=enforce_claims, record=claim_log)
+print(f"|change of the logit difference|: Subject Duplication {sd_change:.2f}, Duplication control {dup_change:.2f} "
+      "(the control keeps IO as the label, so it is clean training with a prefix: a control, not a claim)")
 claims.check("the base circuit still carries the corrupted behaviour (F(C)/F(M), Subject Duplication, last epoch)",
              sd[-1]["faithfulness_base_circuit"], sd[-1]["faithfulness_base_interval"], 0.8, ">=",
              paper=paper("corruption_localized"),
@@ -162,6 +160,78 @@ glue("n_circuit", len(base_circuit.heads), display=False)
 # %%
 claims.check("Subject Duplication flips the DLA sign of circuit heads (number of significant flips)",
              len(sd_flips_circuit), None, 1, ">=", paper=paper("sd_mechanism"), enforce=enforce_claims, record=claim_log);
+
+# %% [markdown]
+# ## Twinning: Name Movers and Negative Name Movers invert together
+#
+# The paper (§4.2) finds that Subject Duplication makes GPT-2's Name Movers and Negative Name Movers invert
+# *together*: the Negative Name Movers come to suppress S instead of IO. Per base-circuit head of either
+# role: its DLA before and after with 95% intervals over prompts, whether it flips (chapter's rule above),
+# and where its END attention goes.
+
+# %%
+roles = {c: base_circuit.classes[c] for c in ("NM", "NNM")}
+twins = study.role_changes(base_row, last["subject-duplication"], roles["NM"] + roles["NNM"])
+for c in twins:
+    h = c["head"]
+    (a0, b0), (a1, b1) = study.dla_interval(base_row, h), study.dla_interval(last["subject-duplication"], h)
+    print(f"{base_circuit.class_of(h):>4} {h[0]}.{h[1]}: DLA {c['dla_before']:+.2f} [{a0:+.2f}, {b0:+.2f}] -> "
+          f"{c['dla_after']:+.2f} [{a1:+.2f}, {b1:+.2f}]; END->IO {c['attn_io_before']:.2f} -> {c['attn_io_after']:.2f}, "
+          f"END->S {c['attn_s_before']:.2f} -> {c['attn_s_after']:.2f}{'  FLIP' if c['flip'] else ''}")
+flipped = {role: [c["head"] for c in twins if c["flip"] and c["head"] in hs] for role, hs in roles.items()}
+io_to_s = [c["head"] for c in twins if c["attn_s_after"] - c["attn_io_after"] > c["attn_s_before"] - c["attn_io_before"]]
+
+# %% tags=["remove-cell"]
+glue("n_nm_flip", len(flipped["NM"]), display=False)
+glue("n_nm", len(roles["NM"]), display=False)
+glue("n_nnm_flip", len(flipped["NNM"]), display=False)
+glue("n_nnm", len(roles["NNM"]), display=False)
+glue("n_io_to_s", len(io_to_s), display=False)
+
+# %% [markdown]
+# {glue:text}`n_nm_flip` of {glue:text}`n_nm` Name Movers and {glue:text}`n_nnm_flip` of {glue:text}`n_nnm`
+# Negative Name Movers flip the sign of their DLA under Subject Duplication; {glue:text}`n_io_to_s` of these
+# heads shift their END attention from IO towards S.
+
+# %%
+claims.check("Subject Duplication inverts Name Movers and Negative Name Movers together (fewest significant flips "
+             "of the two roles)", min(len(flipped["NM"]), len(flipped["NNM"])), None, 1, ">=", paper=paper("sd_mechanism"),
+             precondition=(bool(roles["NM"]) and bool(roles["NNM"]), "the base circuit needs both Name Movers and "
+                           "Negative Name Movers"), enforce=enforce_claims, record=claim_log);
+
+# %% [markdown]
+# ## Name Moving and the S-Inhibition signal
+#
+# The paper reports that under Name Moving the S-Inhibition heads come to suppress both IO and S in the Name
+# Movers' queries. We measure the signal itself: path patching from the heads that the base discovery found
+# acting on the direct heads' queries (its S-Inhibition step) into the queries at END of the base circuit's
+# direct heads, in the base model and in the Name Moving model, on the same held-out prompts. The effect is the
+# relative change of each model's own logit difference; the claim is that the signal weakens.
+
+# %%
+movers = [h for c in circuits.DIRECT_CLASSES for h in base_circuit.classes[c]]
+q_senders = sorted(h for h, ev in setup.discovery.evidence.items() if ev["step"] == "to_movers_q")
+ds = study.cmap_subset(s.test, n_cmap)
+abc = study.cmap_subset(s.abc, n_cmap)
+if movers and q_senders:
+    sig_base = study.query_signal(s.model, ds, abc, movers, q_senders)
+    sig_nm = study.query_signal(runs["name-moving"].model(toxic_epochs)[0], ds, abc, movers, q_senders)
+    (sig0, sig1), sig_ci = study.signal_change(sig_base, sig_nm, q_senders)
+    e0, e1 = sig_base.effect(), sig_nm.effect()
+    for h in q_senders:
+        print(f"{base_circuit.class_of(h) or '—':>4} {h[0]}.{h[1]} -> mover queries: base {e0[h]:+.3f}, Name Moving {e1[h]:+.3f}")
+    print(f"summed: base {sig0:+.3f} -> Name Moving {sig1:+.3f} (change {sig1 - sig0:+.3f}, 95% CI [{sig_ci[0]:+.3f}, {sig_ci[1]:+.3f}])")
+else:
+    sig0 = sig1 = float("nan")
+    sig_ci = (float("nan"), float("nan"))
+    print("the base circuit has no movers or no head acting on their queries: nothing to measure")
+
+# %%
+claims.check("Name Moving weakens the S-Inhibition signal into the direct heads' queries (summed path-patching effect, "
+             "Name Moving minus base; the signal is negative, weakening is a change >= 0)", sig1 - sig0, sig_ci, 0.0,
+             ">=", paper="S-Inhibition heads come to suppress both IO and S (§4.2)",
+             precondition=(bool(movers and q_senders) and sig0 < 0, "the base model needs a signal that helps"),
+             enforce=enforce_claims, record=claim_log);
 
 # %% [markdown]
 # ## Where the corruption sits (CMAP)
@@ -221,5 +291,6 @@ results.record(profile, "corruption", {
     "localization": loc["subject-duplication"], "localization_control_p95": control["subject-duplication"][1],
     "localization_all": loc, "localization_control_all": control,
     "sign_flips": {rule: [list(h) for h in f] for rule, f in flips.items()},
-    "jaccard_corrupted": {rule: rows[rule][-1]["jaccard_base"] for rule in rows},
+    "containment_corrupted": {rule: rows[rule][-1]["containment_base"] for rule in rows},
+    "twin_flips": {role: [list(h) for h in hs] for role, hs in flipped.items()}, "query_signal": [sig0, sig1],
     "claims": claim_log}, execution=execution)

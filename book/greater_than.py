@@ -28,9 +28,10 @@
 # for the tie, the ones digit after YY's tens digit decides. Mass on tokens that are not digits counts on
 # neither side.
 #
-# Everything else is the IOI machinery with the task as a parameter: admission of heads by knockout attribution
-# and exact prefix search (mean ablation to the "01" twins' mean, every position), faithfulness F(C)/F(M),
-# per-layer MLP knockout, fine-tuning (cross-entropy on the digits of a label year), and cross-model patching.
+# Everything else is the IOI machinery with the task as a parameter: the minimal faithful subset of chapter 2
+# (admission of heads by knockout attribution and exact prefix search, with mean ablation to the "01" twins'
+# mean at every position), faithfulness F(C)/F(M), per-layer MLP knockout, fine-tuning (cross-entropy on the
+# digits of a label year), and cross-model patching.
 # Wang et al.'s head classes (Name Mover, S-Inhibition, ...) are IOI's, so Greater-Than heads are described by
 # their direct logit attribution and their attention from END to the start year instead.
 
@@ -96,7 +97,8 @@ _ = claims.check("the base model does Greater-Than (held-out probability differe
 # %% [markdown]
 # ## The base circuit
 #
-# **Heads.** Admission as in the IOI chapters: from the whole model, heads are pruned by their first-order
+# **Heads.** Admission, chapter 2's minimal faithful subset (IOI's path-patching steps have no Greater-Than
+# counterpart here): from the whole model, heads are pruned by their first-order
 # contribution to the knockout (mean ablation to the "01" mean at every position) and the shortest prefix of
 # the ranking that keeps F(C)/F(M) ≥ 0.9 on the discovery prompts is found by exact forwards. Faithfulness is
 # then measured on the held-out prompts. **MLPs** are never ablated in the head knockout (as for IOI); their

@@ -118,7 +118,7 @@ claims.check("the base model solves IOI (accuracy >= 90%)", base.accuracy, None,
 # ## Reproducing this book
 #
 # `python -m ioi_utils.book --profile offline` executes every chapter on SmolLM2-135M on a CPU and builds
-# the HTML; `--profile paper` runs GPT-2 small at sizes of our choosing (the paper states no dataset
-# size; needs the hub, sized for one GPU);
-# `--profile smoke` is the seconds-long regression run. Fine-tuning runs and analyses are cached outside
+# the HTML; `--profile paper` runs GPT-2 small on the paper's 6,360 training prompts for up to 100 clean and
+# 5 toxic / retraining epochs, as a summary of the paper states them (needs the hub, sized for one GPU);
+# `--profile smoke` is the minutes-long regression run. Fine-tuning runs and analyses are cached outside
 # the repository (`$IOI_UTILS_RUNS`, `$IOI_UTILS_RESULTS`), so an interrupted execution resumes.

@@ -79,7 +79,7 @@ plotting.checkpoint_lines(epochs, {rule: [r["logit_diff"] for r in rows[rule]] f
                           "Behaviour while retraining on clean data", "retraining epoch", "logit(IO) − logit(S)", ax=axes[0],
                           bands={rule: band(rule, "logit_diff_interval") for rule in rows})
 axes[0].axhline(base_row["logit_diff"], color="black", linestyle=":", linewidth=1, label="base model")
-axes[0].legend()
+plotting.legend_below(axes[0])
 faith = {rule: [r["faithfulness_base_circuit"] for r in rows[rule]] for rule in rows}
 plotting.checkpoint_lines(epochs, faith, "Faithfulness of the base circuit", "retraining epoch", "F(C)/F(M)", ax=axes[1],
                           bands={rule: band(rule, "faithfulness_base_interval") for rule in rows})
@@ -162,38 +162,45 @@ claims.check("most heads corrupted by Subject Duplication recover their DLA (sha
              enforce=enforce_claims, record=claim_log);
 
 # %% [markdown]
-# ## Does the original circuit come back?
+# ## Do the original roles come back?
 #
-# Jaccard overlap of each re-discovered circuit with the base circuit: in the corrupted model, after
-# retraining, and — as the ceiling that prompt sampling allows — of the circuit re-discovered in the base
-# model itself on the same prompts. The claim asks for a gain of at least 0.1 over the corrupted model, and
-# only means something if corruption moved the circuit beyond that ceiling.
+# The circuit is re-found in the corrupted and in the retrained model with chapter 2's method, and compared
+# with the base circuit head by head: the share of base heads found again **in the same role** (kept),
+# besides the share found at all (containment). As the ceiling that the smaller prompt budget allows, the
+# same re-discovery in the base model itself. The claim asks retraining to restore at least 0.1 of the
+# roles over the corrupted model, and only means something if corruption moved them below that ceiling.
 
 # %%
 labels = list(rows)
-j_cor = [start[r]["jaccard_base"] for r in labels]
-j_rec = [end[r]["jaccard_base"] for r in labels]
-fig = plotting.bar_compare(labels, {"corrupted": j_cor, "retrained": j_rec, "base (re-discovered)": [base_row["jaccard_base"]] * len(labels)},
-                           "Overlap of re-discovered circuits with the base circuit", "Jaccard")
+kept_cor = [study.roles_kept(start[r]) for r in labels]
+kept_rec = [study.roles_kept(end[r]) for r in labels]
+kept_base = study.roles_kept(base_row)
+fig = plotting.bar_compare(labels, {"corrupted": kept_cor, "retrained": kept_rec, "base (re-discovered)": [kept_base] * len(labels)},
+                           "Base-circuit heads re-found in the same role", "share of base heads", xlabel="toxic dataset")
 plt.show()
-for r, a, b in zip(labels, j_cor, j_rec):
-    print(f"{r:>20}: Jaccard corrupted {a:.2f} -> retrained {b:.2f} (base re-discovered: {base_row['jaccard_base']:.2f}); "
-          f"heads {start[r]['circuit_size']} -> {end[r]['circuit_size']}")
-glue("j_sd_cor", j_cor[labels.index("subject-duplication")], display=False)
-glue("j_sd_rec", j_rec[labels.index("subject-duplication")], display=False)
-glue("j_base", base_row["jaccard_base"], display=False)
+for r, a, b in zip(labels, kept_cor, kept_rec):
+    inverted = [f"{l}.{h}" for l, h in (t["head"] for t in start[r]["transitions"] if t["transition"] == "inverted")]
+    print(f"{r:>20}: roles kept corrupted {a:.0%} -> retrained {b:.0%} (base re-discovered {kept_base:.0%}); "
+          f"containment {start[r]['containment_base']:.0%} -> {end[r]['containment_base']:.0%}; "
+          f"inverted when corrupted: {', '.join(inverted) or 'none'}")
+
+# %% tags=["remove-cell"]
+glue("k_sd_cor", 100 * kept_cor[labels.index("subject-duplication")], display=False)
+glue("k_sd_rec", 100 * kept_rec[labels.index("subject-duplication")], display=False)
+glue("k_base", 100 * kept_base, display=False)
 
 # %% [markdown]
-# The circuit re-discovered after Subject Duplication shares {glue:text}`j_sd_cor:.2f` of its heads with the
-# base circuit in the corrupted model and {glue:text}`j_sd_rec:.2f` after retraining; re-discovery in the
-# base model itself reaches {glue:text}`j_base:.2f`.
+# After Subject Duplication {glue:text}`k_sd_cor:.0f`% of the base circuit's heads keep their role in the
+# corrupted model and {glue:text}`k_sd_rec:.0f`% after retraining; re-discovery in the base model itself keeps
+# {glue:text}`k_base:.0f`%.
 
 # %%
 i_sd = labels.index("subject-duplication")
-claims.check("retraining brings the original circuit back (Jaccard with the base circuit, retrained minus corrupted, "
-             "Subject Duplication)", j_rec[i_sd] - j_cor[i_sd], None, 0.1, ">=", paper=paper("reversal_faithfulness"),
-             precondition=(j_cor[i_sd] < base_row["jaccard_base"], "corruption must have moved the circuit further from the "
-                           "base circuit than re-discovery in the base model does"),
+claims.check("retraining brings the original roles back (share of base heads in the same role, retrained minus "
+             "corrupted, Subject Duplication)", kept_rec[i_sd] - kept_cor[i_sd], None, 0.1, ">=",
+             paper="retraining reforms the original mechanism (§5)",
+             precondition=(kept_cor[i_sd] < kept_base, "corruption must have moved the roles further from the base "
+                           "circuit than re-discovery in the base model does"),
              enforce=enforce_claims, record=claim_log);
 
 # %% [markdown]
@@ -221,8 +228,8 @@ results.record(profile, "neuroplasticity", {
     **{f"faithfulness_{r}": end[r]["faithfulness_base_circuit"] for r in rows},
     **{f"faithfulness_interval_{r}": end[r]["faithfulness_base_interval"] for r in rows},
     **{f"logit_diff_{r}": end[r]["logit_diff"] for r in rows},
-    **{f"overlap_{r}": end[r]["jaccard_base"] for r in rows},
-    **{f"overlap_corrupted_{r}": start[r]["jaccard_base"] for r in rows},
+    **{f"roles_kept_{r}": study.roles_kept(end[r]) for r in rows},
+    **{f"roles_kept_corrupted_{r}": study.roles_kept(start[r]) for r in rows},
     **{f"recovered_share_{r}": rec_share[r] for r in rows},
-    "overlap_base_rediscovered": base_row["jaccard_base"], "cmap_total_corrupted": tot_before, "cmap_total_retrained": tot_after,
+    "roles_kept_base_rediscovered": kept_base, "cmap_total_corrupted": tot_before, "cmap_total_retrained": tot_after,
     "claims": claim_log}, execution=execution)

@@ -13,16 +13,14 @@
 # %% [markdown]
 # # Summary: the paper's claims against this execution
 #
-# Every row below is built from the numbers the previous chapters recorded in this execution (model and
-# profile named underneath). The paper's numbers are second-hand: the paper's full text could not be read
-# from where this book was made, so they come from second-hand readings of it (the table's *source*
-# column gives the section each value comes from; [Appendix: our reading of the paper](paper.md) lists what
-# the paper states, what it leaves open and what we chose there). The first table sets the paper's numbers beside
-# ours (its verdicts are a coarse reading: *reproduced* same direction and comparable size, *partly* same
-# direction and clearly smaller). The second lists every claim the chapters checked, with our value, its 95%
-# interval where we have per-prompt values, the threshold and the chapter's verdict (*reproduced* when the
-# interval lies on the right side of the threshold, *inconclusive* when it straddles it): where the two tables
-# differ, the second is the one to trust.
+# One row per claim the chapters checked, built only from their records in this execution (model and profile
+# named underneath): the claim, the paper's value as the chapter states it, ours with its 95% interval where
+# we have per-prompt values, the threshold fixed in the chapter before the execution, and the chapter's
+# verdict — *reproduced* when the interval lies on the claimed side of the threshold, *not reproduced* when it
+# lies wholly on the other side, *inconclusive* when it straddles it, *not testable* when a precondition
+# fails (e.g. the role a claim is about is absent from the model's circuit). The paper's numbers are
+# second-hand: [Appendix: our reading of the paper](paper.md) lists what the paper states, what it leaves
+# open and what we chose there.
 
 # %% tags=["parameters", "remove-cell"]
 profile = "smoke"
@@ -38,21 +36,9 @@ base_model, _ = models.load_model(model_name, device="cpu")  # only to identify 
 recorded = results.load(profile, results.execution_id(profile, base_model))  # refuses another execution's records
 missing = [c for c in ("intro", "circuit_discovery", "amplification", "corruption", "neuroplasticity") if c not in recorded]
 assert not missing, f"run the earlier chapters of profile {profile!r} first: {missing}"
-rows = summary.table(recorded)
+rows = summary.claim_rows(recorded)
 display(Markdown(summary.markdown(rows)))
-print(f"model: {model_name}, profile: {profile}")
-
-# %%
-fmt = lambda x: "n/a" if x is None else f"{x:.3g}"  # noqa: E731
-cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731  (a literal | would end the table cell)
-lines = ["| chapter | claim | paper | ours [95% interval] | threshold | verdict |", "|---|---|---|---|---|---|"]
-optional = [c for c in ("greater_than",) if c in recorded]  # the second task, when its chapter ran
-for chapter in ("intro", "circuit_discovery", "amplification", "corruption", "neuroplasticity", *optional):
-    for statement, c in recorded[chapter].get("claims", {}).items():
-        interval = "" if not c["interval"] else f" [{fmt(c['interval'][0])}, {fmt(c['interval'][1])}]"
-        lines.append(f"| {chapter} | {cell(statement)} | {cell(c['paper'] or '-')} | {fmt(c['ours'])}{interval} | "
-                     f"{'≥' if c['direction'] == '>=' else '≤'} {fmt(c['threshold'])} | **{c['verdict']}** |")
-display(Markdown("\n".join(lines)))
+print(f"model: {model_name}, profile: {profile}; " + ", ".join(f"{n} {v}" for v, n in summary.counts(rows).items()))
 if profile == "smoke":
     print("smoke profile: SmolLM2 on a few dozen prompts, CI's regression run; these verdicts rest on too few prompts "
           "to speak for the paper (the offline profile does)")
@@ -79,9 +65,13 @@ if profile == "smoke":
 #   heads in the circuit, compared with random head sets that have the circuit's number of heads in each
 #   layer (the control's 95th percentile). CMAP runs on a subset of the held-out prompts (`n_cmap`); maps
 #   other than the output map of each model pair cover the circuit's heads and the strongest others.
+# - **Circuits.** The mechanism is found by Wang et al.'s path-patching steps on every head, keeping every
+#   head whose effect is significant in either direction (at least 2% of F(M), 95% bootstrap interval away
+#   from 0); roles SS / NSS / DW / NDW are ours. Heads are kept at every position in knockouts.
 # - **Re-discovery.** Circuits are re-discovered in fine-tuned models only at the grid's ends (last clean
 #   epoch, each corrupted model, each retrained model) and in the base model, on the first `n_rediscover`
-#   discovery prompts; every other checkpoint is read through the base circuit (faithfulness, DLA, attention).
+#   discovery prompts, and compared with the base circuit by containment and role by role; every other
+#   checkpoint is read through the base circuit (faithfulness, DLA, attention).
 # - **Pattern patching.** Our cross-model "pattern" maps put model X's attention patterns into model Y (the
 #   seed paper's cross-model pattern patching), not Prakash et al.'s input CMAP.
 # - **Model.** The published execution uses SmolLM2-135M-Instruct (dequantized from a 4-bit GGUF), not

@@ -5,8 +5,8 @@ and returns numbers, rows or [L, H] maps; none loads a model or trains one (that
 `training`'s). Expensive ones are memoised with `results.memo`, keyed by the model's weights and the prompts'
 fingerprints, so a chapter re-executed on the same checkpoints reads them back.
 
-- Discovery on a checkpoint: `discover_cached` (circuits.discover), `rediscover_cached` (its head set, by
-  `admission_cached`), memoised.
+- Discovery on a checkpoint: `discover_cached` and `rediscover_cached` (circuits.discover: the mechanism, on all
+  or the first n discovery prompts), `admission_cached` (a minimal faithful subset, circuits.admit), memoised.
 - One row per checkpoint: `checkpoint_row` (behaviour with a bootstrap interval, the base circuit's
   faithfulness, per-head DLA and END attention), `rows_table`, `series`, and the comparisons of two rows
   (`role_changes`, `recovered_share`, `faithfulness_gain_interval`, `logit_diff_change_interval`).
@@ -52,13 +52,12 @@ def admission_cached(model, model_name: str, disc: data.IOIDataset, abc: data.IO
 
 def rediscover_cached(study_: "Study", model, tag: str, n: int | None = None,
                       thresholds: circuits.Thresholds = circuits.Thresholds()) -> circuits.Circuit:
-    """The circuit re-discovered in a (fine-tuned) model on the first n discovery prompts (memoised; n=None: all,
-    by discover_cached). Below all prompts only admission runs: it alone decides discovery's heads, kept at every
-    position, and nothing reads a re-discovered circuit's classes, so the description is skipped (all "OTH")."""
-    if n is None or n >= len(study_.disc):
-        return discover_cached(study_, model, tag, thresholds).circuit
-    heads, _ = admission_cached(model, study_.model_name, *_discovery_subset(study_, n), thresholds)
-    return circuits.circuit_of(heads)
+    """The mechanism re-found in a (fine-tuned) model with the base model's method (`circuits.discover`) on the
+    first n discovery prompts (all if n is None), memoised."""
+    disc, abc = _discovery_subset(study_, n)
+    found = results.memo("discovery", lambda: circuits.discover(model, disc, abc, thresholds), model,
+                         model_name=study_.model_name, tag=tag, data=disc.fingerprint(), thresholds=thresholds)
+    return found.circuit
 
 
 def _readouts(model, ds: data.IOIDataset) -> dict:
@@ -67,7 +66,11 @@ def _readouts(model, ds: data.IOIDataset) -> dict:
     cache = attribution.run_cache(model, ds, names_filter=lambda n: n.endswith("hook_pattern") or n in dla_hooks)
     att = {k: attribution.attention_to(model, ds, "END", k, cache=cache) for k in ("IO", "S1", "S2")}
     dla = attribution.head_dla_per_prompt(model, ds, cache=cache)  # [n, L, H]
-    return {"dla": dla.mean(0), "dla_per_prompt": dla.half(), "attn_io": att["IO"], "attn_s": att["S1"] + att["S2"]}
+    io = attribution.attention_to(model, ds, "END", "IO", cache=cache, per_prompt=True)  # [n, L, H]
+    s = (attribution.attention_to(model, ds, "END", "S1", cache=cache, per_prompt=True)
+         + attribution.attention_to(model, ds, "END", "S2", cache=cache, per_prompt=True))
+    return {"dla": dla.mean(0), "dla_per_prompt": dla.half(), "attn_io": att["IO"], "attn_s": att["S1"] + att["S2"],
+            "attn_io_per_prompt": io.half(), "attn_s_per_prompt": s.half()}
 
 
 def checkpoint_row(study_: "Study", model, tag: str, base_circuit: circuits.Circuit, epoch: int,
@@ -75,7 +78,8 @@ def checkpoint_row(study_: "Study", model, tag: str, base_circuit: circuits.Circ
     """One checkpoint on the held-out prompts (memoised): behaviour (logit diff with a bootstrap interval,
     accuracy), the base circuit's faithfulness F(C)/F(M) with its interval, and per-head DLA / END->IO /
     END->S attention ([L, H] tensors). With rediscover=True also a circuit re-discovered in this model (on
-    the first n_rediscover discovery prompts), its faithfulness and its Jaccard overlap with the base circuit."""
+    the first n_rediscover discovery prompts), its faithfulness, the share of the base circuit's heads it
+    contains, each head's role transition (circuits.role_transitions) and, for reference, its Jaccard overlap."""
     def compute() -> dict:
         f = circuits.faithfulness(model, study_.test, study_.abc, base_circuit)
         ld = f.per_prompt_model  # F(M) keeps every head everywhere: the clean model's logit diff (one forward saved)
@@ -93,7 +97,9 @@ def checkpoint_row(study_: "Study", model, tag: str, base_circuit: circuits.Circ
             own = rediscover_cached(study_, model, tag, n_rediscover)
             f = circuits.faithfulness(model, study_.test, study_.abc, own)
             return {"circuit": own.to_json(), "circuit_size": len(own.heads), "faithfulness_own_circuit": f.ratio,
-                    "faithfulness_own_interval": f.interval(), "jaccard_base": circuits.jaccard(own, base_circuit)}
+                    "faithfulness_own_interval": f.interval(), "jaccard_base": circuits.jaccard(own, base_circuit),
+                    "containment_base": circuits.containment(base_circuit, own),
+                    "transitions": circuits.role_transitions(base_circuit, own)}
         row |= results.memo("checkpoint_own", own_part, model, model_name=study_.model_name, tag=tag,
                             data=study_.test.fingerprint(), base=base_circuit.to_json(), n=n_rediscover)
     return row
@@ -103,13 +109,13 @@ def rows_table(rows: list[dict]) -> str:
     """A plain-text table of checkpoint rows (re-discovered columns where a row has them)."""
     pct = lambda x: f"{x:.1%}"  # noqa: E731
     head = (f"{'checkpoint':>12} {'logit diff [95% CI]':>22} {'accuracy':>9} {'F base circuit [95% CI]':>26} "
-            f"{'F own':>7} {'heads':>6} {'Jaccard':>8}")
+            f"{'F own':>7} {'heads':>6} {'base heads kept':>16}")
     lines = [head]
     for r in rows:
         lo, hi = r["logit_diff_interval"]
         flo, fhi = r["faithfulness_base_interval"]
-        own = (f"{pct(r['faithfulness_own_circuit']):>7} {r['circuit_size']:>6} {r['jaccard_base']:>8.2f}"
-               if "circuit" in r else f"{'-':>7} {'-':>6} {'-':>8}")
+        own = (f"{pct(r['faithfulness_own_circuit']):>7} {r['circuit_size']:>6} {pct(r['containment_base']):>16}"
+               if "circuit" in r else f"{'-':>7} {'-':>6} {'-':>16}")
         lines.append(f"{str(r.get('label', r['epoch'])):>12} {r['logit_diff']:>7.2f} [{lo:>5.2f}, {hi:>5.2f}] "
                      f"{r['accuracy']:>9.1%} {pct(r['faithfulness_base_circuit']):>8} [{pct(flo):>6}, {pct(fhi):>6}] {own}")
     return "\n".join(lines)
@@ -141,6 +147,28 @@ def role_changes(before: dict, after: dict, heads, min_dla: float = 0.05) -> lis
     return sorted(out, key=lambda r: -abs(r["dla_change"]))
 
 
+def summed_change(before: dict, after: dict, heads, key: str = "dla") -> tuple[float, tuple[float, float]]:
+    """The change of a per-head readout summed over `heads` ('dla', 'attn_io' or 'attn_s'), after minus before,
+    on the same held-out prompts: (mean over prompts, 95% paired bootstrap interval). nan without heads."""
+    if not heads:
+        return float("nan"), (float("nan"), float("nan"))
+    ls, hs = [h[0] for h in heads], [h[1] for h in heads]
+    per = lambda r: r[f"{key}_per_prompt"][:, ls, hs].float().sum(-1)  # noqa: E731  [n]
+    diff = per(after) - per(before)
+    return float(diff.mean()), metrics.bootstrap_ci(diff)
+
+
+def transitions_between(row: dict, before: str | None, after: str | None) -> list:
+    """Heads of a re-discovered row whose class went from `before` to `after` (None: not in that circuit)."""
+    return [tuple(t["head"]) for t in row.get("transitions", []) if t["before"] == before and t["after"] == after]
+
+
+def roles_kept(row: dict) -> float:
+    """Share of the base circuit's heads that a re-discovered row finds again in the same class."""
+    base = [t for t in row.get("transitions", []) if t["before"] is not None]
+    return sum(t["transition"] == "kept" for t in base) / len(base) if base else float("nan")
+
+
 def recovered_share(base: dict, corrupted: dict, retrained: dict, heads) -> tuple[float, list[bool]]:
     """Share of `heads` whose DLA after retraining is closer to the base model's than the corrupted model's
     was (|retrained - base| < |corrupted - base| / 2: at least half the corruption undone), and per head."""
@@ -159,6 +187,36 @@ def faithfulness_gain_interval(after: dict, before: dict, n_boot: int = 1000) ->
 def logit_diff_change_interval(after: dict, before: dict) -> tuple[float, float]:
     """95% paired bootstrap interval of the mean logit difference of `after` minus `before` (same prompts)."""
     return metrics.bootstrap_ci(after["logit_diff_per_prompt"] - before["logit_diff_per_prompt"])
+
+
+def query_signal(model, ds: data.IOIDataset, abc: data.IOIDataset, movers, senders) -> patching.PathPatchPrompts:
+    """Path patching from `senders` into the queries at END of `movers` in `model` (Wang et al.'s S-Inhibition
+    step), per prompt, memoised: how much each sender's signal into the movers' queries carries the logit diff."""
+    r = patching.Receivers(tuple(tuple(h) for h in movers), "q", "END")
+
+    def compute() -> dict:
+        pp = patching.path_patch_prompts(model, ds, abc, r, senders=list(senders))
+        return {"clean": pp.clean, "patched": pp.patched, "senders": [list(h) for h in pp.senders]}
+
+    out = results.memo("query_signal", compute, model, data=ds.fingerprint(), movers=sorted(map(list, movers)),
+                       senders=sorted(map(list, senders)))
+    return patching.PathPatchPrompts(out["clean"], out["patched"], tuple(tuple(h) for h in out["senders"]))
+
+
+def signal_change(before: patching.PathPatchPrompts, after: patching.PathPatchPrompts, heads,
+                  n_boot: int = 1000, seed: int = 0) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Summed relative path-patching effect of `heads` in two models on the same prompts: ((before, after),
+    95% paired bootstrap interval of after minus before)."""
+    idx = [tuple(h) for h in heads]
+    summed = lambda pp, rows: sum(((pp.patched[h][rows].mean(-1) - pp.clean[rows].mean(-1)) / pp.clean[rows].mean(-1))  # noqa: E731
+                                  for h in idx)
+    n = len(before.clean)
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randint(0, n, (n_boot, n), generator=g)
+    diff = (summed(after, rows) - summed(before, rows)).sort().values
+    lo, hi = diff[int(0.025 * (n_boot - 1))].item(), diff[int(0.975 * (n_boot - 1))].item()
+    full = torch.arange(n)
+    return (float(summed(before, full)), float(summed(after, full))), (lo, hi)
 
 
 def cmap_subset(ds: data.IOIDataset, n: int) -> data.IOIDataset:

@@ -1,32 +1,32 @@
 """Circuit discovery: which heads carry IOI, what each of them does, and how faithful the result is.
 
-Method. Wang et al. (2022) found GPT-2 small's circuit by path patching backwards from the logits and sorting
-heads into classes by fixed rules (a Name Mover attends END -> IO, ...). Those rules are GPT-2's: SmolLM2's
-strongest head attends S2 and pushes the logit difference up by *suppressing S*, and a rule-first circuit
-keeps about none of its logit difference. So discovery here is effect-first, in two stages:
+Method (`discover`, `describe`). Wang et al. (2022) found GPT-2 small's circuit by path patching backwards from
+the logits: the heads whose direct path to the logits matters (Name Movers, and the Negative Name Movers that
+write against them), then the heads whose output reaches those heads' queries at END (S-Inhibition), then the
+heads that feed the S readers' keys and values at S2 (Induction, Duplicate Token), then the heads that
+feed the Induction heads' keys at S1+1 (Previous Token). We run the same steps on every head of the model and
+keep, at each step, every head whose effect is *significant in either direction*: at least a threshold share
+of F(M) in size, with a bootstrap interval over prompts that excludes 0 (`_significant`). A head that lowers
+the logit difference belongs to the mechanism as much as one that raises it; a search for the smallest head
+set that keeps a target share of F(M) would drop such pairs together.
 
-1. **Admission by effect** (`admit`): start from the whole model and prune heads under Wang's knockout
-   (per-template mean over p_ABC, at every position). A first-order estimate of every kept head's
-   contribution (`patching.knockout_attribution`: one forward and backward) ranks them; the weakest are removed
-   and the ranking is recomputed, down to `max_heads`. Then the shortest prefix of the ranking whose *measured*
-   F(C)/F(M) on the discovery prompts reaches `Thresholds.target` is found by binary search (exact forwards),
-   re-ranked and searched again until it no longer shrinks. Heads that push the logit difference the wrong way
-   rank last (removing them raises F(C)): the circuit is what carries the behaviour.
-2. **Description** (`describe`): the admitted heads are sorted into classes by Wang's measurements, restricted to
-   them: path patching to the logits (direct effect) with END attention and direct logit attribution, then path
-   patching into the direct heads' queries at END (S-Inhibition), into the keys/values at S2 of the heads that
-   read S2 from END (S-Inhibition and S-Suppression: Induction / Duplicate Token) and into the Induction keys
-   at S1+1 (Previous Token). Classes Wang did not need are added:
-   S-Suppression (SS: attends S from END and writes against it) and Other (admitted, no rule describes it).
+Roles are read from what a head does at its step: direct heads by the sign of their effect and what END
+attends to (IO: NM / NNM; S: SS / NSS, the S-Suppression pair SmolLM2 needs; neither: DW / NDW); Backup Name
+Movers attend IO and write IO over S without a significant direct effect; S-Inhibition heads attend END -> S2;
+Induction and Duplicate Token heads by their scores; Previous Token heads attend S1+1 -> S1. Other is left for a
+head a step finds that no rule describes, with its evidence (`Discovery.evidence`). Every threshold is a field
+of `Thresholds`.
 
-How stable the admitted set is across draws of prompts is measured, not assumed: `selection_frequency` repeats
-admission on random halves of the prompts (stability selection, Meinshausen & Bühlmann 2010) and `stable_core`
-keeps the heads that every draw selects almost always. They describe the circuit; they do not define it.
+Faithfulness is measured, not searched for: F(C)/F(M) under Wang's knockout (per-template p_ABC means) on
+held-out prompts, its build-up as heads are added by effect (`faithfulness_curve`), completeness and minimality.
+A second reading, a *minimal faithful subset* (`minimal_subset`, by `admit`), prunes heads under the knockout
+to the smallest set that keeps `Thresholds.target` of F(M); `selection_frequency` / `stable_core` measure how
+much that set depends on the prompts (stability selection, Meinshausen & Bühlmann 2010).
 
-Admitted heads are kept at every position (our choice: the class positions of Wang's convention are a
-GPT-2 finding, and a head's role must be known before its positions can be); `Circuit.everywhere` says so.
-MLPs are never ablated (Wang's convention); their role is measured separately (`attribution.mlp_knockout`).
-Faithfulness, completeness and minimality are meant to be measured on prompts the discovery did not see.
+Heads are kept at every position (our choice: the class positions of Wang's convention are a GPT-2 finding);
+`Circuit.everywhere` says so. MLPs are never ablated (Wang's convention); their role is measured separately
+(`attribution.mlp_knockout`). Fine-tuned checkpoints are compared with the base circuit by `containment` and
+head by head by `role_transitions`.
 """
 
 from __future__ import annotations
@@ -44,25 +44,33 @@ from . import attribution, data, metrics, patching, results
 from .patching import Head, Receivers, all_heads
 
 CLASSES: dict[str, str] = {
-    "NM": "Name Mover", "SS": "S-Suppression", "NNM": "Negative Name Mover", "BNM": "Backup Name Mover",
+    "NM": "Name Mover", "SS": "S-Suppression", "DW": "Direct Writer", "NNM": "Negative Name Mover",
+    "NSS": "Negative S-Suppression", "NDW": "Negative Direct Writer", "BNM": "Backup Name Mover",
     "SIN": "S-Inhibition", "IND": "Induction", "DT": "Duplicate Token", "PT": "Previous Token", "OTH": "Other",
 }
-# what each class does, as the book explains it (GPT-2's classes from Wang et al.; SS and OTH are ours)
+# what each class does, as the book explains it (GPT-2's classes from Wang et al.; SS, DW, NSS, NDW, OTH are ours).
+# "helps" / "hurts": path patching the head's direct path to the logits significantly lowers / raises the logit
+# difference; "attends X": END's attention to X is at least Thresholds.attention and at least the other name's.
 CLASS_RULES: dict[str, str] = {
-    "NM": "direct effect raising the logit difference; attends END -> IO more than END -> S",
-    "SS": "direct effect raising the logit difference; attends END -> S more than END -> IO (writes against S)",
-    "NNM": "direct effect lowering the logit difference; attends END -> IO",
-    "BNM": "no strong direct effect, but attends END -> IO and writes IO over S (positive DLA)",
+    "NM": "direct effect raising the logit difference; attends END -> IO",
+    "SS": "direct effect raising the logit difference; attends END -> S (writes against S)",
+    "DW": "direct effect raising the logit difference; attends neither name from END (e.g. END itself)",
+    "NNM": "direct effect lowering the logit difference; attends END -> IO (writes against IO)",
+    "NSS": "direct effect lowering the logit difference; attends END -> S (writes S)",
+    "NDW": "direct effect lowering the logit difference; attends neither name from END",
+    "BNM": "no significant direct effect, but attends END -> IO and writes IO over S (DLA >= 1% of F(M))",
     "SIN": "acts through the direct heads' queries at END; attends END -> S2",
-    "IND": "acts through the keys/values at S2 of the heads that read S2 (SIN, SS); induction above duplicate-token score",
-    "DT": "acts through the keys/values at S2 of the heads that read S2 (SIN, SS); duplicate-token score >= induction",
+    "IND": "acts through the keys/values at S2 of the heads that read S (SIN, SS, NSS); induction above duplicate-token score",
+    "DT": "acts through the keys/values at S2 of the heads that read S (SIN, SS, NSS); duplicate-token score >= induction",
     "PT": "acts through the Induction keys at S1+1; attends S1+1 -> S1",
-    "OTH": "admitted by its effect on the knockout; none of the rules above describes it",
+    "OTH": "a significant path-patching effect at some step, but none of the rules above describes it",
 }
-# positions a head of each class keeps in a knockout (Wang et al. / ARENA convention; SS like NM, OTH everywhere)
+DIRECT_CLASSES = ("NM", "SS", "DW", "NNM", "NSS", "NDW")
+# positions a head of each class keeps in a knockout (Wang et al. / ARENA convention; the direct classes like NM,
+# OTH everywhere). Discovered circuits keep every head at every position (Circuit.everywhere).
 CLASS_POSITIONS: dict[str, tuple[str, ...]] = {
-    "NM": ("END",), "SS": ("END",), "NNM": ("END",), "BNM": ("END",), "SIN": ("END",),
-    "IND": ("S2",), "DT": ("S2",), "PT": ("S1+1",), "OTH": patching.ALL_POSITIONS,
+    "NM": ("END",), "SS": ("END",), "DW": ("END",), "NNM": ("END",), "NSS": ("END",), "NDW": ("END",),
+    "BNM": ("END",), "SIN": ("END",), "IND": ("S2",), "DT": ("S2",), "PT": ("S1+1",), "OTH": patching.ALL_POSITIONS,
 }
 
 
@@ -146,41 +154,49 @@ WANG_GPT2_CIRCUIT = Circuit({
 @results.register_type  # memos hold it (results.memo stores values without code)
 @dataclass(frozen=True)
 class Thresholds:
-    """Every threshold of circuit discovery. Effects are relative changes of the clean logit difference."""
+    """Every threshold of circuit discovery. Effects are relative changes of the clean logit difference, F(M)."""
 
-    # admission (our choices)
-    target: float = 0.9  # keep the smallest circuit whose F(C)/F(M) on the discovery prompts is >= this
+    # the mechanism (path patching at every step; the values are ours, the steps Wang et al.'s)
+    direct: float = 0.02  # |path patching to the logits| >= 2% of F(M) ...
+    level: float = 0.95  # ... and its bootstrap interval over prompts (this level) excludes 0: significant
+    n_boot: int = 1000  # bootstrap resamples of prompts for that interval
+    attention: float = 0.1  # "attends X": END -> X attention at least this (and at least the other name's)
+    s_inhibition: float = 0.02  # q step: |patching into the direct heads' queries at END| >= 2%, significant
+    s_inhibition_attention: float = 0.1  # SIN: attends END -> S2 at least this much
+    duplicate_induction: float = 0.02  # kv step: |patching into the S readers' keys/values at S2| >= 2%, significant
+    previous_token: float = 0.02  # k step: |patching into the Induction keys at S1+1| >= 2%, significant
+    previous_token_attention: float = 0.2  # PT: attends S1+1 -> S1 at least this much
+    backup_attention: float = 0.2  # BNM: attends END -> IO at least this much ...
+    backup_dla: float = 0.01  # ... and its DLA is at least this share of F(M)
+    n_describe: int = 100  # path patching uses the first this many discovery prompts (all if fewer)
+    # a minimal faithful subset (admission, `admit`; a second reading, not the circuit; our choices)
+    target: float = 0.9  # the smallest head set whose F(C)/F(M) on the discovery prompts is >= this
     max_heads: int = 30  # ... and never more heads than this (pruning goes on until it is reached)
     prune_fraction: float = 0.5  # share of the kept heads removed per attribution step while above max_heads
     search_rounds: int = 2  # re-rank-and-search rounds below max_heads (each: one attribution, ~log2(k) forwards)
-    n_describe: int = 100  # description (path patching) uses the first this many discovery prompts (all if fewer)
-    # description (Wang et al.'s measurements; the values are ours)
-    direct: float = 0.02  # |path patching to the logits| >= 2%: the head writes to the logits directly
-    attention: float = 0.1  # END -> IO (NM, NNM) or END -> S (SS) attention at least this
-    s_inhibition: float = 0.02  # SIN: patching into the direct heads' queries at END lowers the logit diff >= 2%
-    s_inhibition_attention: float = 0.1  # SIN: attends END -> S2 at least this much
-    duplicate_induction: float = 0.02  # IND/DT: patching into the SIN/SS keys/values at S2 lowers it by >= 2%
-    previous_token: float = 0.02  # PT: patching into the IND keys at S1+1 lowers it by >= 2%
-    previous_token_attention: float = 0.2  # PT: attends S1+1 -> S1 at least this much
-    backup_attention: float = 0.2  # BNM: attends END -> IO at least this much and has DLA > 0
 
     def __post_init__(self) -> None:
         if (not 0 < self.target <= 2 or self.max_heads < 1 or not 0 < self.prune_fraction < 1 or self.search_rounds < 1
-                or self.n_describe < 1):
-            raise ValueError(f"bad discovery thresholds: need 0 < target <= 2, max_heads >= 1, "
-                             f"0 < prune_fraction < 1, search_rounds >= 1, n_describe >= 1; got {self}")
+                or self.n_describe < 1 or not 0 < self.level < 1 or self.n_boot < 10):
+            raise ValueError(f"bad discovery thresholds: need 0 < target <= 2, max_heads >= 1, 0 < prune_fraction < 1, "
+                             f"search_rounds >= 1, n_describe >= 1, 0 < level < 1, n_boot >= 10; got {self}")
 
 
 @results.register_type  # memos hold it (results.memo stores values without code)
 @dataclass
 class Discovery:
-    """The discovered circuit, the maps it was described from, and the pruning trajectory."""
+    """The discovered circuit, the maps it was found from, each head's evidence, and (admission only) a trace."""
 
     circuit: Circuit
     maps: dict[str, torch.Tensor]  # name -> [n_layers, n_heads]
     thresholds: Thresholds
-    trace: list[dict] = field(default_factory=list)  # per pruning step: heads, faithfulness on discovery prompts
+    trace: list[dict] = field(default_factory=list)  # admission: per pruning step, heads and faithfulness
     seconds: float = 0.0
+    evidence: dict[Head, dict] = field(default_factory=dict)  # head -> its step, effect, interval, readouts
+
+    def ranked(self) -> list[Head]:
+        """The circuit's heads by the size of their effect at the step that found them, largest first."""
+        return sorted(self.circuit.heads, key=lambda h: (-abs(self.evidence.get(h, {}).get("effect", 0.0)), h))
 
 
 def _measure(model, clean, abc, means, heads: Sequence[Head], f_m: float) -> float:
@@ -261,10 +277,15 @@ def stable_core(frequencies: Sequence[torch.Tensor], share: float = 0.8) -> list
     return [(l, h) for l, h in torch.nonzero(least >= share).tolist()]
 
 
-def _pick(score: torch.Tensor, threshold: float, among: Sequence[Head], gate: torch.Tensor | None = None) -> list[Head]:
-    """Heads of `among` with score >= threshold (and gate true), strongest first."""
-    ok = [h for h in among if score[h] >= threshold and (gate is None or bool(gate[h]))]
-    return sorted(ok, key=lambda h: -float(score[h]))
+def _significant(pp: patching.PathPatchPrompts, threshold: float, among: Sequence[Head], t: Thresholds,
+                 step: str, evidence: dict[Head, dict]) -> list[Head]:
+    """Heads of `among` whose path-patching effect is at least `threshold` in size, in either direction, with a
+    bootstrap interval (t.level) that excludes 0; each one's evidence recorded under `step`. Largest first."""
+    e, ci = pp.effect(), pp.interval(t.level, t.n_boot)
+    out = [h for h in among if abs(float(e[h])) >= threshold and (float(ci[0][h]) > 0 or float(ci[1][h]) < 0)]
+    for h in out:
+        evidence[h] = {"step": step, "effect": float(e[h]), "interval": (float(ci[0][h]), float(ci[1][h]))}
+    return sorted(out, key=lambda h: -abs(float(e[h])))
 
 
 def _readouts(model, clean: data.IOIDataset) -> dict[str, torch.Tensor]:
@@ -280,67 +301,139 @@ def _readouts(model, clean: data.IOIDataset) -> dict[str, torch.Tensor]:
     return maps
 
 
-def _classify_direct(maps: dict[str, torch.Tensor], heads: Sequence[Head], t: Thresholds) -> dict[str, list[Head]]:
-    """NM / SS / NNM / BNM among heads, from the direct path, END attention and DLA."""
-    io, s, dla = maps["attn_end_io"], maps["attn_end_s"], maps["dla"]
-    helps, hurts = _pick(-maps["direct"], t.direct, heads), _pick(maps["direct"], t.direct, heads)
-    c = {"NM": [h for h in helps if io[h] >= t.attention and io[h] >= s[h]],
-         "SS": [h for h in helps if s[h] >= t.attention and s[h] > io[h]],
-         "NNM": [h for h in hurts if io[h] >= t.attention]}
-    direct = set(helps) | set(hurts)
-    c["BNM"] = [h for h in heads if h not in direct and io[h] >= t.backup_attention and dla[h] > 0]
+def attends(maps: dict[str, torch.Tensor], head: Head, t: Thresholds) -> str:
+    """What a head reads from END: "IO", "S" (either mention) or "neither" (module rules, Thresholds.attention)."""
+    io, s = float(maps["attn_end_io"][head]), float(maps["attn_end_s"][head])
+    if io >= t.attention and io >= s:
+        return "IO"
+    return "S" if s >= t.attention else "neither"
+
+
+def direct_role(effect: float, reads: str) -> str:
+    """The class of a head with a significant direct effect (relative change when patched: < 0 = it helps)."""
+    helps = effect < 0
+    return {"IO": "NM" if helps else "NNM", "S": "SS" if helps else "NSS",
+            "neither": "DW" if helps else "NDW"}[reads]
+
+
+def _classify_direct(maps: dict[str, torch.Tensor], heads: Sequence[Head], evidence: dict[Head, dict],
+                     t: Thresholds) -> dict[str, list[Head]]:
+    """The direct classes (NM, SS, DW, NNM, NSS, NDW) of heads with a significant direct effect."""
+    c = {k: [] for k in DIRECT_CLASSES}
+    for h in heads:
+        c[direct_role(evidence[h]["effect"], attends(maps, h, t))].append(h)
     return c
 
 
-def describe(model, clean: data.IOIDataset, abc: data.IOIDataset, heads: Sequence[Head],
-             t: Thresholds = Thresholds(), progress: bool = False) -> tuple[Circuit, dict[str, torch.Tensor]]:
-    """Stage 2: sort admitted heads into classes with Wang et al.'s path-patching steps, restricted to them."""
-    heads = sorted(tuple(h) for h in heads)
-    maps = _readouts(model, clean)
-    pp = lambda receivers, senders: patching.path_patch(model, clean, abc, receivers, senders=senders,  # noqa: E731
-                                                          progress=progress)
-    maps["direct"] = pp(patching.LOGITS, heads)
-    c = {x: [] for x in CLASSES} | _classify_direct(maps, heads, t)
-    used = set(c["NM"]) | set(c["SS"]) | set(c["NNM"]) | set(c["BNM"])
-    movers = c["NM"] + c["SS"]
-    rest = lambda: [h for h in heads if h not in used]  # noqa: E731
+def _backups(maps: dict[str, torch.Tensor], heads: Sequence[Head], f_m: float, t: Thresholds) -> list[Head]:
+    """BNM: no significant direct effect, END -> IO attention >= t.backup_attention, DLA >= t.backup_dla x F(M)."""
+    io, dla = maps["attn_end_io"], maps["dla"]
+    return [h for h in heads if io[h] >= t.backup_attention and dla[h] >= t.backup_dla * abs(f_m)]
+
+
+def _step(model, clean, abc, receivers, among, threshold, t, name, evidence, maps, progress) -> list[Head]:
+    """One path-patching step from the heads `among` into `receivers`: the significant senders (both signs)."""
+    pp = patching.path_patch_prompts(model, clean, abc, receivers, senders=among, progress=progress)
+    maps[name] = pp.effect()
+    return _significant(pp, threshold, among, t, name, evidence)
+
+
+def describe(model, clean: data.IOIDataset, abc: data.IOIDataset, heads: Sequence[Head] | None = None,
+             t: Thresholds = Thresholds(), progress: bool = False) -> tuple[Circuit, dict[str, torch.Tensor], dict]:
+    """The mechanism among `heads` (default: every head), found backwards from the logits as Wang et al. did.
+
+    1. Path patching to the logits: every head with a significant direct effect of either sign is a direct
+       head, sorted by sign and what it reads from END (NM, SS, DW; NNM, NSS, NDW). Heads that attend END -> IO
+       and write IO over S without a significant direct effect are Backup Name Movers.
+    2. Into the direct heads' queries at END: significant senders are S-Inhibition if they attend END -> S2.
+    3. Into the keys and values at S2 of the heads that read S (SIN, SS, NSS): Induction or Duplicate Token by score.
+    4. Into the Induction heads' keys at S1+1, from the heads that attend S1+1 -> S1: Previous Token heads.
+       (Only this step pre-selects its senders by their attention: its window, S1+1 to END, makes it the
+       costliest, and a sender without that attention could only be Other.)
+    A head found by a step whose rule does not fit is Other, with its evidence. Returns (circuit kept at every
+    position, maps [n_layers, n_heads] by name, evidence by head).
+    """
+    heads = sorted(tuple(h) for h in (heads if heads is not None else patching.all_heads(model)))
+    maps, ev = _readouts(model, clean), {}
+    run = lambda r, among, thr, name: _step(model, clean, abc, r, among, thr, t, name, ev, maps, progress)  # noqa: E731
+    direct = run(patching.LOGITS, heads, t.direct, "direct")
+    c = {x: [] for x in CLASSES} | _classify_direct(maps, direct, ev, t)
+    f_m = patching.hooked_logit_diff(model, clean).mean().item()
+    rest = lambda: [h for h in heads if h not in ev]  # noqa: E731
+    c["BNM"] = _backups(maps, rest(), f_m, t)
+    for h in c["BNM"]:
+        ev[h] = {"step": "backup", "effect": float(maps["direct"][h]), "interval": None}
+    movers = [h for k in DIRECT_CLASSES for h in c[k]]  # every direct head, of either sign
     if movers and rest():
-        maps["to_movers_q"] = pp(Receivers(tuple(movers), "q", "END"), rest())
-        c["SIN"] = _pick(-maps["to_movers_q"], t.s_inhibition, rest(), maps["attn_end_s2"] >= t.s_inhibition_attention)
-        used |= set(c["SIN"])
-    readers = c["SIN"] + c["SS"]  # heads that read S2 from END: GPT-2's S-Inhibition, SmolLM2's S-Suppression
+        found = run(patching.Receivers(tuple(movers), "q", "END"), rest(), t.s_inhibition, "to_movers_q")
+        c["SIN"] = [h for h in found if maps["attn_end_s2"][h] >= t.s_inhibition_attention]
+        c["OTH"] += [h for h in found if h not in c["SIN"]]
+    readers = c["SIN"] + c["SS"] + c["NSS"]  # heads that read S from END: S-Inhibition, S-Suppression (either sign)
     if readers and rest():
-        maps["to_s2_readers_kv"] = pp(Receivers(tuple(readers), "kv", "S2"), rest())
-        dup_or_ind = _pick(-maps["to_s2_readers_kv"], t.duplicate_induction, rest())
-        c["DT"] = [h for h in dup_or_ind if maps["duplicate_token"][h] >= maps["induction"][h]]
-        c["IND"] = [h for h in dup_or_ind if maps["duplicate_token"][h] < maps["induction"][h]]
-        used |= set(c["DT"]) | set(c["IND"])
-    if c["IND"] and rest():
-        maps["to_ind_k"] = pp(Receivers(tuple(c["IND"]), "k", "S1+1"), rest())
-        c["PT"] = _pick(-maps["to_ind_k"], t.previous_token, rest(), maps["previous_token"] >= t.previous_token_attention)
-        used |= set(c["PT"])
-    c["OTH"] = rest()
-    return Circuit(c, everywhere=True), maps
+        found = run(patching.Receivers(tuple(readers), "kv", "S2"), rest(), t.duplicate_induction, "to_s2_readers_kv")
+        c["DT"] = [h for h in found if maps["duplicate_token"][h] >= maps["induction"][h]]
+        c["IND"] = [h for h in found if maps["duplicate_token"][h] < maps["induction"][h]]
+    attends_previous = [h for h in rest() if maps["previous_token"][h] >= t.previous_token_attention]
+    if c["IND"] and attends_previous:  # senders: heads that attend S1+1 -> S1 (the only ones this step can name)
+        c["PT"] = run(patching.Receivers(tuple(c["IND"]), "k", "S1+1"), attends_previous, t.previous_token, "to_ind_k")
+    circuit = Circuit(c, everywhere=True)
+    for h in circuit.heads:
+        ev[h] |= {"class": circuit.class_of(h), "attends": attends(maps, h, t), "dla": float(maps["dla"][h]),
+                  "attn_io": float(maps["attn_end_io"][h]), "attn_s": float(maps["attn_end_s"][h])}
+    return circuit, maps, ev
 
 
 def discover(model, clean: data.IOIDataset, abc: data.IOIDataset, thresholds: Thresholds = Thresholds(),
              progress: bool = False) -> Discovery:
-    """Admit heads by their effect on the mean-ablation knockout, then describe them (see the module doc).
+    """The model's IOI mechanism (`describe` on every head) on the first thresholds.n_describe of these
+    discovery prompts; measure its faithfulness on other prompts."""
+    t0 = time.perf_counter()
+    first = list(range(min(len(clean), thresholds.n_describe)))
+    circuit, maps, evidence = describe(model, clean[first], abc[first], None, thresholds, progress)
+    return Discovery(circuit, maps, thresholds, [], time.perf_counter() - t0, evidence)
 
-    `clean` / `abc` are the discovery prompts (admission uses all of them, description the first
-    thresholds.n_describe); measure the result on other prompts.
-    """
+
+def minimal_subset(model, clean: data.IOIDataset, abc: data.IOIDataset, thresholds: Thresholds = Thresholds(),
+                   progress: bool = False) -> Discovery:
+    """A second reading, not the mechanism: the smallest head set whose knockout keeps thresholds.target of
+    F(M) (`admit`), unclassified ("OTH"), with admission's trace and each head's attributed share of F(M)."""
     t0 = time.perf_counter()
     heads, trace, attr, f_m = admit(model, clean, abc, thresholds, progress)
-    first = list(range(min(len(clean), thresholds.n_describe)))
-    circuit, maps = describe(model, clean[first], abc[first], heads, thresholds, progress)
-    maps["attribution"] = attr / f_m  # each head's attributed share of F(M) in the whole model
-    return Discovery(circuit, maps, thresholds, trace, time.perf_counter() - t0)
+    return Discovery(circuit_of(heads), {"attribution": attr / f_m}, thresholds, trace, time.perf_counter() - t0)
 
 
 def circuit_of(heads: Sequence[Head]) -> Circuit:
     """A Circuit keeping these heads at every position, all in class "OTH" (a head set with no description)."""
     return Circuit({"OTH": [tuple(h) for h in heads]}, everywhere=True)
+
+
+def containment(base: Circuit, other: Circuit) -> float:
+    """Share of `base`'s heads that are also in `other` (1 for an empty base): unlike Jaccard, its ceiling does
+    not depend on how many heads `other` adds."""
+    x = set(base.heads)
+    return len(x & set(other.heads)) / len(x) if x else 1.0
+
+
+POSITIVE_DIRECT, NEGATIVE_DIRECT = ("NM", "SS", "DW"), ("NNM", "NSS", "NDW")
+
+
+def role_transitions(base: Circuit, other: Circuit) -> list[dict]:
+    """Head by head over both circuits: its class in each and what happened to it, one of
+    "kept" (same class), "inverted" (a direct head whose effect changed sign: NM <-> NNM, SS <-> NSS, DW <-> NDW,
+    or any positive <-> negative direct class), "changed" (another class), "lost" (only in base), "gained"."""
+    out = []
+    for h in sorted(set(base.heads) | set(other.heads)):
+        a, b = base.class_of(h), other.class_of(h)
+        if a is None or b is None:
+            what = "lost" if b is None else "gained"
+        elif a == b:
+            what = "kept"
+        elif {a, b} & set(POSITIVE_DIRECT) and {a, b} & set(NEGATIVE_DIRECT):
+            what = "inverted"
+        else:
+            what = "changed"
+        out.append({"head": h, "before": a, "after": b, "transition": what})
+    return out
 
 
 def jaccard(a: Circuit, b: Circuit) -> float:
@@ -406,6 +499,18 @@ def faithfulness(model, clean, abc, circuit: Circuit, means=None) -> Faithfulnes
     f_m = patching.circuit_logit_diff(model, clean, abc, _model_minus(model, []), means, per_prompt=True)
     f_c = patching.circuit_logit_diff(model, clean, abc, circuit.positions(), means, per_prompt=True)
     return Faithfulness(f_m.mean().item(), f_c.mean().item(), f_m, f_c)
+
+
+def faithfulness_curve(model, clean, abc, ranked: Sequence[Head], means=None) -> list[dict]:
+    """F(C)/F(M) of the first k heads of `ranked` (kept at every position), for k = 0..len(ranked): how
+    faithfulness builds up as heads are added in order of their effect. One knockout forward per k."""
+    means = means if means is not None else patching.template_means(model, abc)
+    f_m = patching.circuit_logit_diff(model, clean, abc, _model_minus(model, []), means)
+    out = []
+    for k in range(len(ranked) + 1):
+        f_c = patching.circuit_logit_diff(model, clean, abc, {h: patching.ALL_POSITIONS for h in ranked[:k]}, means)
+        out.append({"heads": k, "added": tuple(ranked[k - 1]) if k else None, "faithfulness": f_c / f_m})
+    return out
 
 
 def completeness(model, clean, abc, circuit: Circuit, n_random: int = 3, seed: int = 0, means=None) -> list[dict]:

@@ -43,14 +43,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=50, help="discovery prompts (and as many held-out prompts)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--target", type=float, default=circuits.Thresholds.target, help="F(C)/F(M) to keep on discovery prompts")
-    ap.add_argument("--max-heads", type=int, default=circuits.Thresholds.max_heads)
+    ap.add_argument("--direct", type=float, default=circuits.Thresholds.direct,
+                    help="least |path-patching effect| (share of F(M)) for a head to join the circuit at a step")
+    ap.add_argument("--level", type=float, default=circuits.Thresholds.level,
+                    help="bootstrap interval level; the interval of a kept head's effect excludes 0")
     ap.add_argument("--out", type=Path, default=None, help="folder for the heat maps (default: under $IOI_UTILS_RESULTS)")
     a = ap.parse_args(argv)
     if a.n < 2:
         ap.error("--n must be >= 2")
     try:
-        thresholds = circuits.Thresholds(target=a.target, max_heads=a.max_heads)
+        thresholds = circuits.Thresholds(direct=a.direct, s_inhibition=a.direct, duplicate_induction=a.direct,
+                                         previous_token=a.direct, level=a.level)
         s = study.prepare(a.model, n_prompts=a.n, n_eval=a.n, seed=a.seed, device=a.device)
     except (models.ModelUnavailableError, ValueError) as e:
         ap.exit(2, f"error: {e}\n")
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     faith = circuits.faithfulness(s.model, s.test, s.abc, found.circuit)
     lo, hi = faith.interval()
     print(found.circuit)
+    other = len(found.circuit.classes["OTH"])
+    print(f"Other: {other} of {len(found.circuit.heads)} heads")
     print(f"{len(found.circuit.heads)} heads (discovered in {found.seconds:.0f} s on {len(s.disc)} prompts); "
           f"on {len(s.test)} held-out prompts F(M) = {faith.f_model:.3f}, F(C) = {faith.f_circuit:.3f}, "
           f"F(C)/F(M) = {faith.ratio:.1%} [95% CI {lo:.1%}, {hi:.1%}] (Wang's reading {faith.wang:.1%})")

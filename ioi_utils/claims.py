@@ -2,8 +2,8 @@
 
 A claim compares our value (and, where we have one, its bootstrap interval) with a threshold:
 "reproduced" when the whole interval is on the claimed side, "not reproduced" when it is wholly on the
-other side or a precondition fails (e.g. F(M) > 0 before a ratio F(C)/F(M) means anything),
-"inconclusive" when the interval straddles the threshold.
+other side, "inconclusive" when the interval straddles the threshold, and "not testable" when a precondition
+fails (e.g. F(M) > 0 before a ratio F(C)/F(M) means anything; a role the claim is about is absent).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTABLE = "reproduced", "not reproduced", "inconclusive", "not testable"
 DIRECTIONS = (">=", "<=")
 
 
@@ -69,7 +69,7 @@ def check(statement: str, ours: float, interval: tuple[float, float] | None, thr
     evidence = f"ours: {_fmt(ours)}" + ("" if interval is None else f" [{_fmt(interval[0])}, {_fmt(interval[1])}]")
     evidence += f" vs threshold {'≥' if direction == '>=' else '≤'} {_fmt(threshold)}"
     if precondition is not None and not precondition[0]:
-        verdict, evidence = NOT_REPRODUCED, f"{evidence}; precondition failed: {precondition[1]}"
+        verdict, evidence = NOT_TESTABLE, f"{evidence}; precondition failed: {precondition[1]}"
     claim = Claim(statement, paper, ours, interval, float(threshold), direction, verdict, evidence)
     print(claim)
     if record is not None:

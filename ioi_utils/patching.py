@@ -398,11 +398,11 @@ def _sweep(model, fr: _Frozen, senders: Sequence[Head], stops: Sequence[int],
 
 @torch.no_grad()
 def _direct_fast(model, clean: IOIDataset, fr: _Frozen, senders: list[Head], progress: bool) -> torch.Tensor:
-    """Mean logit diff per sender with the sender patched and every head's z frozen: [n_senders]."""
+    """Per-prompt logit diff per sender with the sender patched and every head's z frozen: [n_senders, batch]."""
     n_l, out = model.cfg.n_layers, []
     for chunk in tqdm(_chunks(senders, max(1, SWEEP_ROWS // len(clean))), desc="path patching",
                       disable=not progress, leave=False):
-        _sweep(model, fr, chunk, [n_l], lambda j, x: out.append(_ld_from_resid(model, x, clean).mean(1)))
+        _sweep(model, fr, chunk, [n_l], lambda j, x: out.append(_ld_from_resid(model, x, clean)))
     return torch.cat(out)
 
 
@@ -429,7 +429,65 @@ def _receiver_values(model, fr: _Frozen, senders: list[Head], r: Receivers,
     return {s: torch.cat(v) for s, v in parts.items()}
 
 
+@dataclass
+class PathPatchPrompts:
+    """Path patching kept per prompt: the clean logit difference and, per sender, the patched one.
+
+    `effect()` is the relative change of the mean, (mean patched - mean clean) / mean clean, per head (what
+    `path_patch` returns); `interval()` bootstraps it over prompts (paired: the same prompts resampled for clean
+    and patched), so a head's effect can be called significant when its interval excludes 0.
+    """
+
+    clean: torch.Tensor  # [batch] clean logit difference
+    patched: torch.Tensor  # [n_layers, n_heads, batch]; a head not patched holds the clean values
+    senders: tuple[Head, ...]
+
+    def effect(self) -> torch.Tensor:
+        """[n_layers, n_heads] relative change of the mean logit difference (0 for heads not patched)."""
+        m = self.clean.mean()
+        return (self.patched.mean(-1) - m) / m
+
+    def interval(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> torch.Tensor:
+        """[2, n_layers, n_heads] percentile bootstrap interval of effect() over prompts."""
+        g = torch.Generator().manual_seed(seed)
+        n = len(self.clean)
+        idx = torch.randint(0, n, (n_boot, n), generator=g)
+        m = self.clean[idx].mean(-1)  # [n_boot]
+        p = self.patched[..., idx].mean(-1)  # [n_layers, n_heads, n_boot]
+        boot = (p - m) / m
+        q = torch.tensor([(1 - level) / 2, (1 + level) / 2])
+        return torch.quantile(boot, q, dim=-1)
+
+
 @torch.no_grad()
+def path_patch_prompts(model, clean: IOIDataset, corrupt: IOIDataset, receivers: Receivers = LOGITS,
+                       senders: Sequence[Head] | None = None, batch_heads: int = 8,
+                       progress: bool = False) -> PathPatchPrompts:
+    """`path_patch` before the mean over prompts (see there for the method): per-prompt logit differences."""
+    senders = _validate(model, clean, corrupt, receivers, senders)
+    _chunks([], batch_heads)  # raises on batch_heads < 1 whichever route step 3 takes
+    if not receivers.heads:
+        fr = _frozen(model, clean, corrupt, "END")
+        ld_clean = _ld_from_resid(model, fr.final, clean)  # [batch]
+        lds = _direct_fast(model, clean, fr, senders, progress) if senders else None
+    else:
+        last = max(l for l, _ in receivers.heads)
+        senders = [s for s in senders if s[0] < last]
+        ld_clean = _run_ld(model, clean)[0]  # [batch]
+        lds = None
+        if senders:
+            fr = _frozen(model, clean, corrupt, receivers.position)
+            values = _receiver_values(model, fr, senders, receivers, progress)  # site -> [n_senders, batch, n_idx, d_head]
+            lds = _step3_windowed(model, clean, receivers, senders, values, ld_clean, progress)
+            if lds is None:
+                lds = _step3_generic(model, clean, receivers, senders, values, batch_heads, progress)
+    ld_clean = ld_clean.float().cpu()
+    patched = ld_clean.expand(model.cfg.n_layers, model.cfg.n_heads, -1).clone()
+    for i, s in enumerate(senders if lds is not None else []):
+        patched[s] = lds[i].float().cpu()
+    return PathPatchPrompts(ld_clean, patched, tuple(senders))
+
+
 def path_patch(model, clean: IOIDataset, corrupt: IOIDataset, receivers: Receivers = LOGITS,
                senders: Sequence[Head] | None = None, batch_heads: int = 8, progress: bool = False) -> torch.Tensor:
     """Path patching (ARENA's 3-step form of Wang et al.): [n_layers, n_heads] relative change of the clean
@@ -448,44 +506,23 @@ def path_patch(model, clean: IOIDataset, corrupt: IOIDataset, receivers: Receive
     positions from the receiver position to END (causal attention: nothing before it changes), attending to
     the clean run's cached keys and values (_step3_windowed). Architectures it does not model fall back to
     hooked forwards from the first receiver layer, `batch_heads` senders at a time (_step3_generic).
+    `path_patch_prompts` keeps the per-prompt values (for intervals).
     """
-    senders = _validate(model, clean, corrupt, receivers, senders)
-    _chunks([], batch_heads)  # raises on batch_heads < 1 whichever route step 3 takes
-    out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    if not receivers.heads:
-        fr = _frozen(model, clean, corrupt, "END")
-        ld_clean = _ld_from_resid(model, fr.final, clean).mean().item()
-        lds = _direct_fast(model, clean, fr, senders, progress)
-        for s, ld in zip(senders, lds.tolist()):
-            out[s] = (ld - ld_clean) / ld_clean
-        return out
-    last = max(l for l, _ in receivers.heads)
-    senders = [s for s in senders if s[0] < last]
-    if not senders:
-        return out
-    ld_clean = _run_ld(model, clean)  # [1, batch]
-    fr = _frozen(model, clean, corrupt, receivers.position)
-    values = _receiver_values(model, fr, senders, receivers, progress)  # site -> [n_senders, batch, n_idx, d_head]
-    lds = _step3_windowed(model, clean, receivers, senders, values, ld_clean[0], progress)
-    if lds is None:
-        lds = _step3_generic(model, clean, receivers, senders, values, batch_heads, progress)
-    ld0 = ld_clean.mean().item()
-    for s, ld in zip(senders, lds.tolist()):
-        out[s] = (ld - ld0) / ld0
-    return out
+    return path_patch_prompts(model, clean, corrupt, receivers, senders, batch_heads, progress).effect()
 
 
 @torch.no_grad()
 def _step3_generic(model, clean: IOIDataset, r: Receivers, senders: list[Head],
                    values: Mapping[str, torch.Tensor], batch_heads: int, progress: bool) -> torch.Tensor:
-    """Step 3 by hooked forwards from the first receiver layer, batch_heads senders at a time: [n_senders]."""
+    """Step 3 by hooked forwards from the first receiver layer, batch_heads senders at a time: per-prompt logit
+    diff [n_senders, batch]."""
     first, out = min(l for l, _ in r.heads), []
     for chunk in tqdm(_chunks(list(range(len(senders))), batch_heads), desc="path patching (generic step 3)",
                       disable=not progress, leave=False):
         idx = torch.tensor(chunk)
         vals = {site: v[idx.to(v.device)].flatten(0, 1) for site, v in values.items()}
         hooks = _patch_sites_hooks(model, clean, r, vals, len(chunk))
-        out.append(_run_ld(model, clean, len(chunk), hooks, start=first).mean(1))
+        out.append(_run_ld(model, clean, len(chunk), hooks, start=first))
     return torch.cat(out)
 
 
@@ -654,8 +691,8 @@ def _window_ld(model, clean: IOIDataset, kv: _CleanKV, win: _Window, n: int,
 def _step3_windowed(model, clean: IOIDataset, r: Receivers, senders: list[Head],
                     values: Mapping[str, torch.Tensor], ld_clean: torch.Tensor,
                     progress: bool) -> torch.Tensor | None:
-    """Step 3 recomputing only positions from the receiver position to END, all senders batched: mean logit diff
-    per sender [n_senders], or None where the architecture is not covered or the clean recompute disagrees
+    """Step 3 recomputing only positions from the receiver position to END, all senders batched: per-prompt logit
+    diff per sender [n_senders, batch], or None where the architecture is not covered or the clean recompute disagrees
     with the clean forward (ld_clean [batch]).
 
     Under causal attention a patch at position p changes nothing before p, so from the first receiver layer on
@@ -675,7 +712,7 @@ def _step3_windowed(model, clean: IOIDataset, r: Receivers, senders: list[Head],
     for chunk in tqdm(_chunks(list(range(len(senders))), per_chunk), desc="path patching (windowed step 3)",
                       disable=not progress, leave=False):
         idx = torch.tensor(chunk)
-        out.append(_window_ld(model, clean, kv, win, len(chunk), _window_patches(model, r, values, idx)).mean(1))
+        out.append(_window_ld(model, clean, kv, win, len(chunk), _window_patches(model, r, values, idx)))
     return torch.cat(out)
 
 

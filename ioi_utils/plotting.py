@@ -33,6 +33,7 @@ Head = tuple[int, int]  # (layer, query head)
 CLASS_COLORS: dict[str, str] = {
     "NM": "#2ca02c", "NNM": "#d62728", "BNM": "#17becf", "SIN": "#9467bd",
     "IND": "#ff7f0e", "DT": "#8c564b", "PT": "#e377c2", "SS": "#bcbd22", "OTH": "#7f7f7f",
+    "DW": "#1f77b4", "NSS": "#ff9896", "NDW": "#393b79",
 }
 DIVERGING, SEQUENTIAL = "RdBu_r", "viridis"
 BOOK_WIDTH = 8.0  # inches: the book's text column at 100 dpi

@@ -18,7 +18,7 @@ from . import analyses, circuits, data, evaluate, models, results, training
 from .analyses import (  # noqa: F401  (re-exported: the chapters call them as study.<name>)
     checkpoint_row, cmap_cached, cmap_subset, discover_cached, dla_interval, faithfulness_gain_interval, gain_share,
     gain_share_ceiling, localization, localization_control, logit_diff_change_interval, recovered_share,
-    rediscover_cached, role_changes, rows_table, series, top_heads)
+    query_signal, rediscover_cached, role_changes, roles_kept, signal_change, rows_table, series, summed_change, top_heads, transitions_between)
 
 
 @dataclass
@@ -83,6 +83,15 @@ def admission_cached(study_: Study, seed: int, n: int,
     """Stage 1 of discovery on the base model and the n discovery prompts of a prompt seed, memoised: (admitted
     heads, each head's attributed share of F(M) [n_layers, n_heads]). The circuit's heads are exactly these."""
     return analyses.admission_cached(study_.model, study_.model_name, *discovery_split(study_, n, seed), thresholds)
+
+
+def discovery_seed_cached(study_: Study, seed: int, n: int,
+                          thresholds: circuits.Thresholds = circuits.Thresholds()) -> circuits.Discovery:
+    """The mechanism (circuits.discover) of the base model on the n discovery prompts of a prompt seed, memoised."""
+    disc, abc = discovery_split(study_, n, seed)
+    return results.memo("discovery", lambda: circuits.discover(study_.model, disc, abc, thresholds), study_.model,
+                        model_name=study_.model_name, tag=f"base-seed{seed}", data=disc.fingerprint(),
+                        thresholds=thresholds)
 
 
 def selection_cached(study_: Study, seed: int, n: int, thresholds: circuits.Thresholds = circuits.Thresholds(),

@@ -11,6 +11,8 @@ Heads (attention scores in logit units; the other heads of each layer are zero):
   SIN 1.0  attends the position carrying DUP (END -> S2), else BOS. Copies that name into INH.
   NM  2.0  attends every name, MARGIN less a name in INH (END -> IO). Copies the name into OUT, which W_U reads.
   DECOY 1.1  attends like SIN (END -> S2) but writes into SPARE: high S2 attention, no effect.
+  NNM 2.1  (only with nnm_gain > 0) attends like NM (END -> IO) and writes -nnm_gain into OUT: a Negative Name
+       Mover that cancels part of NM, as Wang et al.'s 10.7 and 11.10 do in GPT-2.
 On clean prompts the logit difference is 3.7 (GAIN, less what NM's soft margin leaves on S); on ABC prompts
 (no repeated name) SIN reads BOS, NM splits over three names and the logit difference is 0.
 """
@@ -24,7 +26,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from ioi_utils import data, models
 
-DT, SIN, NM, DECOY = (0, 0), (1, 0), (2, 0), (1, 1)
+DT, SIN, NM, DECOY, NNM = (0, 0), (1, 0), (2, 0), (1, 1), (2, 1)
 N_CTX, D_MODEL, N_HEADS = 32, 400, 2
 SHARP, BOS_SCORE, GAIN = 20.0, 10.0, 4.0  # score of a match, of BOS, and the OUT write of NM (logits)
 MARGIN = 4.0  # SIN's S2-over-BOS and NM's IO-over-S score margins: soft enough for knockout attribution's gradient
@@ -47,7 +49,7 @@ def _head(d_head: int) -> dict[str, torch.Tensor]:
             "o": torch.zeros(d_head, D_MODEL)}
 
 
-def _plant(tok) -> tuple[dict[tuple[int, int], dict[str, torch.Tensor]], torch.Tensor, torch.Tensor, torch.Tensor]:
+def _plant(tok, nnm_gain: float = 0.0) -> tuple[dict[tuple[int, int], dict[str, torch.Tensor]], torch.Tensor, torch.Tensor, torch.Tensor]:
     """The planted heads' matrices, token and position embeddings and the unembedding [vocab, d_model]."""
     names = [data.token_id(tok, n) for n in data.vocabulary_names(tok)]
     at, d_head, bos = _layout(len(tok), len(names)), D_MODEL // N_HEADS, tok.bos_token_id
@@ -58,7 +60,7 @@ def _plant(tok) -> tuple[dict[tuple[int, int], dict[str, torch.Tensor]], torch.T
     wte[:, at["ONE"]] = 1
     wpe[torch.arange(N_CTX), at["POS"] + torch.arange(N_CTX)] = 1
     w_u[names, at["OUT"] + name_idx] = 1
-    heads = {h: _head(d_head) for h in (DT, SIN, NM, DECOY)}
+    heads = {h: _head(d_head) for h in (DT, SIN, NM, DECOY) + ((NNM,) if nnm_gain else ())}
     to_bos = d_head - 1  # every head: a constant query against the BOS token's key
     for h in heads.values():
         h["q"][at["ONE"], to_bos], h["k"][at["TOK"] + bos, to_bos] = BOS_SCORE, 1
@@ -77,11 +79,12 @@ def _plant(tok) -> tuple[dict[tuple[int, int], dict[str, torch.Tensor]], torch.T
         sin["v"][tok_dims, name_idx] = 1
         sin["o"][name_idx, out] = 1
 
-    nm = heads[NM]  # every name: SHARP, a name in INH: SHARP - MARGIN. Copies the name into OUT
-    nm["q"][at["ONE"], 0], nm["k"][tok_dims, 0] = SHARP, 1
-    nm["q"][at["INH"] + name_idx, 1 + name_idx], nm["k"][tok_dims, 1 + name_idx] = -MARGIN, 1
-    nm["v"][tok_dims, name_idx] = 1
-    nm["o"][name_idx, at["OUT"] + name_idx] = GAIN
+    for h, gain in ((NM, GAIN), (NNM, -nnm_gain)) if nnm_gain else ((NM, GAIN),):
+        nm = heads[h]  # every name: SHARP, a name in INH: SHARP - MARGIN. Copies the name into OUT (x gain)
+        nm["q"][at["ONE"], 0], nm["k"][tok_dims, 0] = SHARP, 1
+        nm["q"][at["INH"] + name_idx, 1 + name_idx], nm["k"][tok_dims, 1 + name_idx] = -MARGIN, 1
+        nm["v"][tok_dims, name_idx] = 1
+        nm["o"][name_idx, at["OUT"] + name_idx] = gain
 
     for h in heads.values():  # scores are q.k / sqrt(d_head); Z makes every read-out blind to the centring
         h["q"] *= d_head ** 0.5
@@ -92,8 +95,9 @@ def _plant(tok) -> tuple[dict[tuple[int, int], dict[str, torch.Tensor]], torch.T
 
 
 @torch.no_grad()
-def planted_model(device: str = "cpu"):
-    """(TransformerBridge, tokenizer) of the planted-circuit model, booted through models._boot like `tiny`."""
+def planted_model(device: str = "cpu", nnm_gain: float = 0.0):
+    """(TransformerBridge, tokenizer) of the planted-circuit model, booted through models._boot like `tiny`
+    (with a Negative Name Mover 2.1 writing -nnm_gain when nnm_gain > 0)."""
     with tempfile.TemporaryDirectory() as tmp:  # TransformerLens re-reads config and tokenizer from a folder
         models.tiny_tokenizer().save_pretrained(tmp)
         tok = AutoTokenizer.from_pretrained(tmp)
@@ -103,7 +107,7 @@ def planted_model(device: str = "cpu"):
         hf = GPT2LMHeadModel(cfg)
         for p in hf.parameters():
             p.zero_()
-        heads, wte, wpe, w_u = _plant(tok)
+        heads, wte, wpe, w_u = _plant(tok, nnm_gain)
         tr, d_head = hf.transformer, D_MODEL // N_HEADS
         tr.wte.weight.copy_(wte)
         tr.wpe.weight.copy_(wpe)

@@ -98,17 +98,43 @@ def _maps(direct, io, s, dla):
     return {"direct": t(direct), "attn_end_io": t(io), "attn_end_s": t(s), "dla": t(dla)}
 
 
-def test_direct_classes_follow_their_rules():
-    # head:           0 NM    1 SS    2 NNM   3 BNM   4 weak  5 helps, attends neither
-    maps = _maps([-0.3, -0.5, 0.2, -0.01, -0.01, -0.1], [0.6, 0.05, 0.4, 0.5, 0.05, 0.02],
-                 [0.1, 0.7, 0.1, 0.1, 0.05, 0.03], [1.0, 0.8, -0.7, 0.3, 0.1, 0.2])
-    heads = [(0, h) for h in range(6)]
-    c = C._classify_direct(maps, heads, C.Thresholds())
-    assert c == {"NM": [(0, 0)], "SS": [(0, 1)], "NNM": [(0, 2)], "BNM": [(0, 3)]}
+def test_direct_roles_follow_sign_and_attention():
+    t = C.Thresholds()
+    # head:           0 NM    1 SS    2 NNM   3 BNM   4 weak  5 helps, attends neither  6 hurts, attends S
+    maps = _maps([-0.3, -0.5, 0.2, -0.01, -0.01, -0.1, 0.1], [0.6, 0.05, 0.4, 0.5, 0.05, 0.02, 0.05],
+                 [0.1, 0.7, 0.1, 0.1, 0.05, 0.03, 0.5], [1.0, 0.8, -0.7, 0.3, 0.1, 0.2, -0.3])
+    direct = [(0, h) for h in (0, 1, 2, 5, 6)]  # the heads a significance test would keep
+    evidence = {h: {"effect": float(maps["direct"][h])} for h in direct}
+    c = C._classify_direct(maps, direct, evidence, t)
+    assert c == {"NM": [(0, 0)], "SS": [(0, 1)], "DW": [(0, 5)], "NNM": [(0, 2)], "NSS": [(0, 6)], "NDW": []}
+    assert C._backups(maps, [(0, 3), (0, 4)], f_m=1.0, t=t) == [(0, 3)]  # attends IO, DLA >= 1% of F(M)
+    assert C._backups(maps, [(0, 3)], f_m=100.0, t=t) == []  # 0.3 logits is < 1% of F(M) = 100
     # IO and S attention swapped: the mover becomes S-Suppression and the suppressor a Name Mover
     swapped = C._classify_direct(maps | {"attn_end_io": maps["attn_end_s"], "attn_end_s": maps["attn_end_io"]},
-                                 heads, C.Thresholds())
-    assert swapped["NM"] == [(0, 1)] and swapped["SS"] == [(0, 0)]
+                                 direct, evidence, t)
+    assert swapped["NM"] == [(0, 1)] and swapped["SS"] == [(0, 0)] and swapped["NSS"] == [(0, 2)]
+
+
+def test_significance_keeps_both_signs_and_needs_an_interval_away_from_zero():
+    clean = torch.full((40,), 4.0)
+    patched = clean.expand(1, 4, -1).clone()
+    patched[0, 0] -= 1.0  # helps: -25%
+    patched[0, 1] += 0.4  # hurts: +10%
+    patched[0, 2] += torch.linspace(-2, 2.2, 40)  # +1.25% on average, but the prompts disagree
+    patched[0, 3] -= 0.04  # -1%: significant, but below the 2% threshold
+    pp = P.PathPatchPrompts(clean, patched, tuple((0, h) for h in range(4)))
+    evidence = {}
+    kept = C._significant(pp, 0.02, [(0, h) for h in range(4)], C.Thresholds(), "direct", evidence)
+    assert kept == [(0, 0), (0, 1)]  # largest first, either sign
+    assert evidence[(0, 1)]["effect"] == pytest.approx(0.1) and evidence[(0, 1)]["interval"][0] > 0
+
+
+def test_containment_and_role_transitions():
+    base = C.Circuit({"NM": [(1, 0)], "NNM": [(1, 1)], "BNM": [(1, 2)], "SIN": [(0, 0)]})
+    after = C.Circuit({"NM": [(1, 2)], "NNM": [(1, 0)], "SIN": [(0, 0)], "DT": [(0, 1)]})
+    assert C.containment(base, after) == 0.75 and C.containment(C.Circuit(), after) == 1.0
+    got = {t["head"]: t["transition"] for t in C.role_transitions(base, after)}
+    assert got == {(0, 0): "kept", (0, 1): "gained", (1, 0): "inverted", (1, 1): "lost", (1, 2): "changed"}
 
 
 def test_knockout_attribution_values_and_gradient(setup):
@@ -145,27 +171,44 @@ def test_admission_reaches_its_target_with_few_heads(sharp_setup):
 
 def test_discovered_circuit_is_kept_everywhere_and_round_trips(sharp_setup):
     model, clean, abc = sharp_setup
-    found = C.discover(model, clean, abc, C.Thresholds(target=0.9, max_heads=8))
+    found = C.discover(model, clean, abc)
     assert found.circuit.everywhere and set(found.circuit.positions().values()) <= {("ALL",)}
     assert C.Circuit.from_json(found.circuit.to_json()).heads == found.circuit.heads
-    assert {"direct", "attribution", "attn_end_io", "attn_end_s", "dla"} <= set(found.maps)
+    assert {"direct", "attn_end_io", "attn_end_s", "dla"} <= set(found.maps)
     assert sorted(found.circuit.heads) == sorted(h for hs in found.circuit.classes.values() for h in hs)
+    assert set(found.evidence) >= set(found.circuit.heads)
     with pytest.raises(ValueError, match="bad discovery thresholds"):
         C.Thresholds(target=0.0)
+    with pytest.raises(ValueError, match="bad discovery thresholds"):
+        C.Thresholds(level=1.0)
 
 
+def test_minimal_subset_is_admission(sharp_setup):
+    model, clean, abc = sharp_setup
+    t = C.Thresholds(target=0.9, max_heads=8)
+    sub = C.minimal_subset(model, clean, abc, t)
+    assert sub.circuit.heads == C.admit(model, clean, abc, t)[0] and "attribution" in sub.maps and sub.trace
 
-def test_description_uses_the_first_n_describe_prompts_and_admission_all(sharp_setup, monkeypatch):
+
+def test_discovery_paths_patch_on_the_first_n_describe_prompts(sharp_setup, monkeypatch):
     model, clean, abc = sharp_setup
     seen = {}
-    admit, describe = C.admit, C.describe
-    monkeypatch.setattr(C, "admit", lambda m, c, a, *r: seen.setdefault("admit", c.texts) and admit(m, c, a, *r))
+    describe = C.describe
     monkeypatch.setattr(C, "describe", lambda m, c, a, *r: seen.update(describe=(c.texts, a.texts)) or describe(m, c, a, *r))
-    C.discover(model, clean, abc, C.Thresholds(target=0.9, max_heads=8, n_describe=3))
-    assert seen["admit"] == clean.texts and len(clean) > 3
-    assert seen["describe"] == (clean.texts[:3], abc.texts[:3])  # the twins stay paired
+    C.discover(model, clean, abc, C.Thresholds(n_describe=3))
+    assert seen["describe"] == (clean.texts[:3], abc.texts[:3]) and len(clean) > 3  # the twins stay paired
     with pytest.raises(ValueError, match="n_describe"):
         C.Thresholds(n_describe=0)
+
+
+def test_faithfulness_curve_ends_at_the_circuit(sharp_setup):
+    model, clean, abc = sharp_setup
+    ranked = [(1, 0), (0, 2)]
+    curve = C.faithfulness_curve(model, clean, abc, ranked)
+    assert [r["heads"] for r in curve] == [0, 1, 2] and curve[1]["added"] == (1, 0)
+    full = C.faithfulness(model, clean, abc, C.circuit_of(ranked)).ratio
+    assert curve[-1]["faithfulness"] == pytest.approx(full, rel=1e-5)
+
 
 def test_template_means_are_abc_means_by_hand(setup):
     model, clean, abc = setup
@@ -293,7 +336,10 @@ def test_smollm2_circuit_is_found_described_and_faithful_held_out(smollm2_discov
     assert found.maps["attn_end_s2"][23, 3] > 0.4 and found.maps["direct"][23, 3] < -0.1
     # the duplicate-token head feeding them through S2 (path patching into their keys/values at S2)
     assert (15, 7) in c.classes["DT"], str(c)
-    assert 5 <= len(c.heads) <= 30
+    # a Name Mover and the Negative Name Mover that cancels part of it are both in (a net-faithfulness search
+    # dropped them together); every head has a role
+    assert (23, 0) in c.classes["NM"] and (24, 4) in c.classes["NNM"], str(c)
+    assert found.evidence[(24, 4)]["interval"][0] > 0 and len(c.classes["OTH"]) <= 0.2 * len(c.heads)
     f = C.faithfulness(model, held, held_abc, c)
     lo, hi = f.interval()
     assert f.f_model > 2 and lo > 0.7, (f.ratio, lo, hi)

@@ -28,9 +28,9 @@ def test_point_verdicts_without_interval(ours, direction, verdict):
     assert claims.check("s", ours, None, 0.87, direction).verdict == verdict
 
 
-def test_failed_precondition_is_not_reproduced_with_reason():
+def test_failed_precondition_is_not_testable_with_reason():
     c = claims.check("ratio", 0.95, (0.9, 0.99), 0.5, ">=", precondition=(False, "F(M) = -1.2 <= 0"))
-    assert c.verdict == "not reproduced" and "F(M) = -1.2 <= 0" in c.evidence
+    assert c.verdict == "not testable" and "F(M) = -1.2 <= 0" in c.evidence
     assert claims.check("ratio", 0.95, (0.9, 0.99), 0.5, ">=", precondition=(True, "F(M) > 0")).verdict == "reproduced"
 
 

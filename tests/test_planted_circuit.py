@@ -1,14 +1,14 @@
 """Discovery on a model with a planted IOI circuit (tests/planted.py): describe() and discover() must find its
 Name Mover, S-Inhibition and Duplicate Token heads through Wang et al.'s path-patching steps, and the maps they
-are read from must be the plain path patching of those steps."""
+are read from must be the plain path patching of those steps. With a planted Negative Name Mover that cancels
+part of the Name Mover, discovery must keep both, each in its class (a net-faithfulness search drops the NNM)."""
 
 import pytest
 import torch
 
 from ioi_utils import circuits as C, data, patching as P
-from planted import DECOY, DT, NM, SIN, planted_model
+from planted import DECOY, DT, NM, NNM, SIN, planted_model
 
-OTHERS = [(0, 1), DECOY, (2, 1)]  # the decoy and the two zero heads
 STEPS = {  # description map -> (receivers of that step, the planted head it must single out, where it acts)
     "direct": (P.LOGITS, NM, "END"),
     "to_movers_q": (P.Receivers((NM,), "q", "END"), SIN, "END"),
@@ -41,18 +41,42 @@ def test_planted_model_does_ioi_through_its_circuit(planted, described):
 
 
 def test_describe_sorts_the_planted_heads_into_their_classes(described):
-    c = described[0].classes
-    assert (c["NM"], c["SIN"], c["DT"], c["OTH"]) == ([NM], [SIN], [DT], OTHERS), str(described[0])
-    assert not any(c[k] for k in ("SS", "NNM", "BNM", "IND", "PT"))  # the decoy attends S2 but acts on nothing
+    circuit, _, evidence = described
+    c = circuit.classes
+    assert (c["NM"], c["SIN"], c["DT"]) == ([NM], [SIN], [DT]), str(circuit)
+    assert circuit.heads == sorted([DT, SIN, NM])  # the decoy attends S2 but acts on nothing; zero heads neither
+    assert evidence[NM]["step"] == "direct" and evidence[NM]["effect"] < -0.9 and evidence[NM]["interval"][1] < 0
+    assert evidence[SIN]["step"] == "to_movers_q" and evidence[DT]["step"] == "to_s2_readers_kv"
 
 
-def test_discover_admits_and_classifies_only_the_planted_circuit(planted):
+def test_discover_finds_only_the_planted_circuit(planted):
     model, clean, abc = planted
     found = C.discover(model, clean, abc)
     c = found.circuit.classes
     assert found.circuit.heads == sorted([DT, SIN, NM]), str(found.circuit)
     assert (c["NM"], c["SIN"], c["DT"]) == ([NM], [SIN], [DT])
+    assert sorted(found.ranked()) == found.circuit.heads
     assert C.faithfulness(model, clean, abc, found.circuit).ratio == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def cancelling():
+    torch.set_num_threads(1)
+    model, tok = planted_model(nnm_gain=1.5)
+    clean = data.make_ioi_dataset(tok, n=16, seed=0, prepend_bos=True)
+    return model, clean, data.make_abc_dataset(clean)
+
+
+def test_discovery_keeps_a_negative_name_mover_with_its_name_mover(cancelling):
+    model, clean, abc = cancelling
+    found = C.discover(model, clean, abc)
+    c = found.circuit.classes
+    assert (c["NM"], c["NNM"], c["SIN"], c["DT"]) == ([NM], [NNM], [SIN], [DT]), str(found.circuit)
+    assert found.evidence[NNM]["effect"] > 0.2 and found.evidence[NNM]["interval"][0] > 0  # cutting it helps
+    f = C.faithfulness(model, clean, abc, found.circuit)
+    assert f.ratio == pytest.approx(1.0, abs=1e-4)  # the mechanism, negative head included, is the model
+    # the net-faithfulness search (a second reading) drops the NNM: the knockout is better without it
+    assert NNM not in C.minimal_subset(model, clean, abc).circuit.heads
 
 
 @pytest.mark.parametrize("name", STEPS)

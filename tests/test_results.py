@@ -154,14 +154,17 @@ def test_every_memo_call_site_round_trips_exactly(root, capsys):
     found = analyses.discover_cached(s, s.model, "base", th)
     assert _same(found, analyses.discover_cached(s, s.model, "base", th))
     circuit = C.Circuit({"NM": [(1, 0)], "OTH": [(0, 1)]}, everywhere=True)
-    row = analyses.checkpoint_row(s, s.model, "base", circuit, 0, rediscover=True, n_rediscover=6)  # + admission
+    row = analyses.checkpoint_row(s, s.model, "base", circuit, 0, rediscover=True, n_rediscover=6)  # + discovery
     assert _same(row, analyses.checkpoint_row(s, s.model, "base", circuit, 0, rediscover=True, n_rediscover=6))
     small = analyses.cmap_subset(s.test, 4)
     assert _same(analyses.cmap_cached(s.model, s.model, small, "output", tags=("a", "b")),
                  analyses.cmap_cached(s.model, s.model, small, "output", tags=("a", "b")))
     assert _same(study.selection_cached(s, 0, 10, th, resamples=2), study.selection_cached(s, 0, 10, th, resamples=2))
+    assert _same(study.discovery_seed_cached(s, 1, 10, th), study.discovery_seed_cached(s, 1, 10, th))
+    assert _same(study.admission_cached(s, 0, 10, th), study.admission_cached(s, 0, 10, th))
+    signal = lambda: analyses.query_signal(s.model, small, analyses.cmap_subset(s.abc, 4), [(1, 0)], [(0, 1)])  # noqa: E731
+    assert _same(vars(signal()), vars(signal()))
     book = {  # book/circuit_discovery.py
-        "direct_path_all": lambda: patching.path_patch(s.model, s.disc, s.disc_abc, progress=False),
         "faithfulness": lambda: C.faithfulness(s.model, s.test, s.abc, circuit),
         "completeness": lambda: C.completeness(s.model, s.test, s.abc, circuit),
         "minimality": lambda: C.minimality(s.model, s.test, s.abc, circuit, threshold=0.01),
@@ -169,7 +172,8 @@ def test_every_memo_call_site_round_trips_exactly(root, capsys):
         "mlp_knockout": lambda: attribution.mlp_knockout(s.model, s.test, s.abc, progress=False),
         "mlp_group_knockout": lambda: attribution.mlp_knockout(s.model, s.test, s.abc,
                                                                groups=attribution.layer_groups(2, 3)),
-        "core_faithfulness": lambda: C.faithfulness(s.model, s.test, s.abc, C.Circuit({"OTH": [(1, 0)]})),
+        "faithfulness_curve": lambda: C.faithfulness_curve(s.model, s.test, s.abc, [(1, 0), (0, 1)]),
+        "minimal_subset": lambda: C.minimal_subset(s.model, s.disc, s.disc_abc, th),
     }
     for name, fn in book.items():
         assert _same(*_memo_twice(name, fn, s.model, data=s.test.fingerprint())), name
@@ -181,7 +185,7 @@ def test_every_memo_call_site_round_trips_exactly(root, capsys):
         assert _same(once(), once())
     assert "warning" not in capsys.readouterr().err
     names = {p.name.split("-")[0] for p in results.memo_folder().iterdir()}
-    assert names == {"discovery", "checkpoint_row", "checkpoint_own", "admission", "cmap", "selection_frequency",
+    assert names == {"discovery", "checkpoint_row", "checkpoint_own", "admission", "cmap", "selection_frequency", "query_signal",
                      "gt_discovery", "gt_checkpoint_row", "gt_mlp_knockout", "gt_cmap_attribution", *book}
 
 

@@ -93,35 +93,27 @@ def test_localization():
     assert math.isnan(study.localization(effects, [])) and math.isnan(study.localization(torch.zeros(2, 4), [(0, 0)]))
 
 
-def _recorded(**over):
-    res = {"circuit_discovery": {"faithfulness": 0.9, "worst_mlp": 0},
-           "amplification": {"faithfulness_last": 0.95, "logit_diff_base": 9.0, "logit_diff_first": 2.0, "logit_diff_last": 5.0},
-           "corruption": {"sd_logit_diff_base": 3.0, "sd_logit_diff_last": -2.0, "localization": 2.5},
-           "neuroplasticity": {"faithfulness_name-moving": 0.9, "faithfulness_subject-duplication": 0.65}}
-    for k, v in over.items():
-        chapter, key = k.split("__")
-        res[chapter][key] = v
-    return res
+def test_summary_is_the_chapters_claim_records():
+    """One row per recorded claim, in chapter order, with the chapter's own verdict and paper value: the summary
+    adds no verdict of its own, so it cannot disagree with a chapter."""
+    from ioi_utils import claims
 
-
-def test_summary_table_verdicts():
-    rows = {r["claim"].split(" (")[0]: r for r in summary.table(_recorded())}
-    assert all(r["source"] for r in rows.values())
-    ld = rows["clean fine-tuning raises the logit difference"]
-    assert ld["ours"] == "2.00 -> 5.00" and ld["verdict"] == "reproduced"  # epoch 1 -> last, what the verdict tests
-    assert rows["faithfulness after clean fine-tuning"]["paper"] == "98.4-99.9% across 1-100 epochs"
-    assert rows["Subject Duplication flips the logit difference"]["verdict"] == "reproduced"
-    assert rows["faithfulness recovered by clean retraining after Name Moving"]["verdict"] == "reproduced"
-    assert rows["faithfulness recovered by clean retraining after Subject Duplication"]["verdict"] == "partly"
-    rows = {r["claim"].split(" (")[0]: r for r in summary.table(_recorded(
-        amplification__logit_diff_last=1.0, corruption__sd_logit_diff_last=1.0, corruption__localization=0.5))}
-    assert rows["clean fine-tuning raises the logit difference"]["verdict"] == "not reproduced"  # base 9.0 is not used
-    assert rows["Subject Duplication flips the logit difference"]["verdict"] == "partly"
-    assert rows["corruption is localized to circuit heads"]["verdict"] == "not reproduced"
-    empty = {r["claim"].split(" (")[0]: r["verdict"] for r in summary.table({})}
-    assert empty["base circuit faithfulness F(C)/F(M)"] == "not measured"
-    assert empty["clean fine-tuning raises the logit difference"] == "not measured"
-    assert "| source |" in summary.markdown(summary.table({}))
+    recorded: dict = {}
+    for chapter, statement, ours, interval, threshold, direction, pre in (
+            ("corruption", "SD flips", -0.8, (-1.2, -0.4), 0.0, "<=", None),
+            ("circuit_discovery", "faithful", 0.91, (0.82, 1.01), 0.87, ">=", None),
+            ("amplification", "BNM -> NM", 0, None, 1, ">=", (False, "no BNM"))):
+        log = recorded.setdefault(chapter, {"claims": {}})["claims"]
+        claims.check(statement, ours, interval, threshold, direction, paper=f"paper {statement}", precondition=pre,
+                     record=log)
+    rows = summary.claim_rows(recorded)
+    assert [r["chapter"] for r in rows] == ["circuit_discovery", "amplification", "corruption"]
+    for r in rows:
+        c = recorded[r["chapter"]]["claims"][r["claim"]]
+        assert r["verdict"] == c["verdict"] and r["paper"] == c["paper"]
+    assert [r["verdict"] for r in rows] == ["inconclusive", "not testable", "reproduced"]
+    assert summary.counts(rows) == {"reproduced": 1, "not reproduced": 0, "inconclusive": 1, "not testable": 1}
+    assert "| **not testable** |" in summary.markdown(rows)
 
 
 def test_admission_cached_is_admit_on_the_seed_split_and_memoised(tmp_path, monkeypatch):

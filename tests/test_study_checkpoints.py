@@ -110,29 +110,14 @@ def test_checkpoint_row_memoised_and_rediscovery(tmp_path, monkeypatch):
     again = study.checkpoint_row(s, s.model, "base", circuit, 0)
     assert torch.equal(again["dla"], row["dla"])
     own = study.checkpoint_row(s, s.model, "base", circuit, 0, rediscover=True, n_rediscover=6)
-    assert {"circuit", "circuit_size", "faithfulness_own_circuit", "jaccard_base"} <= set(own)
-    assert own["circuit_size"] == len(C.Circuit.from_json(own["circuit"]).heads)
-    assert len(list((tmp_path / "memo").glob("admission-*.safetensors"))) == 1
-    first = list(range(6))  # the re-discovered heads are discovery's on the same prompts (its description skipped)
-    assert C.Circuit.from_json(own["circuit"]).heads == C.discover(s.model, s.disc[first], s.disc_abc[first]).circuit.heads
-
-
-def test_summary_rows_for_control_recovery_and_overlap():
-    from ioi_utils import summary
-
-    res = {"amplification": {"gain_share_circuit": 0.6},
-           "corruption": {"localization": 2.5, "localization_control_p95": 3.0},
-           "neuroplasticity": {"recovered_share_subject-duplication": 0.75, "overlap_corrupted_subject-duplication": 0.3,
-                               "overlap_subject-duplication": 0.6}}
-    rows = {r["claim"].split(" (")[0]: r for r in summary.table(res)}
-    assert rows["corruption is localized to circuit heads"]["verdict"] == "partly"  # above 1, below its control
-    assert "control p95 3.00" in rows["corruption is localized to circuit heads"]["ours"]
-    assert rows["the base circuit's heads carry the fine-tuning gain"]["verdict"] == "reproduced"
-    assert rows["heads corrupted by Subject Duplication recover their DLA after retraining"]["verdict"] == "reproduced"
-    j = rows["the re-discovered circuit returns to the base circuit after Subject Duplication"]
-    assert j["ours"] == "0.30 -> 0.60" and j["verdict"] == "reproduced"
-    assert {r["claim"].split(" (")[0]: r["verdict"] for r in summary.table({})}[
-        "the re-discovered circuit returns to the base circuit after Subject Duplication"] == "not measured"
+    assert {"circuit", "circuit_size", "faithfulness_own_circuit", "containment_base", "transitions"} <= set(own)
+    own_circuit = C.Circuit.from_json(own["circuit"])
+    assert own["circuit_size"] == len(own_circuit.heads)
+    assert own["containment_base"] == C.containment(circuit, own_circuit)
+    assert own["transitions"] == C.role_transitions(circuit, own_circuit)
+    assert len(list((tmp_path / "memo").glob("discovery-*.safetensors"))) == 1
+    first = list(range(6))  # the re-discovered circuit is discovery's, by the same method, on the first prompts
+    assert own_circuit.to_json() == C.discover(s.model, s.disc[first], s.disc_abc[first]).circuit.to_json()
 
 
 def test_checkpoint_row_logit_diff_is_the_clean_models(tmp_path, monkeypatch):
