@@ -114,9 +114,9 @@ claims.check("the base circuit still explains the fine-tuned behaviour (F(C)/F(M
              paper=paper("clean_faithfulness"),
              precondition=(last["logit_diff_interval"][0] > 0, f"logit diff {last['logit_diff']:.2f} must be > 0"),
              enforce=enforce_claims, record=claim_log)
-claims.check("the circuit grows only a little (re-discovered heads at the last epoch / in the base model, same prompts)",
+_ = claims.check("the circuit grows only a little (re-discovered heads at the last epoch / in the base model, same prompts)",
              last["circuit_size"] / max(1, first["circuit_size"]), None, 1.5, "<=", paper=paper("clean_sparsity"),
-             enforce=enforce_claims, record=claim_log);
+             enforce=enforce_claims, record=claim_log)
 
 # %% [markdown]
 # ## Which heads grew
@@ -146,8 +146,8 @@ glue("dla_gain", dla_gain, display=False)
 # {glue:text}`dla_gain:.2f` logits of direct attribution.
 
 # %%
-claims.check("the circuit's heads get stronger (summed DLA of the base-circuit heads, last epoch minus base)",
-             dla_gain, dla_gain_ci, 0.0, ">=", paper=paper("l10h10_attribution"), enforce=enforce_claims, record=claim_log);
+_ = claims.check("the circuit's heads get stronger (summed DLA of the base-circuit heads, last epoch minus base)",
+             dla_gain, dla_gain_ci, 0.0, ">=", paper=paper("l10h10_attribution"), enforce=enforce_claims, record=claim_log)
 
 # %% [markdown]
 # ## The paper's head-level claims
@@ -198,10 +198,10 @@ claims.check("clean fine-tuning raises the Name Movers' DLA (summed, last epoch 
 claims.check("Negative Name Movers amplify alongside (summed NNM DLA, last epoch minus base, more negative)",
              nnm_dla[0], nnm_dla[1], 0.0, "<=", paper="Negative Name Movers amplify with the Name Movers (§4.1)",
              precondition=has("NNM"), enforce=enforce_claims, record=claim_log)
-claims.check("Backup Name Movers take Name Mover behaviour (BNM -> NM transitions at the last epoch that the base model "
+_ = claims.check("Backup Name Movers take Name Mover behaviour (BNM -> NM transitions at the last epoch that the base model "
              "re-found on the same prompts does not show)", len(to_nm), None,
              1, ">=", paper="L10H10, a Backup Name Mover, becomes a Name Mover (§4.1)", precondition=has("BNM"),
-             enforce=enforce_claims, record=claim_log);
+             enforce=enforce_claims, record=claim_log)
 
 # %% [markdown]
 # ## Is the gain carried by the original circuit? (CMAP)

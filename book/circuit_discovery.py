@@ -146,9 +146,9 @@ glue("other_share", 100 * other_share, display=False)
 # its heads fit no role.
 
 # %%
-claims.check("every circuit head has a role: Other is at most 20% of the heads (our goal)", other_share, None, 0.2,
+_ = claims.check("every circuit head has a role: Other is at most 20% of the heads (our goal)", other_share, None, 0.2,
              "<=", paper="every head of Wang et al.'s 26-head circuit has a class", enforce=enforce_claims,
-             record=checked);
+             record=checked)
 
 # %% [markdown]
 # **What this model does**, read from the table (the paragraph is written by the execution):
@@ -212,10 +212,10 @@ glue("faith_hi", 100 * hi, display=False)
 # {glue:text}`faithfulness:.0f`% (95% interval {glue:text}`faith_lo:.0f`–{glue:text}`faith_hi:.0f`%).
 
 # %%
-claims.check("the mechanism is as faithful as Wang et al.'s GPT-2 circuit (F(C)/F(M) >= 87%, held out)",
+_ = claims.check("the mechanism is as faithful as Wang et al.'s GPT-2 circuit (F(C)/F(M) >= 87%, held out)",
              faith.ratio, (lo, hi), 0.87, ">=", paper="87% (Wang et al., GPT-2 small)",
              precondition=(faith.f_model > 0, f"F(M) = {faith.f_model:.2f} must be > 0"), enforce=enforce_claims,
-             record=checked);
+             record=checked)
 
 # %% [markdown]
 # ### How faithfulness builds up
@@ -260,9 +260,9 @@ glue("minimal_pass", passing, display=False)
 glue("worst_gap", 100 * worst_gap, display=False)
 
 # %%
-claims.check("minimality: every circuit head changes its class's logit difference by >= 1% of F(M)",
+_ = claims.check("minimality: every circuit head changes its class's logit difference by >= 1% of F(M)",
              passing / max(1, len(minimal)), None, 1.0, ">=", paper="Wang et al.'s criterion", enforce=enforce_claims,
-             record=checked);
+             record=checked)
 
 # %% [markdown]
 # {glue:text}`minimal_pass` heads pass minimality; the largest completeness gap is
@@ -329,8 +329,8 @@ for (l, h), e in outside:
 print(f"{len(outside)} of {len(candidates)} candidate heads move the logit difference by >= 10% alone and are outside")
 
 # %%
-claims.check("every head with a single-head effect >= 10% of F(M) is in the circuit", len(outside), None, 0, "<=",
-             enforce=enforce_claims, record=checked);
+_ = claims.check("every head with a single-head effect >= 10% of F(M) is in the circuit", len(outside), None, 0, "<=",
+             enforce=enforce_claims, record=checked)
 
 # %% [markdown]
 # ## The role of the MLPs
@@ -391,9 +391,9 @@ glue("least_jaccard", least, display=False)
 glue("least_contained", 100 * least_contained, display=False)
 
 # %%
-claims.check("the mechanism is stable across prompt seeds (pairwise Jaccard >= 0.7)", least, None, 0.7, ">=",
+_ = claims.check("the mechanism is stable across prompt seeds (pairwise Jaccard >= 0.7)", least, None, 0.7, ">=",
              paper="0.67 mean bootstrap Jaccard for GPT-2 small's IOI circuit (Méloux et al. 2025)",
-             enforce=enforce_claims, record=checked);
+             enforce=enforce_claims, record=checked)
 
 # %% [markdown]
 # The least overlap between two seeds' circuits is {glue:text}`least_jaccard:.2f`; the least share of one

@@ -112,11 +112,11 @@ dup_change = abs(rows["duplication"][-1]["logit_diff"] - base_row["logit_diff"])
 sd_change = abs(sd[-1]["logit_diff"] - base_row["logit_diff"])
 print(f"|change of the logit difference|: Subject Duplication {sd_change:.2f}, Duplication control {dup_change:.2f} "
       "(the control keeps IO as the label, so it is clean training with a prefix: a control, not a claim)")
-claims.check("the base circuit still carries the corrupted behaviour (F(C)/F(M), Subject Duplication, last epoch)",
+_ = claims.check("the base circuit still carries the corrupted behaviour (F(C)/F(M), Subject Duplication, last epoch)",
              sd[-1]["faithfulness_base_circuit"], sd[-1]["faithfulness_base_interval"], 0.8, ">=",
              paper=paper("corruption_localized"),
              precondition=(abs(sd[-1]["logit_diff"]) >= 1.0, f"|F(M)| must be >= 1 logit, got {sd[-1]['logit_diff']:.2f}"),
-             enforce=enforce_claims, record=claim_log);
+             enforce=enforce_claims, record=claim_log)
 
 # %% [markdown]
 # ## Heads whose role changes
@@ -158,8 +158,8 @@ glue("n_circuit", len(base_circuit.heads), display=False)
 # sign of their direct logit attribution.
 
 # %%
-claims.check("Subject Duplication flips the DLA sign of circuit heads (number of significant flips)",
-             len(sd_flips_circuit), None, 1, ">=", paper=paper("sd_mechanism"), enforce=enforce_claims, record=claim_log);
+_ = claims.check("Subject Duplication flips the DLA sign of circuit heads (number of significant flips)",
+             len(sd_flips_circuit), None, 1, ">=", paper=paper("sd_mechanism"), enforce=enforce_claims, record=claim_log)
 
 # %% [markdown]
 # ## Twinning: Name Movers and Negative Name Movers invert together
@@ -194,10 +194,10 @@ glue("n_io_to_s", len(io_to_s), display=False)
 # heads shift their END attention from IO towards S.
 
 # %%
-claims.check("Subject Duplication inverts Name Movers and Negative Name Movers together (fewest significant flips "
+_ = claims.check("Subject Duplication inverts Name Movers and Negative Name Movers together (fewest significant flips "
              "of the two roles)", min(len(flipped["NM"]), len(flipped["NNM"])), None, 1, ">=", paper=paper("sd_mechanism"),
              precondition=(bool(roles["NM"]) and bool(roles["NNM"]), "the base circuit needs both Name Movers and "
-                           "Negative Name Movers"), enforce=enforce_claims, record=claim_log);
+                           "Negative Name Movers"), enforce=enforce_claims, record=claim_log)
 
 # %% [markdown]
 # ## Name Moving and the S-Inhibition signal
@@ -227,11 +227,11 @@ else:
     print("the base circuit has no movers or no head acting on their queries: nothing to measure")
 
 # %%
-claims.check("Name Moving weakens the S-Inhibition signal into the direct heads' queries (summed path-patching effect, "
+_ = claims.check("Name Moving weakens the S-Inhibition signal into the direct heads' queries (summed path-patching effect, "
              "Name Moving minus base; the signal is negative, weakening is a change >= 0)", sig1 - sig0, sig_ci, 0.0,
              ">=", paper="S-Inhibition heads come to suppress both IO and S (§4.2)",
              precondition=(bool(movers and q_senders) and sig0 < 0, "the base model needs a signal that helps"),
-             enforce=enforce_claims, record=claim_log);
+             enforce=enforce_claims, record=claim_log)
 
 # %% [markdown]
 # ## Where the corruption sits (CMAP)

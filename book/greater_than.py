@@ -157,10 +157,10 @@ glue("gt_mlp_layers", ", ".join(str(l) for l in drops), display=False)
 # above layer 0 are {glue:text}`gt_mlp_layers`.
 
 # %%
-claims.check("a sparse head circuit explains Greater-Than (F(C)/F(M) of the base circuit, held-out)",
+_ = claims.check("a sparse head circuit explains Greater-Than (F(C)/F(M) of the base circuit, held-out)",
              base["faithfulness"], base["faithfulness_interval"], 0.9, ">=", paper="not stated",
              precondition=(base["prob_diff_interval"][0] > 0, "the base model must do the task"),
-             enforce=enforce_claims, record=claim_log);
+             enforce=enforce_claims, record=claim_log)
 
 # %% [markdown]
 # ## Amplification: clean fine-tuning
@@ -196,10 +196,10 @@ claims.check("clean fine-tuning raises the probability difference (last epoch mi
              clean_last["prob_diff"] - start["prob_diff"], clean_gain_ci, 0.0, ">=",
              paper="amplification carries over to Greater-Than (App. N; no number)",
              enforce=enforce_claims, record=claim_log)
-claims.check("the base circuit still explains the fine-tuned behaviour (F(C)/F(M), last clean epoch)",
+_ = claims.check("the base circuit still explains the fine-tuned behaviour (F(C)/F(M), last clean epoch)",
              clean_last["faithfulness"], clean_last["faithfulness_interval"], 0.9, ">=", paper="not stated",
              precondition=(clean_last["prob_diff_interval"][0] > 0, "the fine-tuned model must do the task"),
-             enforce=enforce_claims, record=claim_log);
+             enforce=enforce_claims, record=claim_log)
 
 # %% [markdown]
 # ## Corruption: a toxic Greater-Than dataset
@@ -263,10 +263,10 @@ glue("gt_loc_mean", loc_mean, display=False)
 claims.check("toxic fine-tuning lowers the probability difference (last toxic epoch minus base, paired)",
              toxic_last["prob_diff"] - start["prob_diff"], toxic_drop_ci, 0.0, "<=", paper="not stated",
              enforce=enforce_claims, record=claim_log)
-claims.check("the corruption is localized on the base circuit's heads (localization of the CMAP estimate)",
+_ = claims.check("the corruption is localized on the base circuit's heads (localization of the CMAP estimate)",
              loc, None, loc_p95, ">=",
              paper="localized corruption carries over to Greater-Than (App. N; no number)",
-             enforce=enforce_claims, record=claim_log);
+             enforce=enforce_claims, record=claim_log)
 
 # %% [markdown]
 # ## What carries over from IOI

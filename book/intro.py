@@ -112,7 +112,7 @@ print(base)
 # %%
 claims.check("the base model prefers IO over S (logit difference >= 1)", base.logit_diff, None, 1.0, ">=",
              enforce=enforce_claims)
-claims.check("the base model solves IOI (accuracy >= 90%)", base.accuracy, None, 0.9, ">=", enforce=enforce_claims);
+_ = claims.check("the base model solves IOI (accuracy >= 90%)", base.accuracy, None, 0.9, ">=", enforce=enforce_claims)
 
 # %% [markdown]
 # ## Reproducing this book

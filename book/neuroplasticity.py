@@ -156,10 +156,10 @@ glue("rec_share_nm", 100 * rec_share["name-moving"], display=False)
 # attribution.
 
 # %%
-claims.check("most heads corrupted by Subject Duplication recover their DLA (share recovering)",
+_ = claims.check("most heads corrupted by Subject Duplication recover their DLA (share recovering)",
              rec_share["subject-duplication"], None, 0.5, ">=", paper="the original mechanism comes back (§5)",
              precondition=(bool(corrupted_heads["subject-duplication"]), "no circuit head was corrupted"),
-             enforce=enforce_claims, record=claim_log);
+             enforce=enforce_claims, record=claim_log)
 
 # %% [markdown]
 # ## Do the original roles come back?
@@ -196,12 +196,12 @@ glue("k_base", 100 * kept_base, display=False)
 
 # %%
 i_sd = labels.index("subject-duplication")
-claims.check("retraining brings the original roles back (share of base heads in the same role, retrained minus "
+_ = claims.check("retraining brings the original roles back (share of base heads in the same role, retrained minus "
              "corrupted, Subject Duplication)", kept_rec[i_sd] - kept_cor[i_sd], None, 0.1, ">=",
              paper="retraining reforms the original mechanism (§5)",
              precondition=(kept_cor[i_sd] < kept_base, "corruption must have moved the roles further from the base "
                            "circuit than re-discovery in the base model does"),
-             enforce=enforce_claims, record=claim_log);
+             enforce=enforce_claims, record=claim_log)
 
 # %% [markdown]
 # ## CMAP: do the retrained heads behave like the base model's?

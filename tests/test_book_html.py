@@ -233,7 +233,7 @@ def test_code_cells_show_an_output_or_hide_their_input(name: str) -> None:
 @needs_html
 @pytest.mark.parametrize("name", CHAPTERS)
 def test_no_object_repr_follows_a_verdict(name: str) -> None:
-    """A cell's value is not shown as an object repr (a cell ending in claims.check(...) ends with ';')."""
+    """A cell's value is not shown as an object repr (a cell ending in claims.check(...) assigns it to _)."""
     reprs = [text.strip()[:60] for c in cells(name) for classes, text in c.outputs
              if "text_plain" in classes and OBJECT_REPR.match(text)]
     assert not reprs and "Claim(" not in page_text(name), f"{name}: object reprs in the page: {reprs}"
