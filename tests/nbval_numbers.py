@@ -2,19 +2,25 @@
 
 nbval compares a cell's fresh outputs with the stored ones as strings. A float printed with all its digits
 (a myst-nb `glue` record, a dataclass repr) differs in its 7th digit when another CPU, thread count or BLAS
-kernel sums in another order, and the string comparison fails although nothing changed. This module makes the
-comparison numeric where, and only where, a number carries more digits than the book ever states:
+kernel sums in another order, and the string comparison fails although nothing changed. Fine-tuning amplifies
+that noise: AdamW's normalised steps turn a 1e-7 difference in a near-zero gradient into a full step, so numbers
+measured on fine-tuned checkpoints repeat only to about 1e-4 relative across thread counts (measured: 0.79850
+vs 0.79837 for a summed DLA gain at torch threads 2 vs 1). This module makes the comparison numeric where, and
+only where, that noise can reach a printed digit:
 
 - a *long* number is a decimal with at least `LONG_DIGITS` (5) significant digits; two long numbers at the same
-  place agree when `math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)` (1e-4 relative, i.e. about four
-  significant digits; 1e-5 absolute for values that are zero up to float noise);
-- every other number (a rounded printout such as ``5.55 [4.67, 6.47]``, a head such as ``23.3``, a count, a
-  verdict's threshold) and all the text around the numbers must be identical (runs of spaces count as one, so a
-  table whose column widths follow a number's length still compares).
+  place agree when `math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)` (1e-3 relative; 1e-5 absolute for
+  values that are zero up to float noise);
+- a *rounded* number printed with at least two decimals ("0.312", "6.56") or with a percent sign ("75.9%") may
+  differ by one unit in its last printed digit (a rounding-boundary flip), in the same number of decimals;
+- every other number (a count, a head such as ``23.3`` — one decimal, no percent sign —, a threshold) and all the
+  text around the numbers must be identical (runs of spaces count as one, so a table whose column widths
+  follow a number's length still compares).
 
-So a flipped sign, a moved head, another circuit size or verdict still fails; a difference in the 7th digit of
-a glue record does not. When two outputs agree in this sense the fresh one is replaced by the stored one before
-nbval's own comparison, which therefore still reports every real difference in its usual form.
+So a flipped sign, a moved head, another circuit size or verdict still fails; float noise does not. When two
+outputs agree in this sense the fresh one is replaced by the stored one before nbval's own comparison, which
+therefore still reports every real difference in its usual form. (A head of a model with ten or more heads per
+layer prints with two decimals, "10.10": the smoke profile runs SmolLM2, nine heads per layer.)
 """
 
 from __future__ import annotations
@@ -24,17 +30,17 @@ import math
 import re
 
 LONG_DIGITS = 5
-REL_TOL = 1e-4
+REL_TOL = 1e-3
 ABS_TOL = 1e-5
 
 # a decimal number not glued to a word or a dotted name (so "ipykernel_123" or "v1.2.3" stay text)
-NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w.]*\w)")
+NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w.]*\w)%?")
 SPACES = re.compile(r"[ \t]+")
 
 
 def significant_digits(token: str) -> int:
     """Significant digits of a decimal literal: its mantissa's digits without leading zeros ("0.0031" -> 2)."""
-    mantissa = re.split(r"[eE]", token.lstrip("+-"))[0]
+    mantissa = re.split(r"[eE]", token.lstrip("+-").rstrip("%"))[0]
     digits = mantissa.replace(".", "").lstrip("0")
     return len(digits)
 
@@ -51,13 +57,26 @@ def _split(text: str) -> tuple[list[str], list[str]]:
     return skeleton, numbers
 
 
+def decimals(token: str) -> int:
+    """Digits after the decimal point of a plain decimal literal ("6.56" -> 2; 0 without a point)."""
+    mantissa = token.rstrip("%")
+    return 0 if "." not in mantissa or "e" in mantissa.lower() else len(mantissa.split(".")[1])
+
+
 def numbers_agree(a: str, b: str) -> bool:
-    """Two number tokens at the same place: equal as text, or both long and close (module docstring)."""
+    """Two number tokens at the same place: equal as text, both long and close, or both rounded to the same
+    decimals (at least two, or one with a percent sign) and one unit apart in the last (module docstring)."""
     if a == b:
         return True
-    if not (is_long(a) and is_long(b)):
+    if a.endswith("%") != b.endswith("%"):
         return False
-    return math.isclose(float(a), float(b), rel_tol=REL_TOL, abs_tol=ABS_TOL)
+    x, y = float(a.rstrip("%")), float(b.rstrip("%"))
+    if is_long(a) and is_long(b):
+        return math.isclose(x, y, rel_tol=REL_TOL, abs_tol=ABS_TOL)
+    d = decimals(a)
+    if d != decimals(b) or d < (1 if a.endswith("%") else 2):
+        return False
+    return abs(x - y) <= 1.000001 * 10.0 ** -d
 
 
 def texts_agree(fresh: str, stored: str) -> bool:
@@ -95,6 +114,16 @@ def reconcile(fresh_outputs: list, stored_outputs: list, sanitize=lambda s: s) -
     return out
 
 
+def drop_blank_streams(outputs: list, sanitize=lambda s: s) -> list:
+    """Transformed outputs without the streams that hold nothing once sanitized (progress bars only): the book
+    runner removes such a stream from the notebooks it publishes, so a fresh run that prints one (a model loaded
+    from a cold cache shows its loading bar) has no more output than the stored notebook."""
+    def blank(o) -> bool:
+        return o.get("output_type") == "stream" and all(
+            not sanitize(v).strip() for k, v in o.items() if k != "output_type" and isinstance(v, str))
+    return [o for o in outputs if not blank(o)]
+
+
 def patch_nbval() -> None:
     """Route nbval's per-cell comparison through `reconcile` (nbval 0.11's `IPyNbCell.compare_outputs`)."""
     try:
@@ -111,7 +140,8 @@ def patch_nbval() -> None:
         return [o if o.get("output_type") == "stream" and "name" not in o else transform([o])[0] for o in outputs]
 
     def compare_outputs(self, test, ref, skip_compare=None):
-        test, ref = transform_once(test), transform_once(ref)
+        test = drop_blank_streams(transform_once(test), self.sanitize)
+        ref = drop_blank_streams(transform_once(ref), self.sanitize)
         return original(self, reconcile(test, ref, self.sanitize), ref, skip_compare)
 
     compare_outputs._ioi_numbers = True
