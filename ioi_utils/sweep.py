@@ -201,9 +201,9 @@ def describe(plan: Sequence[PlannedRun], root: Path) -> str:
     for r in plan:
         gpu, _ = estimate_seconds(r, "gpu", {})
         cpu, basis = estimate_seconds(r, "cpu", measured)
-        done = is_complete(r, root)
+        done, bases = is_complete(r, root), bases | {basis}
         if not done:
-            totals["gpu"], totals["cpu"], bases = totals["gpu"] + gpu, totals["cpu"] + cpu, bases | {basis}
+            totals["gpu"], totals["cpu"] = totals["gpu"] + gpu, totals["cpu"] + cpu
         after = f" (after {r.source})" if r.source else ""
         lines.append(f"{r.id:60} {r.config.scenario:8} {r.config.dataset:19} {r.config.epochs:>6} {r.steps:>7} "
                      f"{r.samples:>8} {book.fmt_seconds(gpu):>9} {book.fmt_seconds(cpu):>10}  "
@@ -443,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SweepError(f"--max-retries must be >= 0, got {args.max_retries}")
         workers, threads = split_cores(os.cpu_count() or 1, args.workers, args.threads or params.get("threads"))
         plan = planned_runs(params, need_ids=not args.dry_run)
-    except (SweepError, models.ModelUnavailableError) as exc:
+    except (SweepError, models.ModelUnavailableError, ValueError) as exc:  # ValueError: a config or dataset
         print(f"error: {exc}".splitlines()[0], file=sys.stderr)
         return 2
     root = runs.runs_root()
