@@ -111,7 +111,7 @@ def config_id(config: TrainConfig, tokenizers: dict[str, Any], need_ids: bool = 
     """training.run_id of a config: its datasets are built from the tokenizer alone (no model is loaded).
 
     Without the tokenizer (models.ModelUnavailableError, e.g. a hub model offline) and need_ids False, the id's
-    readable prefix with '?' for its hash (enough for a dry run's listing)."""
+    readable prefix, then '?' and a hash of the config alone (the data are not hashed): enough for a dry run."""
     if config.model not in tokenizers:
         try:
             tokenizers[config.model] = models.load_tokenizer(config.model)
@@ -122,7 +122,7 @@ def config_id(config: TrainConfig, tokenizers: dict[str, Any], need_ids: bool = 
     tok = tokenizers[config.model]
     if tok is None:
         model = "".join(c if c.isalnum() or c in "-." else "_" for c in Path(config.model).name)
-        return f"{model}-{config.scenario}-{config.dataset}-e{config.epochs}-?"
+        return f"{model}-{config.scenario}-{config.dataset}-e{config.epochs}-?{runs.config_hash(config.to_dict(), {})[:6]}"
     return training.run_id(config, *runs.datasets_for(config, tok, models.prepend_bos_for(config.model, tok)))
 
 
@@ -218,9 +218,9 @@ def describe(plan: Sequence[PlannedRun], root: Path) -> str:
                  "measured where the run cache holds runs of the model, else a rough per-model constant")
     lines.append("estimate, not a measurement: (epochs x (n_train + n_test/3) + n_test/3) x seconds per sample; "
                  f"GPU: a rough per-model constant (ROUGH_SECONDS_PER_SAMPLE); CPU: {cpu_basis}")
-    if any(r.id.endswith("?") for r in plan):
-        lines.append("ids ending in '?': the model's tokenizer is not available here (offline?), so the hash of "
-                     "config and data in the id cannot be computed")
+    if any("-?" in r.id for r in plan):
+        lines.append("ids ending in '?' and a config hash: the model's tokenizer is not available here (offline?), "
+                     "so the run id's hash of config and data cannot be computed")
     return "\n".join(lines)
 
 

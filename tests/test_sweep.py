@@ -190,3 +190,12 @@ def test_the_dry_run_lists_runs_steps_and_an_estimate(plan, swept):
         assert re.search(rf"^{re.escape(r.id)} +{r.config.scenario} .* {r.steps} +{r.samples} .* complete", text, re.M)
     assert f"{len(plan)} runs, 0 to train" in text and "measured" in text  # CPU cost from the cached runs
     assert sweep.split_cores(16, None, None) == (2, 8) and sweep.split_cores(2, None, 2) == (1, 2)
+
+
+def test_without_a_tokenizer_the_dry_run_still_lists_every_run_once():
+    """Offline, a hub model's tokenizer is missing: the ids get a config-only hash, still one per run."""
+    params = {**TINY, "model_name": "no-such-model-anywhere", "gt_model_name": "no-such-model-anywhere"}
+    with pytest.raises(sweep.models.ModelUnavailableError):
+        sweep.planned_runs(params)
+    plan = sweep.planned_runs(params, need_ids=False)
+    assert len(plan) == 9 and len({r.id for r in plan}) == 9 and all("-?" in r.id for r in plan)
