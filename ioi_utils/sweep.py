@@ -22,7 +22,7 @@ trains them ahead of the chapters, side by side:
 3. **Dry run** (`describe`): the runs, their ids, optimizer steps (epochs x ceil(n_train / batch_size)),
    samples seen and an estimated cost (`estimate_seconds`).
 
-    python -m ioi_utils.sweep --profile smoke|offline|paper [--model NAME] [--address ADDR] [--workers N]
+    python -m ioi_utils.sweep --profile smoke|offline|paper [--model NAME] [--gt-model NAME] [--address ADDR] [--workers N]
         [--threads T] [--max-retries R] [--dry-run]
 """
 
@@ -81,13 +81,16 @@ class PlannedRun:
 # ---------------------------------------------------------------- plan
 
 
-def profile_params(profile: str, model: str | None = None) -> dict[str, Any]:
-    """A profile's chapter parameters (book.PROFILES), with `model` replacing both model names when given."""
+def profile_params(profile: str, model: str | None = None, gt_model: str | None = None) -> dict[str, Any]:
+    """A profile's chapter parameters (book.PROFILES), with `model` replacing both model names when given and
+    `gt_model` the Greater-Than one."""
     if profile not in book.PROFILES:
         raise SweepError(f"unknown profile {profile!r}; choose one of {', '.join(sorted(book.PROFILES))}")
     params = dict(book.PROFILES[profile])
     if model is not None:
         params["model_name"] = params["gt_model_name"] = model
+    if gt_model is not None:
+        params["gt_model_name"] = gt_model
     return params
 
 
@@ -426,6 +429,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = _Parser(prog="python -m ioi_utils.sweep", description=__doc__.splitlines()[0])
     p.add_argument("--profile", required=True, help=f"one of {', '.join(sorted(book.PROFILES))}")
     p.add_argument("--model", help="train this model instead of the profile's (both IOI and Greater-Than runs)")
+    p.add_argument("--gt-model", help="the Greater-Than runs' model, when it differs from --model (e.g. tiny-digits)")
     p.add_argument("--address", help="join this running Ray cluster (default: $RAY_ADDRESS, else an embedded Ray)")
     p.add_argument("--workers", type=int, help="embedded Ray: runs side by side on this machine's CPUs (default 2)")
     p.add_argument("--threads", type=int, help="torch threads per task (default: the profile's, else cores // workers)")
@@ -438,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (0 done, 1 a run failed, 2 bad input)."""
     try:
         args = parse_args(argv)
-        params = profile_params(args.profile, args.model)
+        params = profile_params(args.profile, args.model, args.gt_model)
         if args.max_retries < 0:
             raise SweepError(f"--max-retries must be >= 0, got {args.max_retries}")
         workers, threads = split_cores(os.cpu_count() or 1, args.workers, args.threads or params.get("threads"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -199,3 +200,25 @@ def test_without_a_tokenizer_the_dry_run_still_lists_every_run_once():
         sweep.planned_runs(params)
     plan = sweep.planned_runs(params, need_ids=False)
     assert len(plan) == 9 and len({r.id for r in plan}) == 9 and all("-?" in r.id for r in plan)
+
+
+def test_the_book_runner_stops_when_its_sweep_fails(monkeypatch, capsys):
+    """`book --sweep` runs the sweep first; a failed sweep runs no chapter."""
+    calls: list[str] = []
+    monkeypatch.setattr(book, "run_sweep", lambda profile: calls.append(profile) or 1)
+    monkeypatch.setattr(book, "prepare", lambda *a: pytest.fail("a chapter was prepared after a failed sweep"))
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # book.kernel_env edits it
+    assert book.main(["--profile", "smoke", "--sweep", "--root", str(REPO)]) == 1
+    assert calls == ["smoke"] and "sweep" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_command_line_sweeps_on_its_own_embedded_ray(tmp_path):
+    """`python -m ioi_utils.sweep` end to end (its own Ray, 2 workers): trains, then a rerun skips everything."""
+    env = {**os.environ, runs.RUNS_ENV: str(tmp_path), "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "ioi_utils.sweep", "--profile", "smoke", "--model", "tiny", "--gt-model",
+            "tiny-digits", "--workers", "2", "--threads", "1"]
+    first = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0 and "sweep: 9 trained" in first.stdout, first.stdout[-2000:] + first.stderr[-2000:]
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and "0 trained (0 after a retry), 9 already complete" in again.stdout
