@@ -75,8 +75,20 @@ def train_config(study_: Study, scenario: str, epochs: int, checkpoint_epochs, b
     """A fine-tuning config on the study's data: clean, toxic (dataset = a toxic rule) or reversal (source run)."""
     if scenario == "reversal":
         return training.reversal_config(source, epochs=epochs, checkpoint_epochs=tuple(checkpoint_epochs))
-    return dataclasses.replace(study_.config, scenario=scenario, dataset=dataset, epochs=epochs,
+    return run_config(study_.config, scenario, epochs, checkpoint_epochs, batch_size, dataset)
+
+
+def run_config(base: training.TrainConfig, scenario: str, epochs: int, checkpoint_epochs, batch_size: int,
+               dataset: str = "clean") -> training.TrainConfig:
+    """A clean or toxic fine-tuning config on the data split of `base` (`base_config`); no model needed."""
+    return dataclasses.replace(base, scenario=scenario, dataset=dataset, epochs=epochs,
                                checkpoint_epochs=tuple(checkpoint_epochs), batch_size=batch_size)
+
+
+def toxic_configs(base: training.TrainConfig, epochs: int, batch_size: int) -> dict[str, training.TrainConfig]:
+    """rule -> the config of the toxic run `toxic_runs` trains on every toxic dataset (on the split of `base`)."""
+    return {rule: run_config(base, "toxic", epochs, range(1, epochs + 1), batch_size, dataset=rule)
+            for rule in data.TOXIC_RULES}
 
 
 def admission_cached(study_: Study, seed: int, n: int,
@@ -139,8 +151,7 @@ def setup(profile: str, model_name: str, n_prompts: int, n_eval: int, seed: int 
 
 def toxic_runs(study_: Study, epochs: int, batch_size: int) -> dict:
     """rule -> the toxic fine-tuning run of every toxic dataset (trained once, then reused from the run cache)."""
-    return {rule: training.train(train_config(study_, "toxic", epochs, range(1, epochs + 1), batch_size, dataset=rule),
-                                 progress=False) for rule in data.TOXIC_RULES}
+    return {rule: training.train(cfg, progress=False) for rule, cfg in toxic_configs(study_.config, epochs, batch_size).items()}
 
 
 # ---------------------------------------------------------------- several training seeds
