@@ -178,7 +178,8 @@ def test_admission_cached_is_admit_on_the_seed_split_and_memoised(tmp_path, monk
     assert study.admission_cached(s, 1, 10, t)[0] == heads and not calls  # second call: from the memo
 
 
-def test_prepare_pins_threads_and_rejects_bad_counts():
+def test_prepare_pins_threads_and_rejects_bad_counts(monkeypatch):
+    monkeypatch.delenv("IOI_UTILS_THREADS", raising=False)  # the override would replace the counts tested here
     before = torch.get_num_threads()
     try:
         study.prepare("tiny", 8, 4, 0, "cpu", 4, n_discovery=4, threads=1)
