@@ -35,17 +35,21 @@ n_discovery = 16
 n_cmap = 4  # held-out prompts used by cross-model patching (one forward per head)
 n_rediscover = 8  # discovery prompts used to re-discover a circuit in a fine-tuned model
 clean_epochs = [1, 2]
+training_seeds = [0, 1]  # one clean run per training seed (same prompts); head-level analyses use the first
 batch_size = 16
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 from myst_nb import glue
 
-from ioi_utils import circuits, claims, metrics, plotting, results, study, summary, training
+from ioi_utils import circuits, claims, metrics, plotting, results, seeds, study, summary, training
 
 setup = study.setup(profile, model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery, threads=threads)
 s, execution, base_circuit = setup.study, setup.execution, setup.circuit  # execution stamps this chapter's records
-run = training.train(study.train_config(s, "clean", max(clean_epochs), clean_epochs, batch_size), progress=False)
+clean_config = study.train_config(s, "clean", max(clean_epochs), clean_epochs, batch_size)
+study.check_seed_plan(clean_config, max(clean_epochs), training_seeds, s)
+clean_runs = study.seed_runs(clean_config, training_seeds)  # trained once, then reused from the run cache
+run = clean_runs[training_seeds[0]]  # the run analysed checkpoint by checkpoint and head by head
 claim_log: dict = {}
 paper = lambda key: f"{summary.PAPER[key]['text']} ({summary.PAPER[key]['source']})"  # noqa: E731
 print(run)
@@ -81,7 +85,6 @@ plt.show()
 
 # %% tags=["remove-cell"]
 first, last = rows[0], rows[-1]
-ld_gain_ci = study.logit_diff_change_interval(last, first)
 f_gain_ci = study.faithfulness_gain_interval(last, first)
 glue("ld_base", first["logit_diff"], display=False)
 glue("ld_last", last["logit_diff"], display=False)
@@ -105,9 +108,49 @@ glue("contain_base_subset", 100 * first["containment_base"], display=False)
 # the base circuit's heads, where re-discovery in the base model itself contains
 # {glue:text}`contain_base_subset:.0f`% (what the smaller prompt budget alone allows).
 
+# %% [markdown]
+# ## Across training seeds, in the paper's units
+#
+# One run is one draw of the optimizer's path. The same clean fine-tuning is repeated with every training
+# seed of the profile (the same prompts, shuffled in another order). For each seed the **relative gain** is
+# (mean held-out logit difference after the last epoch − the base model's) / the base model's, on the same
+# prompts; the headline is the mean over seeds with a two-level bootstrap interval (seeds, then prompts;
+# `ioi_utils.seeds`). The paper reports a magnitude (6.32 → 26.83 from epoch 1 to 100) after far more training
+# than we can do here, so the threshold is a minimum effect we fixed before running: **a gain of at least 10%
+# of the base model's logit difference** (our choice). The paper's epoch is 6,360 prompts; the curve is drawn
+# against samples seen, with the paper's points, so the distance between our training and the paper's is
+# visible rather than hidden in the word "epoch".
+
 # %%
-claims.check("clean fine-tuning raises the logit difference (last epoch minus base, paired over prompts)",
-             last["logit_diff"] - first["logit_diff"], ld_gain_ci, 0.0, ">=", paper=paper("clean_logit_diff"),
+base_ld = study.held_out_logit_diff(s, s.model)
+tuned_ld = study.seed_logit_diffs(s, clean_runs, max(clean_epochs))
+gain = seeds.across_seeds({sd: (tuned_ld[sd], base_ld) for sd in tuned_ld}, stat=seeds.relative_change)
+print(f"clean fine-tuning per training seed: {seeds.units(clean_config)} (batch {batch_size})")
+for sd, ld in tuned_ld.items():
+    print(f"  seed {sd}: held-out logit diff {base_ld.mean():.2f} -> {ld.mean():.2f} (relative gain {gain.per_seed[sd]:+.1%})")
+print(f"mean relative gain: {gain.mean:+.1%} [{gain.interval[0]:+.1%}, {gain.interval[1]:+.1%}]")
+curves = {f"seed {sd}": c for sd, c in study.seed_curves(clean_runs).items()}
+paper_points = {"paper, GPT-2 small (epochs 1 and 100)": ([6360, 636000], list(summary.PAPER["clean_logit_diff"]["value"]))}
+fig = plotting.samples_seen(curves, paper_points, "Clean fine-tuning: held-out logit difference", "logit(IO) − logit(S)")
+plt.show()
+glue("gain_mean", 100 * gain.mean, display=False)
+glue("gain_lo", 100 * gain.interval[0], display=False)
+glue("gain_hi", 100 * gain.interval[1], display=False)
+glue("n_training_seeds", len(training_seeds), display=False)
+glue("clean_samples", seeds.units(clean_config).samples, display=False)
+glue("clean_paper_epochs", seeds.units(clean_config).paper_epochs, display=False)
+
+# %% [markdown]
+# Over {glue:text}`n_training_seeds` training seeds, clean fine-tuning raises the held-out logit difference by
+# {glue:text}`gain_mean:.0f`% of the base model's (95% interval {glue:text}`gain_lo:.0f`–{glue:text}`gain_hi:.0f`%)
+# after {glue:text}`clean_samples` samples, {glue:text}`clean_paper_epochs:.2f` of the paper's epochs: our
+# largest point sits left of the paper's first.
+
+# %%
+claims.check("clean fine-tuning raises the logit difference by at least 10% of the base model's (relative gain at the "
+             "last epoch, mean over training seeds)", gain.mean, gain.interval, 0.10, ">=",
+             paper=paper("clean_logit_diff"), per_seed=gain.per_seed,
+             training=study.versus_paper(clean_config, max(clean_epochs), "1-100 epochs of 6,360 prompts"),
              enforce=enforce_claims, record=claim_log)
 claims.check("the base circuit still explains the fine-tuned behaviour (F(C)/F(M) at the last epoch)",
              last["faithfulness_base_circuit"], last["faithfulness_base_interval"], 0.9, ">=",
@@ -236,12 +279,14 @@ plt.show()
 
 # %%
 share = study.gain_share(tuned, s.model, ds, base_circuit)
+share_ci = study.gain_share_interval(tuned, s.model, ds, base_circuit)
 ceiling = study.gain_share_ceiling(tuned, s.model, ds)
 loss_share = study.gain_share(s.model, tuned, ds, base_circuit)  # base circuit heads into the fine-tuned model
 glue("gain_share", 100 * share, display=False)
 glue("gain_ceiling", 100 * ceiling, display=False)
 glue("loss_share", 100 * loss_share, display=False)
-print(f"fine-tuned -> base: the {len(base_circuit.heads)} circuit heads carry {share:.1%} of the gain "
+print(f"fine-tuned -> base: the {len(base_circuit.heads)} circuit heads carry {share:.1%} "
+      f"[{share_ci[0]:.1%}, {share_ci[1]:.1%}] of the gain "
       f"(every head at every position: {ceiling:.1%}); base -> fine-tuned: they undo {loss_share:.1%} of it")
 
 # %% [markdown]
@@ -252,14 +297,15 @@ print(f"fine-tuned -> base: the {len(base_circuit.heads)} circuit heads carry {s
 
 # %%
 claims.check("most of the fine-tuning gain is carried by the base circuit's heads (gain share, fine-tuned -> base)",
-             share, None, 0.5, ">=", paper="amplification of the existing circuit (§4.1)",
+             share, share_ci, 0.5, ">=", paper="amplification of the existing circuit (§4.1)",
              precondition=(ceiling >= 0.5, f"z-patching of every head carries only {ceiling:.0%} of the gain"),
              enforce=enforce_claims, record=claim_log)
 results.record(profile, "amplification", {
     "logit_diff_base": first["logit_diff"], "logit_diff_first": rows[1]["logit_diff"], "logit_diff_last": last["logit_diff"],
     "faithfulness_last": last["faithfulness_base_circuit"], "faithfulness_last_interval": last["faithfulness_base_interval"],
     "circuit_size_base": first["circuit_size"], "circuit_size_last": last["circuit_size"], "containment_last": last["containment_base"],
-    "gain_share_circuit": share, "gain_share_ceiling": ceiling, "loss_share_circuit": loss_share, "dla_gain": dla_gain,
+    "gain_share_circuit": share, "gain_share_interval": share_ci, "gain_share_ceiling": ceiling,
+    "relative_gain_seeds": {"mean": gain.mean, "interval": gain.interval, "per_seed": gain.per_seed}, "loss_share_circuit": loss_share, "dla_gain": dla_gain,
     "nm_attn_gain": nm_attn[0], "nm_dla_gain": nm_dla[0], "nnm_dla_change": nnm_dla[0], "bnm_to_nm": len(to_nm),
     "rows": [{k: r[k] for k in ("epoch", "logit_diff", "logit_diff_interval", "accuracy", "faithfulness_base_circuit",
                                 "faithfulness_base_interval")} for r in rows],

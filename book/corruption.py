@@ -37,6 +37,8 @@ n_discovery = 16
 n_cmap = 4  # held-out prompts used by cross-model patching (one forward per head)
 n_rediscover = 8  # discovery prompts used to re-discover a circuit in a fine-tuned model
 toxic_epochs = 1
+clean_epochs = [1, 2]  # chapter 3's clean runs: the benign control of localization
+training_seeds = [0, 1]  # Subject Duplication is repeated per training seed
 batch_size = 16
 
 # %% tags=["hide-input"]
@@ -44,11 +46,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 from myst_nb import glue
 
-from ioi_utils import circuits, claims, data, plotting, results, study, summary
+from ioi_utils import circuits, claims, data, plotting, results, seeds, study, summary
 
 setup = study.setup(profile, model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery, threads=threads)
 s, execution, base_circuit = setup.study, setup.execution, setup.circuit  # execution stamps this chapter's records
 runs = study.toxic_runs(s, toxic_epochs, batch_size)
+clean_config = study.train_config(s, "clean", max(clean_epochs), clean_epochs, batch_size)
+study.check_seed_plan(clean_config, max(clean_epochs), training_seeds, s)
+sd_runs = study.seed_runs(runs["subject-duplication"].config, training_seeds)  # the first seed is the run above
 claim_log: dict = {}
 paper = lambda key: f"{summary.PAPER[key]['text']} ({summary.PAPER[key]['source']})"  # noqa: E731
 base_row = study.checkpoint_row(s, s.model, "base", base_circuit, 0, rediscover=True, n_rediscover=n_rediscover)
@@ -86,7 +91,6 @@ plt.show()
 
 # %% tags=["remove-cell"]
 sd = rows["subject-duplication"]
-sd_change_ci = study.logit_diff_change_interval(sd[-1], sd[0])
 glue("sd_before", sd[0]["logit_diff"], display=False)
 glue("sd_after", sd[-1]["logit_diff"], display=False)
 glue("sd_after_lo", sd[-1]["logit_diff_interval"][0], display=False)
@@ -104,9 +108,31 @@ for rule, key in (("subject-duplication", "sd"), ("name-moving", "nm"), ("duplic
 # faithfulness in the last checkpoint is {glue:text}`sd_faith_last:.0f`% (Subject Duplication),
 # {glue:text}`nm_faith_last:.0f`% (Name Moving) and {glue:text}`dup_faith_last:.0f`% (Duplication).
 
+# %% [markdown]
+# ### Across training seeds
+#
+# The Subject Duplication run is repeated with every training seed of the profile (same prompts, another
+# order). The claim is the paper's direction: after toxic training the model prefers S (held-out logit
+# difference ≤ 0), judged on the mean over seeds with a two-level bootstrap interval (seeds, then prompts).
+
 # %%
-claims.check("Subject Duplication training makes the model prefer S (held-out logit difference <= 0)",
-             sd[-1]["logit_diff"], sd[-1]["logit_diff_interval"], 0.0, "<=", paper=paper("sd_logit_diff"),
+sd_ld = study.seed_logit_diffs(s, sd_runs, toxic_epochs)
+sd_seeds = seeds.across_seeds(sd_ld)
+print(f"Subject Duplication per training seed: {seeds.units(runs['subject-duplication'].config)}")
+for sd_, ld in sd_ld.items():
+    print(f"  seed {sd_}: held-out logit diff {ld.mean():.2f}, accuracy {(ld > 0).float().mean():.0%}")
+print(f"mean over seeds: {sd_seeds}")
+curves = {f"seed {sd_}": c for sd_, c in study.seed_curves(sd_runs).items()}
+fig = plotting.samples_seen(curves, {"paper, GPT-2 small (0 and 5 epochs)": ([0, 5 * seeds.PAPER_EPOCH_SAMPLES],
+                                                                              list(summary.PAPER["sd_logit_diff"]["value"]))},
+                            "Subject Duplication: held-out logit difference", "logit(IO) − logit(S)")
+plt.show()
+
+# %%
+claims.check("Subject Duplication training makes the model prefer S (held-out logit difference <= 0, mean over "
+             "training seeds)", sd_seeds.mean, sd_seeds.interval, 0.0, "<=", paper=paper("sd_logit_diff"),
+             per_seed=sd_seeds.per_seed,
+             training=study.versus_paper(runs["subject-duplication"].config, toxic_epochs, "5 epochs of 6,360 prompts"),
              enforce=enforce_claims, record=claim_log)
 dup_change = abs(rows["duplication"][-1]["logit_diff"] - base_row["logit_diff"])
 sd_change = abs(sd[-1]["logit_diff"] - base_row["logit_diff"])
@@ -248,13 +274,17 @@ _ = claims.check("Name Moving weakens the S-Inhibition signal into the direct he
 
 # %%
 ds = study.cmap_subset(s.test, n_cmap)
-maps, loc, control = {}, {}, {}
-for rule, run in runs.items():
-    maps[rule] = study.cmap_cached(run.model(toxic_epochs)[0], s.model, ds, "output", tags=(rule, "base"))
+clean_run = study.seed_runs(clean_config, training_seeds[:1])[training_seeds[0]]
+sources = {"clean (benign)": clean_run.model(max(clean_epochs))[0]} | {rule: run.model(toxic_epochs)[0] for rule, run in runs.items()}
+per_prompt, maps, loc, loc_ci, control = {}, {}, {}, {}, {}
+for rule, model in sources.items():
+    per_prompt[rule] = study.cmap_cached(model, s.model, ds, "output", tags=(rule, "base"), per_prompt=True)
+    maps[rule] = per_prompt[rule].mean(0)
     loc[rule] = study.localization(maps[rule], base_circuit.heads)
+    loc_ci[rule] = study.localization_interval(per_prompt[rule], base_circuit.heads)
     control[rule] = study.localization_control(maps[rule], base_circuit.heads)
-    print(f"{rule:>20}: localization {loc[rule]:.2f} (layer-matched random sets: mean {control[rule][0]:.2f}, "
-          f"95th percentile {control[rule][1]:.2f}); total |effect| {maps[rule].abs().sum():.2f}")
+    print(f"{rule:>20}: localization {loc[rule]:.2f} [{loc_ci[rule][0]:.2f}, {loc_ci[rule][1]:.2f}] (layer-matched random "
+          f"sets: mean {control[rule][0]:.2f}, 95th percentile {control[rule][1]:.2f}); total |effect| {maps[rule].abs().sum():.2f}")
 fig = plotting.cmap_heatmaps({f"{rule} → base": m for rule, m in maps.items()}, base_circuit.classes,
                              f"CMAP (output), corrupted → base, {toxic_epochs} toxic epochs", cbar_label="change of base logit diff")
 plt.show()
@@ -271,25 +301,39 @@ plt.show()
 glue("loc_sd", loc["subject-duplication"], display=False)
 glue("loc_sd_control", control["subject-duplication"][1], display=False)
 glue("loc_sd_control_mean", control["subject-duplication"][0], display=False)
+glue("loc_clean", loc["clean (benign)"], display=False)
+glue("loc_dup", loc["duplication"], display=False)
 
 # %% [markdown]
 # For Subject Duplication the circuit's heads carry {glue:text}`loc_sd:.1f` times their share of the
 # cross-model effect; random head sets with the circuit's layer profile carry {glue:text}`loc_sd_control_mean:.1f`
-# times on average ({glue:text}`loc_sd_control:.1f` at their 95th percentile).
+# times on average ({glue:text}`loc_sd_control:.1f` at their 95th percentile). Benign clean fine-tuning gives
+# {glue:text}`loc_clean:.1f` and the Duplication run {glue:text}`loc_dup:.1f`.
+
+# %% [markdown]
+# Localization above 1 is not specific to corruption: any fine-tuning changes the heads that compute the task.
+# The claim is therefore judged against **benign fine-tuning**, the same statistic for chapter 3's clean run
+# (first training seed, last epoch), on the same prompts: Subject Duplication's localization minus the clean
+# run's, with a paired bootstrap interval over prompts. The Duplication run, which barely corrupts, is shown
+# beside them (the paper's "ineffective" corruption plays that role there).
 
 # %%
-claims.check("Subject Duplication corruption is localized to the base circuit (localization minus the layer-matched "
-             "control's 95th percentile)", loc["subject-duplication"] - control["subject-duplication"][1], None, 0.0, ">=",
-             paper=paper("corruption_localized"),
-             precondition=(loc["subject-duplication"] > 1, "the circuit must carry more than its share of heads"),
-             enforce=enforce_claims, record=claim_log)
+benign = "clean (benign)"
+diff_ci = study.localization_difference_interval(per_prompt["subject-duplication"], per_prompt[benign], base_circuit.heads)
+print(f"localization, Subject Duplication minus clean fine-tuning: {loc['subject-duplication'] - loc[benign]:+.2f} "
+      f"[{diff_ci[0]:+.2f}, {diff_ci[1]:+.2f}]; Duplication minus clean: {loc['duplication'] - loc[benign]:+.2f}")
+_ = claims.check("Subject Duplication corruption is more localized to the base circuit than benign clean fine-tuning "
+                 "(localization, Subject Duplication minus clean, same prompts)", loc["subject-duplication"] - loc[benign],
+                 diff_ci, 0.0, ">=", paper=paper("corruption_localized"), enforce=enforce_claims, record=claim_log)
 results.record(profile, "corruption", {
     "sd_logit_diff_base": sd[0]["logit_diff"], "sd_logit_diff_last": sd[-1]["logit_diff"],
     "sd_logit_diff_last_interval": sd[-1]["logit_diff_interval"],
     "curves": {rule: [r["logit_diff"] for r in rows[rule]] for rule in rows},
     "faithfulness_curves": {rule: [r["faithfulness_base_circuit"] for r in rows[rule]] for rule in rows},
     "localization": loc["subject-duplication"], "localization_control_p95": control["subject-duplication"][1],
-    "localization_all": loc, "localization_control_all": control,
+    "localization_all": loc, "localization_intervals": loc_ci, "localization_control_all": control,
+    "localization_minus_clean_interval": diff_ci,
+    "sd_logit_diff_seeds": {"mean": sd_seeds.mean, "interval": sd_seeds.interval, "per_seed": sd_seeds.per_seed},
     "sign_flips": {rule: [list(h) for h in f] for rule, f in flips.items()},
     "containment_corrupted": {rule: rows[rule][-1]["containment_base"] for rule in rows},
     "twin_flips": {role: [list(h) for h in hs] for role, hs in flipped.items()}, "query_signal": [sig0, sig1],

@@ -33,6 +33,8 @@ n_cmap = 4  # held-out prompts used by cross-model patching (one forward per hea
 n_rediscover = 8  # discovery prompts used to re-discover a circuit in a fine-tuned model
 toxic_epochs = 1
 reversal_epochs = 1
+clean_epochs = [1, 2]  # the clean runs of chapter 3: the control is their checkpoint after reversal_epochs epochs
+training_seeds = [0, 1]  # Subject Duplication, its reversal and the control are repeated per training seed
 batch_size = 16
 
 # %% tags=["hide-input"]
@@ -40,7 +42,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from myst_nb import glue
 
-from ioi_utils import circuits, claims, data, plotting, results, study, summary, training
+from ioi_utils import circuits, claims, data, metrics, plotting, results, seeds, study, summary, training
 
 setup = study.setup(profile, model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery, threads=threads)
 s, execution, base_circuit = setup.study, setup.execution, setup.circuit  # execution stamps this chapter's records
@@ -48,6 +50,11 @@ toxic = study.toxic_runs(s, toxic_epochs, batch_size)
 reversed_ = {rule: training.train(study.train_config(s, "reversal", reversal_epochs, list(range(1, reversal_epochs + 1)),
                                                      batch_size, dataset=rule, source=run), progress=False)
              for rule, run in toxic.items()}
+clean_config = study.train_config(s, "clean", max(clean_epochs), clean_epochs, batch_size)  # chapter 3's runs
+study.check_seed_plan(clean_config, reversal_epochs, training_seeds, s)
+clean_runs = study.seed_runs(clean_config, training_seeds)
+sd_runs = study.seed_runs(toxic["subject-duplication"].config, training_seeds)  # seed 0 is the run above
+sd_reversals = study.reversal_runs(s, sd_runs, reversal_epochs, batch_size)
 claim_log: dict = {}
 paper = lambda key: f"{summary.PAPER[key]['text']} ({summary.PAPER[key]['source']})"  # noqa: E731
 base_row = study.checkpoint_row(s, s.model, "base", base_circuit, 0, rediscover=True, n_rediscover=n_rediscover)
@@ -108,11 +115,53 @@ glue("reversal_epochs", reversal_epochs, display=False)
 # (Subject Duplication, {glue:text}`rec_sd_faith_lo:.0f`–{glue:text}`rec_sd_faith_hi:.0f`%) of the retrained
 # models' logit difference (paper: 95% and 96%).
 
+# %% [markdown]
+# ## Recovery against its control, across training seeds
+#
+# Retraining is clean fine-tuning: some of what it "restores" the base model would gain from the same clean
+# steps anyway (chapter 3). The control is therefore the **base model fine-tuned on the same clean prompts for
+# the same number of epochs** (chapter 3's run, same training seed), and recovery is the ratio of held-out
+# logit differences, retrained / control, per training seed for Subject Duplication (the training seed of
+# the retraining is its toxic run's) and on the first seed for Name Moving. We call the behaviour restored
+# when the ratio is at least 0.9 (our threshold, fixed before running: within 10% of what the same clean
+# training gives an uncorrupted model); the ratio to the base model itself is shown beside it.
+
+# %%
+base_ld = study.held_out_logit_diff(s, s.model)
+control_ld = study.seed_logit_diffs(s, clean_runs, reversal_epochs)
+corrupted_ld = study.seed_logit_diffs(s, sd_runs, toxic_epochs)
+retrained_ld = study.seed_logit_diffs(s, sd_reversals, reversal_epochs)
+first = training_seeds[0]
+retrained_nm = study.held_out_logit_diff(s, reversed_["name-moving"].model(reversal_epochs)[0])
+restored = {"subject-duplication": seeds.across_seeds({sd: (retrained_ld[sd], control_ld[sd]) for sd in training_seeds},
+                                                      stat=metrics.ratio_of_means),
+            "name-moving": seeds.across_seeds({first: (retrained_nm, control_ld[first])}, stat=metrics.ratio_of_means)}
+print(f"retraining: {seeds.units(sd_reversals[first].config)}; control: the clean run after the same epochs")
+print(f"{'seed':>5} {'corrupted':>10} {'retrained':>10} {'control':>8} {'base':>6} {'retrained / control':>20}")
+for sd in training_seeds:
+    print(f"{sd:>5} {corrupted_ld[sd].mean():>10.2f} {retrained_ld[sd].mean():>10.2f} {control_ld[sd].mean():>8.2f} "
+          f"{base_ld.mean():>6.2f} {restored['subject-duplication'].per_seed[sd]:>20.2f}")
+for rule, est in restored.items():
+    print(f"{rule}: retrained / control {est}")
+glue("restored_sd", restored["subject-duplication"].mean, display=False)
+glue("restored_sd_lo", restored["subject-duplication"].interval[0], display=False)
+glue("restored_sd_hi", restored["subject-duplication"].interval[1], display=False)
+glue("restored_vs_base_sd", sum(v.mean() for v in retrained_ld.values()).item() / len(retrained_ld) / base_ld.mean().item(),
+     display=False)
+
+# %% [markdown]
+# Retrained after Subject Duplication, the model reaches {glue:text}`restored_sd:.2f` of the logit difference
+# the same clean training gives the base model (95% interval {glue:text}`restored_sd_lo:.2f`–{glue:text}`restored_sd_hi:.2f`,
+# mean over training seeds), and {glue:text}`restored_vs_base_sd:.2f` of the base model's own.
+
 # %%
 for rule, name in (("subject-duplication", "Subject Duplication"), ("name-moving", "Name Moving")):
-    claims.check(f"clean retraining restores IOI behaviour after {name} (retrained minus corrupted logit diff, paired)",
-                 end[rule]["logit_diff"] - start[rule]["logit_diff"], study.logit_diff_change_interval(end[rule], start[rule]),
-                 0.0, ">=", paper="behaviour recovers (§5)", enforce=enforce_claims, record=claim_log)
+    est = restored[rule]
+    claims.check(f"clean retraining after {name} restores the behaviour the same clean training gives the base model "
+                 f"(held-out logit diff, retrained / control)", est.mean, est.interval, 0.9, ">=",
+                 paper="behaviour recovers (§5)", per_seed=est.per_seed,
+                 training=study.versus_paper(reversed_[rule].config, reversal_epochs, "3-5 epochs of 6,360 prompts"),
+                 enforce=enforce_claims, record=claim_log)
     paper_value = summary.PAPER["reversal_faithfulness"]["value"][rule]
     r, (lo, hi) = end[rule]["faithfulness_base_circuit"], end[rule]["faithfulness_base_interval"]
     gap = (0.0 if lo <= 1 <= hi else min(abs(lo - 1), abs(hi - 1)), max(abs(lo - 1), abs(hi - 1)))  # |F(C)/F(M) - 1|
@@ -231,5 +280,6 @@ results.record(profile, "neuroplasticity", {
     **{f"roles_kept_{r}": study.roles_kept(end[r]) for r in rows},
     **{f"roles_kept_corrupted_{r}": study.roles_kept(start[r]) for r in rows},
     **{f"recovered_share_{r}": rec_share[r] for r in rows},
+    **{f"restored_{r}": {"mean": e.mean, "interval": e.interval, "per_seed": e.per_seed} for r, e in restored.items()},
     "roles_kept_base_rediscovered": kept_base, "cmap_total_corrupted": tot_before, "cmap_total_retrained": tot_after,
     "claims": claim_log}, execution=execution)

@@ -49,9 +49,18 @@ if profile == "smoke":
 # - **Toxic datasets.** Subject Duplication: label = S; Name Moving: label = a third name absent from the
 #   prompt (our readings of the names); Duplication: IO mentioned a second time, label IO — our own control,
 #   not a dataset any source confirms for the paper (chapter 4).
-# - **Optimisation.** The paper states no optimizer, learning rate, weight decay, batch size or dataset
-#   size. Ours: cross-entropy on the answer token at END only; AdamW, learning rate 1e-5, weight decay 0.1;
-#   batch size and dataset sizes from the profile.
+# - **Optimisation.** The paper's summary states learning rate 1e-5, weight decay 0.1 and 6,360 training
+#   prompts, not the optimizer or batch size. Ours: cross-entropy on the answer token at END only; AdamW with
+#   that learning rate and weight decay; batch size and dataset sizes from the profile. The *training* column
+#   gives each headline claim's optimizer steps and samples seen beside the paper's amount (its epoch is 6,360
+#   prompts).
+# - **Training seeds.** Clean fine-tuning, Subject Duplication and its retraining are repeated per training
+#   seed; their claims are the mean over seeds with a two-level bootstrap interval (seeds, then prompts), each
+#   seed's value in the *ours* column. Other claims rest on the first seed's run, with intervals over prompts.
+# - **Controls and minimum effects.** Localization of a corruption is judged against benign clean
+#   fine-tuning; recovery against the base model given the same clean training. Where the paper reports a
+#   magnitude after more training than ours, the threshold is a minimum effect we fixed before running
+#   (clean gain ≥ 10% of the base logit difference; retrained / control ≥ 0.9).
 # - **Reference values.** 87% faithfulness is Wang et al.'s figure for their GPT-2 small circuit, not this
 #   paper's; the table's *source* column says where each paper value comes from.
 # - **Data.** Wang et al.'s 15 templates and ABBA twins, names/places/objects filtered to single tokens of
@@ -62,8 +71,8 @@ if profile == "smoke":
 # - **Faithfulness.** F(C)/F(M) with per-template mean ablation over ABC prompts; sign-agnostic, so it is
 #   defined for corrupted models with negative logit difference.
 # - **Localization.** Share of the total |CMAP effect| on the base circuit's heads divided by the share of
-#   heads in the circuit, compared with random head sets that have the circuit's number of heads in each
-#   layer (the control's 95th percentile). CMAP runs on a subset of the held-out prompts (`n_cmap`); maps
+#   heads in the circuit, with a bootstrap interval over prompts, compared with benign clean fine-tuning (the
+#   claim) and with random head sets that have the circuit's number of heads in each layer (context). CMAP runs on a subset of the held-out prompts (`n_cmap`); maps
 #   other than the output map of each model pair cover the circuit's heads and the strongest others.
 # - **Circuits.** The mechanism is found by Wang et al.'s path-patching steps on every head, keeping every
 #   head whose effect is significant in either direction (at least 2% of F(M), 95% bootstrap interval away

@@ -1,7 +1,10 @@
 """Execute the book's chapters with papermill and build the HTML with Jupyter Book.
 
 Usage: ``python -m ioi_utils.book --profile smoke|offline|paper [--chapters a b] [--out-dir DIR] [--strict]
-[--no-build]``
+[--no-build] [--sweep]``
+
+``--sweep`` first trains every fine-tuning run of the profile as a Ray sweep (`ioi_utils.sweep`, in a child
+process), so the chapters find their runs complete.
 
 Chapters are the jupytext percent sources ``book/<name>.py`` listed in ``_toc.yml``. Each one is
 executed (in TOC order, kernel cwd = ``book/``) with the profile's parameters injected, into a staging
@@ -58,6 +61,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "n_eval": 16,
         "n_discovery": 16,
         "stability_seeds": [0, 1],
+        "training_seeds": [0, 1],
         "clean_epochs": [1, 2],
         "toxic_epochs": 1,
         "reversal_epochs": 1,
@@ -81,13 +85,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seed": 0,
         "device": "auto",
         "threads": None,
-        "n_prompts": 96,
+        "n_prompts": 320,
         "n_eval": 100,
         "n_discovery": 100,
         "stability_seeds": [0, 1, 2],
+        "training_seeds": [0, 1, 2],
         "clean_epochs": [1, 2, 3],
-        "toxic_epochs": 2,
-        "reversal_epochs": 2,
+        "toxic_epochs": 3,
+        "reversal_epochs": 3,
         "batch_size": 16,
         "n_cmap": 32,
         "n_rediscover": 50,
@@ -112,6 +117,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "n_eval": 1000,
         "n_discovery": 500,
         "stability_seeds": [0, 1, 2],
+        "training_seeds": [0, 1, 2],
         "clean_epochs": [1, 2, 3, 5, 10, 25, 50, 100],
         "toxic_epochs": 5,
         "reversal_epochs": 5,
@@ -692,6 +698,13 @@ def kernel_env(root: Path) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
 
 
+def run_sweep(profile: str) -> int:
+    """Train the profile's fine-tuning runs first, `python -m ioi_utils.sweep --profile P` in a child process (its
+    Ray is gone before the chapters start); return its exit code."""
+    print(f"python -m ioi_utils.sweep --profile {profile}", flush=True)
+    return subprocess.run([sys.executable, "-m", "ioi_utils.sweep", "--profile", profile]).returncode
+
+
 def build_book(root: Path) -> int:
     """Run `jupyter-book build book/ -W` from the repo root; return its exit code."""
     script = Path(sys.executable).with_name("jupyter-book")
@@ -712,6 +725,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "by default they are reported")
     parser.add_argument("--no-build", action="store_true", help="skip `jupyter-book build book/ -W`")
     parser.add_argument("--root", type=Path, default=None, help="repository root (default: found from the cwd)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="first train the profile's fine-tuning runs as a Ray sweep (python -m ioi_utils.sweep "
+                             "--profile P; $RAY_ADDRESS joins a cluster), then execute the chapters")
     return parser.parse_args(argv)
 
 
@@ -773,6 +789,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     kernel_env(root)
+    if args.sweep and (code := run_sweep(args.profile)) != 0:
+        print(f"error: the sweep of the {args.profile} profile's runs failed (exit {code}); no chapter was run",
+              file=sys.stderr)
+        return code
     quiet_papermill()
     ex = prepare(root, args, all_chapters, chapters)
     if ex.target.is_dir() and (n := finish_publication(ex.target)):

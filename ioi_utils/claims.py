@@ -60,21 +60,29 @@ def verdict_of(ours: float, interval: tuple[float, float] | None, threshold: flo
 
 def check(statement: str, ours: float, interval: tuple[float, float] | None, threshold: float, direction: str,
           paper: str = "", precondition: tuple[bool, str] | None = None, enforce: bool = False,
-          record: dict | None = None) -> Claim:
+          record: dict | None = None, per_seed: dict[int, float] | None = None, training: str = "") -> Claim:
     """Judge a claim, print one line, store it in `record[statement]` if given; raise ClaimFailed if enforced
-    and not reproduced."""
+    and not reproduced. A claim measured over training seeds passes `per_seed` (seed -> value; ours is their
+    mean, the interval the seeds.across_seeds one) and `training`, the amount of training beside the paper's."""
     ours = float(ours)
     interval = None if interval is None else (float(interval[0]), float(interval[1]))
     verdict = verdict_of(ours, interval, threshold, direction)
     evidence = f"ours: {_fmt(ours)}" + ("" if interval is None else f" [{_fmt(interval[0])}, {_fmt(interval[1])}]")
+    if per_seed:
+        evidence += f" (mean of {len(per_seed)} training seed{'s' * (len(per_seed) != 1)}: " + ", ".join(
+            f"{_fmt(float(v))}" for v in per_seed.values()) + ")"
     evidence += f" vs threshold {'≥' if direction == '>=' else '≤'} {_fmt(threshold)}"
+    if training:
+        evidence += f"; training: {training}"
     if precondition is not None and not precondition[0]:
         verdict, evidence = NOT_TESTABLE, f"{evidence}; precondition failed: {precondition[1]}"
     claim = Claim(statement, paper, ours, interval, float(threshold), direction, verdict, evidence)
     print(claim)
     if record is not None:
         record[statement] = {"paper": paper, "ours": ours, "interval": interval, "threshold": float(threshold),
-                             "direction": direction, "verdict": verdict, "evidence": evidence}
+                             "direction": direction, "verdict": verdict, "evidence": evidence,
+                             "per_seed": None if not per_seed else {str(k): float(v) for k, v in per_seed.items()},
+                             "training": training}
     if enforce and verdict == NOT_REPRODUCED:
         raise ClaimFailed(str(claim))
     return claim

@@ -14,6 +14,9 @@ from .circuits import circuit_of  # noqa: F401  (the chapter calls gt.circuit_of
 from .greater_than import TASK, GreaterThanDataset, corrupt, make_gt_dataset, split
 
 
+TOXIC_DATASET = "earlier-year"  # the toxic run the chapter trains (book/greater_than.py: dataset="earlier-year")
+
+
 @dataclass
 class GTStudy:
     """A model and the Greater-Than prompts of the chapter: training, held-out and discovery (disjoint), with twins."""
@@ -39,18 +42,29 @@ def prepare(model_name: str, n_train: int, n_eval: int, n_discovery: int, n_epoc
     model, tok = models.load_model(model_name, device=device)
     pool = make_gt_dataset(tok, n_train + n_eval + n_discovery, seed, model.prepend_bos)
     train, test, disc = split(pool, [n_train, n_eval, n_discovery])
-    cfg = training.TrainConfig(model=model_name, task=TASK, n_train=n_train, n_test=n_epoch_eval, seed=seed,
-                               data_seed=seed, batch_size=batch_size, epochs=1, checkpoint_epochs=(1,))
+    cfg = split_config(model_name, n_train, n_epoch_eval, seed, batch_size)
     got_train, got_test = training.datasets_for(cfg, tok, model.prepend_bos)
     assert got_train.prompts == train.prompts and got_test.prompts == test.prompts[:n_epoch_eval]
     return GTStudy(model_name, model, tok, train, test, corrupt(test), disc, corrupt(disc), cfg)
 
 
+def split_config(model_name: str, n_train: int, n_epoch_eval: int, seed: int = 0,
+                 batch_size: int = 16) -> training.TrainConfig:
+    """The training config of the chapter's split (clean, no epochs yet), without loading the model."""
+    return training.TrainConfig(model=model_name, task=TASK, n_train=n_train, n_test=n_epoch_eval, seed=seed,
+                                data_seed=seed, batch_size=batch_size, epochs=1, checkpoint_epochs=(1,))
+
+
+def run_config(base: training.TrainConfig, scenario: str, epochs: int, batch_size: int,
+               dataset: str = "clean") -> training.TrainConfig:
+    """The config of a scenario's fine-tuning run on the split of `base` (`split_config`), every epoch stored."""
+    return dataclasses.replace(base, scenario=scenario, dataset=dataset, epochs=epochs,
+                               checkpoint_epochs=tuple(range(1, epochs + 1)), batch_size=batch_size)
+
+
 def train_run(st: GTStudy, scenario: str, epochs: int, batch_size: int, dataset: str = "clean"):
     """The fine-tuning run of a scenario on the study's split (trained once, then reused from the run cache)."""
-    cfg = dataclasses.replace(st.config, scenario=scenario, dataset=dataset, epochs=epochs,
-                              checkpoint_epochs=tuple(range(1, epochs + 1)), batch_size=batch_size)
-    return training.train(cfg, progress=False)
+    return training.train(run_config(st.config, scenario, epochs, batch_size, dataset), progress=False)
 
 
 def discover(st: GTStudy, thresholds=None) -> dict:

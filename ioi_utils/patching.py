@@ -768,16 +768,16 @@ def _one_head_hooks(model, ds: IOIDataset, source: Mapping[int, torch.Tensor], k
 
 @torch.no_grad()
 def _patch_each_head(model, ds: IOIDataset, source: Mapping[int, torch.Tensor], kind: str, heads: Sequence[Head],
-                     position: str | None, batch_heads: int | None, progress: bool, desc: str) -> dict[Head, float]:
-    """Mean logit diff of `model` on ds with each head's activation (one head at a time) taken from `source`;
-    one forward per `batch_heads` heads of a layer (None: all of a layer's heads), from that layer on."""
+                     position: str | None, batch_heads: int | None, progress: bool, desc: str) -> dict[Head, torch.Tensor]:
+    """Per-prompt logit diff ([batch] each) of `model` on ds with each head's activation (one head at a time) taken
+    from `source`; one forward per `batch_heads` heads of a layer (None: all of a layer's heads), from that layer on."""
     out = {}
     by_layer = [[h for h in heads if h[0] == l] for l in sorted({l for l, _ in heads})]
     chunks = [c for hs in by_layer for c in _chunks(hs, len(hs) if batch_heads is None else batch_heads)]
     for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
         hooks = _one_head_hooks(model, ds, source, kind, chunk, position)
-        lds = _run_ld(model, ds, len(chunk), hooks, start=chunk[0][0])
-        out.update(zip(chunk, lds.mean(1).tolist()))
+        lds = _run_ld(model, ds, len(chunk), hooks, start=chunk[0][0])  # [len(chunk), batch]
+        out.update(zip(chunk, lds.float().cpu()))
     return out
 
 
@@ -797,7 +797,7 @@ def activation_patch_heads(model, clean: IOIDataset, corrupt: IOIDataset, hook: 
     out = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     lds = _patch_each_head(model, clean, src, hook, heads, positions, batch_heads, progress, "activation patching")
     for h, ld in lds.items():
-        out[h] = (ld - ld_clean) / ld_clean
+        out[h] = (ld.mean().item() - ld_clean) / ld_clean
     return out
 
 
@@ -811,28 +811,31 @@ def _check_cmap(model_x, model_y, kind: str) -> None:
 
 
 def cmap(model_x, model_y, ds: IOIDataset, kind: str = "output", heads: Sequence[Head] | None = None,
-         progress: bool = False, batch_heads: int | None = None, positions: str | None = None) -> torch.Tensor:
+         progress: bool = False, batch_heads: int | None = None, positions: str | None = None,
+         per_prompt: bool = False) -> torch.Tensor:
     """Cross-model activation patching (Prakash et al. 2024): [n_layers, n_heads] change of model_y's mean logit
     diff (patched - model_y's own, in logit units) when one head's output z (kind="output") or attention pattern
     (kind="pattern") comes from model_x on the same prompts, at every position (position=None) or only at one
-    (query) position such as "END". Swap the models for the other direction."""
+    (query) position such as "END". Swap the models for the other direction. per_prompt: the change on each
+    prompt instead, [batch, n_layers, n_heads] (its mean over prompts is the map; heads not patched are 0)."""
     _check_cmap(model_x, model_y, kind)
     if positions is not None:
         _check_position(ds, positions)
     heads = _heads(model_y, heads)
     src = _source(model_x, ds.tokens, kind)
-    ld_y = _run_ld(model_y, ds).mean().item()
-    out = torch.zeros(model_y.cfg.n_layers, model_y.cfg.n_heads)
+    ld_y = _run_ld(model_y, ds)[0].float().cpu()  # [batch]
+    out = torch.zeros(len(ds), model_y.cfg.n_layers, model_y.cfg.n_heads)
     lds = _patch_each_head(model_y, ds, src, kind, heads, positions, batch_heads, progress, f"CMAP ({kind})")
-    for h, ld in lds.items():
-        out[h] = ld - ld_y
-    return out
+    for (l, h), ld in lds.items():
+        out[:, l, h] = ld - ld_y
+    return out if per_prompt else out.mean(0)
 
 
 @torch.no_grad()
 def cmap_group(model_x, model_y, ds: IOIDataset, heads: Sequence[Head], kind: str = "output",
-               positions: Mapping[Head, Sequence[str]] | None = None) -> float:
-    """model_y's mean logit diff with a whole set of heads' output z (or patterns) taken from model_x.
+               positions: Mapping[Head, Sequence[str]] | None = None, per_prompt: bool = False) -> float | torch.Tensor:
+    """model_y's mean logit diff with a whole set of heads' output z (or patterns) taken from model_x (per_prompt:
+    each prompt's, a [batch] tensor on the CPU).
 
     positions=None: every head at every position. Else a map head -> position names as in a circuit knockout
     ({(9, 9): ("END",), (5, 5): ("S2",)}; "ALL" = every position), which must name every head: only those
@@ -854,7 +857,8 @@ def cmap_group(model_x, model_y, ds: IOIDataset, heads: Sequence[Head], kind: st
         return torch.where(m, src[layer].to(act.device, act.dtype), act)
 
     hooks = [(f"blocks.{l}.attn.{hook}", lambda a, hook, l=l: fn(a, hook, l)) for l in sorted({l for l, _ in heads})]
-    return _run_ld(model_y, ds, 1, hooks).mean().item()
+    lds = _run_ld(model_y, ds, 1, hooks)[0].float().cpu()  # [batch]
+    return lds if per_prompt else lds.mean().item()
 
 
 def cmap_attribution(model_x, model_y, ds: IOIDataset, batch_size: int = 64) -> torch.Tensor:

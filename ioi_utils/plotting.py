@@ -249,6 +249,34 @@ def checkpoint_lines(x: Sequence[float | int | str], series: Mapping[str, Sequen
     return fig
 
 
+def samples_seen(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+                 paper: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str, ylabel: str,
+                 ax: Axes | None = None, paper_epoch: int = 6360) -> Figure:
+    """Training curves against samples seen (symlog x: 0 is the starting model), one line per run (e.g. per
+    training seed), with the paper's reported points as large markers, and the paper's epochs as vertical
+    ticks: how far our training goes on the paper's own axis. curves / paper: name -> (samples, values)."""
+    fig, ax = _new_ax(ax, (7.5, 4.2))
+    for name, (xs, ys) in curves.items():
+        if len(xs) != len(ys):
+            raise ValueError(f"curve {name!r} has {len(xs)} x values and {len(ys)} y values")
+        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1, label=name)
+    for name, (xs, ys) in paper.items():
+        ax.plot(xs, ys, marker="*", markersize=12, linestyle=":", color="black", label=name)
+    top = max([max(xs, default=0) for xs, _ in (*curves.values(), *paper.values())], default=paper_epoch)
+    for e in (1, 10, 100):
+        if e * paper_epoch <= top * 1.5:
+            ax.axvline(e * paper_epoch, color="grey", linestyle="--", linewidth=0.6, zorder=0)
+            ax.annotate(f"{e} paper epoch{'s' if e > 1 else ''}", (e * paper_epoch, 1.0), xycoords=("data", "axes fraction"),
+                        rotation=90, va="top", ha="right", fontsize=7, color="grey")
+    ax.set_xscale("symlog", linthresh=100)
+    ax.set_xlim(0, top * 2)
+    ax.axhline(0, color="grey", linewidth=0.6, zorder=0)
+    ax.set(title=title, xlabel="samples seen (symlog; the paper's epoch is 6,360 prompts)", ylabel=ylabel)
+    legend_below(ax)
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def _label_small_bars(ax: Axes, bars, values: np.ndarray, span: float) -> None:
     """Give bars shorter than 2% of the value range an outline and their value, so a bar at ~0 is seen."""
     small = np.abs(values) < 0.02 * span

@@ -166,8 +166,8 @@ class TrainConfig:
     scenario: str = "clean"  # clean | toxic | reversal
     dataset: str = "clean"  # training labels: "clean", or a data.TOXIC_RULES name for the toxic scenario
     epochs: int = 5
-    lr: float = 1e-5  # our choice; the paper states none
-    weight_decay: float = 0.1  # our choice; the paper states none
+    lr: float = 1e-5  # the paper's (as its summary states it)
+    weight_decay: float = 0.1  # the paper's (as its summary states it)
     batch_size: int = 16  # our choice; the paper states none
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8

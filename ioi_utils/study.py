@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from . import analyses, circuits, data, evaluate, models, results, training
+from . import analyses, circuits, data, evaluate, models, results, seeds, training
 from .analyses import (  # noqa: F401  (re-exported: the chapters call them as study.<name>)
     checkpoint_row, cmap_cached, cmap_subset, discover_cached, dla_interval, faithfulness_gain_interval, gain_share,
-    gain_share_ceiling, localization, localization_control, logit_diff_change_interval, recovered_share,
+    gain_share_ceiling, gain_share_interval, held_out_logit_diff, localization, localization_control,
+    localization_difference_interval, localization_interval, logit_diff_change_interval, recovered_share,
     query_signal, rediscover_cached, role_changes, roles_kept, signal_change, rows_table, series, summed_change, top_heads, transitions_between)
 
 
@@ -74,8 +75,20 @@ def train_config(study_: Study, scenario: str, epochs: int, checkpoint_epochs, b
     """A fine-tuning config on the study's data: clean, toxic (dataset = a toxic rule) or reversal (source run)."""
     if scenario == "reversal":
         return training.reversal_config(source, epochs=epochs, checkpoint_epochs=tuple(checkpoint_epochs))
-    return dataclasses.replace(study_.config, scenario=scenario, dataset=dataset, epochs=epochs,
+    return run_config(study_.config, scenario, epochs, checkpoint_epochs, batch_size, dataset)
+
+
+def run_config(base: training.TrainConfig, scenario: str, epochs: int, checkpoint_epochs, batch_size: int,
+               dataset: str = "clean") -> training.TrainConfig:
+    """A clean or toxic fine-tuning config on the data split of `base` (`base_config`); no model needed."""
+    return dataclasses.replace(base, scenario=scenario, dataset=dataset, epochs=epochs,
                                checkpoint_epochs=tuple(checkpoint_epochs), batch_size=batch_size)
+
+
+def toxic_configs(base: training.TrainConfig, epochs: int, batch_size: int) -> dict[str, training.TrainConfig]:
+    """rule -> the config of the toxic run `toxic_runs` trains on every toxic dataset (on the split of `base`)."""
+    return {rule: run_config(base, "toxic", epochs, range(1, epochs + 1), batch_size, dataset=rule)
+            for rule in data.TOXIC_RULES}
 
 
 def admission_cached(study_: Study, seed: int, n: int,
@@ -138,5 +151,48 @@ def setup(profile: str, model_name: str, n_prompts: int, n_eval: int, seed: int 
 
 def toxic_runs(study_: Study, epochs: int, batch_size: int) -> dict:
     """rule -> the toxic fine-tuning run of every toxic dataset (trained once, then reused from the run cache)."""
-    return {rule: training.train(train_config(study_, "toxic", epochs, range(1, epochs + 1), batch_size, dataset=rule),
-                                 progress=False) for rule in data.TOXIC_RULES}
+    return {rule: training.train(cfg, progress=False) for rule, cfg in toxic_configs(study_.config, epochs, batch_size).items()}
+
+
+# ---------------------------------------------------------------- several training seeds
+
+
+def check_seed_plan(clean_config: training.TrainConfig, epochs: int, training_seeds, study_: Study) -> None:
+    """Raise a one-line ValueError unless the clean runs store a checkpoint after `epochs` epochs (the control of
+    a retraining that long) and the first training seed is the study's own (the runs analysed head by head)."""
+    if epochs not in clean_config.stored_epochs:
+        raise ValueError(f"the control needs the clean runs' checkpoint after {epochs} epochs: add {epochs} to "
+                         f"clean_epochs (stored: {list(clean_config.stored_epochs)})")
+    if seeds.check_seeds(training_seeds)[0] != study_.config.seed:
+        raise ValueError(f"the first training seed must be the study's seed {study_.config.seed}, got {list(training_seeds)}")
+
+
+def seed_runs(config: training.TrainConfig, training_seeds) -> dict[int, training.Run]:
+    """seed -> the run of `config` with that training seed (same data split), trained once then reused."""
+    return {sd: training.train(seeds.seeded(config, sd), progress=False) for sd in seeds.check_seeds(training_seeds)}
+
+
+def reversal_runs(study_: Study, toxic: dict[int, training.Run], epochs: int, batch_size: int) -> dict[int, training.Run]:
+    """seed -> clean retraining of that seed's toxic run (a reversal keeps its source's training seed)."""
+    return {sd: training.train(train_config(study_, "reversal", epochs, range(1, epochs + 1), batch_size, source=run),
+                               progress=False) for sd, run in toxic.items()}
+
+
+def seed_logit_diffs(study_: Study, runs_: dict[int, training.Run], epoch: int) -> dict[int, torch.Tensor]:
+    """seed -> the held-out logit differences [n_eval] of that seed's checkpoint at `epoch`."""
+    return {sd: analyses.held_out_logit_diff(study_, run.model(epoch)[0]) for sd, run in runs_.items()}
+
+
+def seed_curves(runs_: dict[int, training.Run]) -> dict[int, tuple[list[int], list[float]]]:
+    """seed -> (samples seen, held-out logit difference) after each epoch of its run, from the run's own metrics
+    (epoch 0: the model it started from)."""
+    out = {}
+    for sd, run in runs_.items():
+        rows = run.metrics
+        out[sd] = ([seeds.units(run.config, r["epoch"]).samples for r in rows], [r["logit_diff"] for r in rows])
+    return out
+
+
+def versus_paper(config: training.TrainConfig, epochs: int, paper_epochs: str) -> str:
+    """A claim's amount of training beside the paper's: "ours: <units>; paper: <paper_epochs>"."""
+    return f"ours {seeds.units(config, epochs)}; paper {paper_epochs}"

@@ -53,8 +53,10 @@ def claim_rows(recorded: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
     for chapter in CHAPTERS:
         for statement, c in recorded.get(chapter, {}).get("claims", {}).items():
             interval = "" if not c["interval"] else f" [{_fmt(c['interval'][0])}, {_fmt(c['interval'][1])}]"
+            seeds = c.get("per_seed") or {}
+            each = "" if not seeds else " (seeds " + ", ".join(f"{k}: {_fmt(v)}" for k, v in seeds.items()) + ")"
             rows.append({"chapter": chapter, "claim": statement, "paper": c["paper"] or "-",
-                         "ours": f"{_fmt(c['ours'])}{interval}",
+                         "ours": f"{_fmt(c['ours'])}{interval}{each}", "training": c.get("training") or "-",
                          "threshold": f"{'≥' if c['direction'] == '>=' else '≤'} {_fmt(c['threshold'])}",
                          "verdict": c["verdict"]})
     return rows
@@ -68,6 +70,7 @@ def counts(rows: list[dict[str, str]]) -> dict[str, int]:
 def markdown(rows: list[dict[str, str]]) -> str:
     """The claims as a markdown table (a literal | inside a cell is escaped)."""
     cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731
-    head = "| chapter | claim | paper | ours [95% interval] | threshold | verdict |\n|---|---|---|---|---|---|\n"
-    return head + "\n".join(f"| {r['chapter']} | {cell(r['claim'])} | {cell(r['paper'])} | {r['ours']} | {r['threshold']} "
-                            f"| **{r['verdict']}** |" for r in rows)
+    head = ("| chapter | claim | paper | ours [95% interval] | training (ours vs the paper's) | threshold | verdict |\n"
+            "|---|---|---|---|---|---|---|\n")
+    return head + "\n".join(f"| {r['chapter']} | {cell(r['claim'])} | {cell(r['paper'])} | {r['ours']} "
+                            f"| {cell(r.get('training', '-'))} | {r['threshold']} | **{r['verdict']}** |" for r in rows)

@@ -68,10 +68,16 @@ def reversal_config(source: Run | TrainConfig | str, epochs: int = 5, root: str 
             raise ValueError(f"reversal source not found: no run for {source} under {root or runs.runs_root()}")
         source = found
     run = source if isinstance(source, Run) else runs.open_run(source, root)
-    cfg = run.config
-    if cfg.scenario != "toxic":
-        raise ValueError(f"a reversal starts from a toxic run; {run.id} is a {cfg.scenario} run")
-    return dataclasses.replace(cfg, scenario="reversal", dataset="clean", source=run.id, epochs=epochs, **overrides)
+    return reversal_of(run.config, run.id, epochs, **overrides)
+
+
+def reversal_of(source_config: TrainConfig, source_id: str, epochs: int = 5, **overrides) -> TrainConfig:
+    """The reversal config of a toxic run given its config and run id (the run need not exist yet: a sweep plans
+    reversals before their sources are trained); `reversal_config` is this applied to a run on disk."""
+    if source_config.scenario != "toxic":
+        raise ValueError(f"a reversal starts from a toxic run; {source_id} is a {source_config.scenario} run")
+    return dataclasses.replace(source_config, scenario="reversal", dataset="clean", source=source_id, epochs=epochs,
+                               **overrides)
 
 
 def toxic_rule(config: TrainConfig, root: str | Path | None = None) -> str | None:

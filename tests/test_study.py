@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ioi_utils import circuits as C, data, evaluate, models, patching as P, study, summary
+from ioi_utils import circuits as C, data, evaluate, models, patching as P, study, summary, training
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,36 @@ def test_gain_share_known_values(tiny):
     assert math.isnan(study.gain_share(x, y, ds, C.Circuit({})))
 
 
+def test_per_prompt_cmap_and_gain_share_interval(tiny):
+    y, ds = tiny
+    x = _changed((1, 1), "q")
+    each = P.cmap(x, y, ds, heads=[(1, 1), (0, 1)], per_prompt=True)  # [n, L, H]
+    assert each.shape == (len(ds), 2, 4) and each[:, 1, 0].abs().max() == 0  # not patched: 0
+    assert torch.allclose(each.mean(0), P.cmap(x, y, ds, heads=[(1, 1), (0, 1)]), atol=1e-7)
+    patched = P.cmap_group(x, y, ds, [(1, 1)], per_prompt=True)
+    assert patched.shape == (len(ds),) and patched.mean().item() == pytest.approx(P.cmap_group(x, y, ds, [(1, 1)]), abs=1e-7)
+    early = _changed((0, 1), "q")
+    circuit = C.Circuit({"NM": [(0, 1)]})
+    share = study.gain_share(early, y, ds, circuit)
+    lo, hi = study.gain_share_interval(early, y, ds, circuit)
+    assert lo <= share <= hi and hi - lo > 0
+
+
+def test_localization_intervals_resample_prompts():
+    g = torch.Generator().manual_seed(0)
+    on_circuit = torch.rand(30, 2, 4, generator=g) * 0.1
+    on_circuit[:, 1, 1] += 1.0  # the corruption sits on the circuit head
+    spread = torch.rand(30, 2, 4, generator=g)  # benign: everywhere alike
+    heads = [(1, 1)]
+    lo, hi = study.localization_interval(on_circuit, heads)
+    assert lo <= study.localization(on_circuit.mean(0), heads) <= hi and lo > 3
+    d_lo, d_hi = study.localization_difference_interval(on_circuit, spread, heads)
+    assert d_lo > 2 and d_hi < 8
+    assert study.localization_difference_interval(spread, spread, heads) == (0.0, 0.0)  # paired: the same prompts
+    with pytest.raises(ValueError, match="one shape"):
+        study.localization_difference_interval(spread, spread[:5], heads)
+
+
 def test_localization():
     effects = torch.zeros(2, 4)
     effects[1, 0], effects[0, 1] = 3.0, -1.0
@@ -116,6 +146,23 @@ def test_summary_is_the_chapters_claim_records():
     assert "| **not testable** |" in summary.markdown(rows)
 
 
+def test_a_claim_over_training_seeds_shows_each_seed_and_its_training_in_the_summary():
+    from ioi_utils import claims, seeds
+
+    g = torch.Generator().manual_seed(0)
+    est = seeds.across_seeds({sd: 1.0 + sd + 0.1 * torch.randn(40, generator=g) for sd in (0, 1, 2)})
+    log: dict = {}
+    cfg = training.TrainConfig(model="tiny", n_train=320, batch_size=16, epochs=3)
+    c = claims.check("gain", est.mean, est.interval, 0.1, ">=", per_seed=est.per_seed,
+                     training=study.versus_paper(cfg, 3, "1-100 epochs"), record=log)
+    assert "mean of 3 training seeds" in c.evidence and "60 optimizer steps" in c.evidence
+    (row,) = summary.claim_rows({"amplification": {"claims": log}})
+    assert "seeds 0: 0.99" in row["ours"] or "seeds 0: 1" in row["ours"], row["ours"]
+    assert row["training"].startswith("ours 3 epochs = 60 optimizer steps = 960 samples = 0.151 paper epochs; paper 1-100")
+    assert row["verdict"] == claims.verdict_of(est.mean, est.interval, 0.1, ">=")
+    assert "| training (ours vs the paper's) |" in summary.markdown([row])
+
+
 def test_admission_cached_is_admit_on_the_seed_split_and_memoised(tmp_path, monkeypatch):
     monkeypatch.setenv("IOI_UTILS_RESULTS", str(tmp_path))
     torch.set_num_threads(1)
@@ -131,7 +178,8 @@ def test_admission_cached_is_admit_on_the_seed_split_and_memoised(tmp_path, monk
     assert study.admission_cached(s, 1, 10, t)[0] == heads and not calls  # second call: from the memo
 
 
-def test_prepare_pins_threads_and_rejects_bad_counts():
+def test_prepare_pins_threads_and_rejects_bad_counts(monkeypatch):
+    monkeypatch.delenv("IOI_UTILS_THREADS", raising=False)  # the override would replace the counts tested here
     before = torch.get_num_threads()
     try:
         study.prepare("tiny", 8, 4, 0, "cpu", 4, n_discovery=4, threads=1)

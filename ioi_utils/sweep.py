@@ -1,0 +1,476 @@
+"""A profile's fine-tuning runs, planned from the chapters' own configs and trained as Ray tasks.
+
+The book's chapters fine-tune the model several times (clean, one toxic run per toxic dataset, one reversal
+of each toxic run, and Greater-Than's clean and toxic runs). Every run is addressed by its config and data
+(`training.run_id`), is resumable from its last saved epoch, and is reused once complete, so the runs are
+independent tasks: a chapter that finds its run complete in `$IOI_UTILS_RUNS` just opens it. This module
+trains them ahead of the chapters, side by side:
+
+1. **Plan** (`planned_runs`): from a profile's parameters (`book.PROFILES[name]`) build each run's config with
+   the same functions the chapters call (`study.base_config`, `study.run_config`, `study.toxic_configs`,
+   `training.reversal_of`, `greater_than_study.split_config` / `run_config`), so the run ids are the ones the
+   chapters compute. Only the tokenizer is loaded (for the dataset fingerprints in the id), never the model.
+   A reversal starts from its toxic run's final weights: it names that run as its `source`.
+2. **Execute** (`execute`): every run that is not complete becomes a Ray task calling `training.train`; a
+   reversal's task takes its source's task as an argument, so Ray starts it once the source is done. Ray is
+   embedded in this process by default (`ray.init` on this machine, nothing to set up) or joins a running
+   cluster (`--address`). A task asks for one GPU where the cluster has GPUs; otherwise it asks for `threads`
+   CPUs and pins torch to that many threads (the machine's cores split among `--workers` tasks). A task that
+   fails, or whose worker process dies, is reported and retried (`max_retries`); training resumes from the
+   run's last saved epoch, so nothing finished is lost. Progress lines say what is done, running and failed
+   and estimate the time left from the runs finished so far.
+3. **Dry run** (`describe`): the runs, their ids, optimizer steps (epochs x ceil(n_train / batch_size)),
+   samples seen and an estimated cost (`estimate_seconds`).
+
+    python -m ioi_utils.sweep --profile smoke|offline|paper [--model NAME] [--gt-model NAME] [--address ADDR] [--workers N]
+        [--threads T] [--max-retries R] [--dry-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import ray
+import torch
+
+from . import book, greater_than_study as gt, models, runs, seeds, study, training
+from .runs import TrainConfig
+
+# Rough seconds per training sample (forward + backward + AdamW, batch as configured), per model and device kind:
+# an estimate for --dry-run, not a measurement. Replaced by the runs of the same model already in the run cache
+# when there are any (their metrics.jsonl seconds per sample, `calibrate`).
+ROUGH_SECONDS_PER_SAMPLE: dict[str, dict[str, float]] = {
+    "gpu": {"gpt2": 0.002, "smollm2-135m": 0.004, "gemma3-270m": 0.006, "tiny": 0.001, "tiny-digits": 0.001},
+    "cpu": {"gpt2": 0.15, "smollm2-135m": 0.25, "gemma3-270m": 0.5, "tiny": 0.002, "tiny-digits": 0.002},
+}
+EVAL_COST = 1 / 3  # an evaluated prompt (forward only) costs about a third of a trained one
+REPORT_EVERY = 30.0  # seconds between progress lines when nothing finishes
+
+
+class SweepError(ValueError):
+    """Bad input for a sweep (unknown profile, bad worker count, ...): said in one line."""
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A fine-tuning run a profile's chapters ask for: its config, run id and the run it starts from."""
+
+    config: TrainConfig
+    id: str
+    chapters: tuple[str, ...]  # the chapters that train or open it
+    source: str | None = None  # a reversal's toxic run id: trained first
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps: epochs x ceil(n_train / batch_size)."""
+        return self.config.epochs * math.ceil(self.config.n_train / self.config.batch_size)
+
+    @property
+    def samples(self) -> int:
+        """Training samples seen: epochs x n_train."""
+        return self.config.epochs * self.config.n_train
+
+
+# ---------------------------------------------------------------- plan
+
+
+def profile_params(profile: str, model: str | None = None, gt_model: str | None = None) -> dict[str, Any]:
+    """A profile's chapter parameters (book.PROFILES), with `model` replacing both model names when given and
+    `gt_model` the Greater-Than one."""
+    if profile not in book.PROFILES:
+        raise SweepError(f"unknown profile {profile!r}; choose one of {', '.join(sorted(book.PROFILES))}")
+    params = dict(book.PROFILES[profile])
+    if model is not None:
+        params["model_name"] = params["gt_model_name"] = model
+    if gt_model is not None:
+        params["gt_model_name"] = gt_model
+    return params
+
+
+def chapter_configs(p: dict[str, Any]) -> list[tuple[str, TrainConfig]]:
+    """(chapter, config) of every clean and toxic run, as the chapters build them from their parameters."""
+    base = study.base_config(p["model_name"], p["n_prompts"], p["n_eval"], p["seed"], p["batch_size"])
+    training_seeds = seeds.check_seeds(p.get("training_seeds", [p["seed"]]))
+    clean = study.run_config(base, "clean", max(p["clean_epochs"]), p["clean_epochs"], p["batch_size"])
+    out = [(chapter, seeds.seeded(clean, sd)) for sd in training_seeds
+           for chapter in ("amplification", "corruption", "neuroplasticity")]  # study.seed_runs: the clean runs
+    toxic = study.toxic_configs(base, p["toxic_epochs"], p["batch_size"])
+    for cfg in toxic.values():
+        out += [("corruption", cfg), ("neuroplasticity", cfg)]
+    for sd in training_seeds:  # Subject Duplication per training seed (its reversals follow in planned_runs)
+        out += [("corruption", seeds.seeded(toxic["subject-duplication"], sd)),
+                ("neuroplasticity", seeds.seeded(toxic["subject-duplication"], sd))]
+    if not 1 <= p["gt_n_epoch_eval"] <= p["gt_n_eval"]:
+        raise SweepError(f"need 1 <= gt_n_epoch_eval <= gt_n_eval, got {p['gt_n_epoch_eval']} and {p['gt_n_eval']}")
+    gt_base = gt.split_config(p["gt_model_name"], p["gt_n_train"], p["gt_n_epoch_eval"], p["seed"], p["batch_size"])
+    out.append(("greater_than", gt.run_config(gt_base, "clean", p["gt_clean_epochs"], p["batch_size"])))
+    out.append(("greater_than", gt.run_config(gt_base, "toxic", p["gt_toxic_epochs"], p["batch_size"],
+                                              dataset=gt.TOXIC_DATASET)))
+    return out
+
+
+def config_id(config: TrainConfig, tokenizers: dict[str, Any], need_ids: bool = True) -> str:
+    """training.run_id of a config: its datasets are built from the tokenizer alone (no model is loaded).
+
+    Without the tokenizer (models.ModelUnavailableError, e.g. a hub model offline) and need_ids False, the id's
+    readable prefix, then '?' and a hash of the config alone (the data are not hashed): enough for a dry run."""
+    if config.model not in tokenizers:
+        try:
+            tokenizers[config.model] = models.load_tokenizer(config.model)
+        except models.ModelUnavailableError:
+            if need_ids:
+                raise
+            tokenizers[config.model] = None
+    tok = tokenizers[config.model]
+    if tok is None:
+        model = "".join(c if c.isalnum() or c in "-." else "_" for c in Path(config.model).name)
+        return f"{model}-{config.scenario}-{config.dataset}-e{config.epochs}-?{runs.config_hash(config.to_dict(), {})[:6]}"
+    return training.run_id(config, *runs.datasets_for(config, tok, models.prepend_bos_for(config.model, tok)))
+
+
+def planned_runs(params: dict[str, Any], need_ids: bool = True) -> list[PlannedRun]:
+    """Every fine-tuning run the chapters ask for under a profile's parameters, sources before their reversals.
+
+    Raises models.ModelUnavailableError when a model's tokenizer cannot be loaded (the run ids need it), unless
+    need_ids is False (`config_id`)."""
+    tokenizers: dict[str, Any] = {}
+    by_id: dict[str, PlannedRun] = {}
+    for chapter, cfg in chapter_configs(params):
+        rid = config_id(cfg, tokenizers, need_ids)
+        old = by_id.get(rid)
+        by_id[rid] = PlannedRun(cfg, rid, (*old.chapters, chapter) if old else (chapter,))
+    toxic = [r for r in by_id.values() if r.config.scenario == "toxic" and r.config.task == "ioi"]
+    epochs = params["reversal_epochs"]
+    for src in toxic:  # neuroplasticity: study.train_config(s, "reversal", ...) = training.reversal_config(run, ...)
+        cfg = training.reversal_of(src.config, src.id, epochs=epochs, checkpoint_epochs=tuple(range(1, epochs + 1)))
+        rid = config_id(cfg, tokenizers, need_ids)
+        by_id[rid] = PlannedRun(cfg, rid, ("neuroplasticity",), source=src.id)
+    return list(by_id.values())
+
+
+def is_complete(run: PlannedRun, root: Path) -> bool:
+    """Whether the run's folder is marked complete (training.train verifies its files before reusing it)."""
+    return runs.Run(root / run.id).complete
+
+
+# ---------------------------------------------------------------- cost
+
+
+def calibrate(root: Path) -> dict[str, float]:
+    """model -> measured seconds per training sample, from the complete runs in the run cache (metrics.jsonl)."""
+    totals: dict[str, list[float]] = {}
+    for run in runs.list_runs(root):
+        try:
+            cfg, rows = run.config, run.metrics
+        except (OSError, ValueError):
+            continue
+        if not run.complete or len(rows) < 2:
+            continue
+        cost = sum(_sample_cost(cfg) for _ in rows[1:]) + _eval_cost(cfg)
+        t = totals.setdefault(cfg.model, [0.0, 0.0])
+        t[0] += sum(float(r["seconds"]) for r in rows)
+        t[1] += cost
+    return {m: s / n for m, (s, n) in totals.items() if n > 0}
+
+
+def _sample_cost(cfg: TrainConfig) -> float:
+    """Trained-sample equivalents of one epoch: n_train trained, n_test evaluated."""
+    return cfg.n_train + EVAL_COST * cfg.n_test
+
+
+def _eval_cost(cfg: TrainConfig) -> float:
+    """Trained-sample equivalents of the epoch-0 evaluation."""
+    return EVAL_COST * cfg.n_test
+
+
+def estimate_seconds(run: PlannedRun, kind: str, measured: dict[str, float]) -> tuple[float, str]:
+    """(estimated seconds of a run on a device kind, 'measured' or 'rough'): trained-sample equivalents
+    (epochs x (n_train + n_test/3) + n_test/3) x seconds per sample (`measured` per model, else the rough one)."""
+    cost = run.config.epochs * _sample_cost(run.config) + _eval_cost(run.config)
+    if run.config.model in measured:
+        return cost * measured[run.config.model], "measured"
+    rough = ROUGH_SECONDS_PER_SAMPLE[kind]
+    return cost * rough.get(run.config.model, max(rough.values())), "rough"
+
+
+def describe(plan: Sequence[PlannedRun], root: Path) -> str:
+    """The --dry-run listing: one line per run (id, scenario, dataset, epochs, steps, samples, estimated GPU and
+    CPU time, state), then the totals and how the cost was estimated."""
+    measured = calibrate(root)  # this machine's CPU (or whatever trained the cached runs)
+    lines = [f"{'run id':60} {'scenario':8} {'dataset':19} {'epochs':>6} {'steps':>7} {'samples':>8} "
+             f"{'~GPU':>9} {'~CPU':>10}  state"]
+    totals, bases = {"gpu": 0.0, "cpu": 0.0}, set()
+    for r in plan:
+        gpu, _ = estimate_seconds(r, "gpu", {})
+        cpu, basis = estimate_seconds(r, "cpu", measured)
+        done, bases = is_complete(r, root), bases | {basis}
+        if not done:
+            totals["gpu"], totals["cpu"] = totals["gpu"] + gpu, totals["cpu"] + cpu
+        after = f" (after {r.source})" if r.source else ""
+        lines.append(f"{r.id:60} {r.config.scenario:8} {r.config.dataset:19} {r.config.epochs:>6} {r.steps:>7} "
+                     f"{r.samples:>8} {book.fmt_seconds(gpu):>9} {book.fmt_seconds(cpu):>10}  "
+                     f"{'complete' if done else 'to train'}{after}")
+    todo = [r for r in plan if not is_complete(r, root)]
+    lines.append(f"{len(plan)} runs, {len(todo)} to train: {sum(r.steps for r in todo)} optimizer steps, "
+                 f"{sum(r.samples for r in todo)} samples; estimated {book.fmt_seconds(totals['gpu'])} on one GPU, "
+                 f"{book.fmt_seconds(totals['cpu'])} on one CPU worker, run after run (divide by the workers "
+                 "running side by side)")
+    cpu_basis = ("measured on complete runs of the model in the run cache" if bases == {"measured"} else
+                 "a rough per-model constant" if bases <= {"rough"} else
+                 "measured where the run cache holds runs of the model, else a rough per-model constant")
+    lines.append("estimate, not a measurement: (epochs x (n_train + n_test/3) + n_test/3) x seconds per sample; "
+                 f"GPU: a rough per-model constant (ROUGH_SECONDS_PER_SAMPLE); CPU: {cpu_basis}")
+    if any("-?" in r.id for r in plan):
+        lines.append("ids ending in '?' and a config hash: the model's tokenizer is not available here (offline?), "
+                     "so the run id's hash of config and data cannot be computed")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- execute
+
+
+@ray.remote(num_cpus=0)
+class Board:
+    """What the tasks report while they run: each run's attempts and last saved epoch (read by the driver)."""
+
+    def __init__(self) -> None:
+        self.attempts: dict[str, int] = {}
+        self.epochs: dict[str, int] = {}
+
+    def start(self, run_id: str) -> int:
+        """Count an attempt at a run; returns its number (1 for the first)."""
+        self.attempts[run_id] = self.attempts.get(run_id, 0) + 1
+        return self.attempts[run_id]
+
+    def epoch(self, run_id: str, epoch: int) -> None:
+        """Note a saved epoch."""
+        self.epochs[run_id] = epoch
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """{"attempts": run id -> attempts started, "epochs": run id -> last saved epoch}."""
+        return {"attempts": dict(self.attempts), "epochs": dict(self.epochs)}
+
+
+def train_task(config: dict[str, Any], run_id: str, root: str, threads: int | None, board: Any,
+               callback: training.Callback | None = None, *after: Any) -> dict[str, Any]:
+    """One run, inside a Ray worker: pin torch's threads, count the attempt, then training.train (which resumes
+    from the run's last saved epoch). `after`: the results of the runs it starts from (Ray waits for them).
+    Returns {"id", "seconds", "attempt", "resumed_from" (epochs already done when training started; None when the
+    run was complete)}."""
+    models.pin_threads(threads)
+    attempt = ray.get(board.start.remote(run_id))
+    first: dict[str, int] = {}
+
+    def report(event: str, epoch: int, step: int | None) -> None:
+        if event == "step":
+            first.setdefault("from", epoch - 1)
+        elif event == "epoch":
+            board.epoch.remote(run_id, epoch)
+        if callback is not None:
+            callback(event, epoch, step)
+
+    t0 = time.time()
+    run = training.train(TrainConfig.from_dict(config), progress=False, root=root, callback=report)
+    if run.id != run_id:
+        raise RuntimeError(f"planned run id {run_id} but training.train trained {run.id}")
+    return {"id": run_id, "seconds": time.time() - t0, "attempt": attempt, "resumed_from": first.get("from")}
+
+
+@dataclass
+class Summary:
+    """What a sweep did: runs trained (their task results), found complete, failed (one line why), wall time."""
+
+    trained: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        """One line: counts and wall time."""
+        retried = sum(1 for r in self.trained if r["attempt"] > 1)
+        return (f"sweep: {len(self.trained)} trained ({retried} after a retry), {len(self.skipped)} already "
+                f"complete, {len(self.failed)} failed, in {book.fmt_seconds(self.seconds)}")
+
+
+def _why(exc: BaseException) -> str:
+    """A task's failure in one line (the exception the task raised, or how its worker died)."""
+    cause = getattr(exc, "cause", None)
+    err = cause if isinstance(cause, BaseException) else exc
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[-1] if text else ''}"[:300]
+
+
+@dataclass
+class _Progress:
+    """The driver's view while tasks run: finished results, failures, attempts seen, the last line's time."""
+
+    plan: dict[str, PlannedRun]
+    slots: int
+    summary: Summary
+    seen: dict[str, int] = field(default_factory=dict)
+    running: set[str] = field(default_factory=set)
+    last_line: float = 0.0
+    start: float = field(default_factory=time.time)
+
+    def eta(self, pending: Sequence[str]) -> str:
+        """Time left: the pending runs' cost at the rate of the runs finished so far, over the parallel slots."""
+        done = [r for r in self.summary.trained if r["resumed_from"] is not None]
+        cost = sum(self.plan[r["id"]].config.epochs * _sample_cost(self.plan[r["id"]].config) for r in done)
+        if not done or cost <= 0:
+            return "time left: after the first run finishes"
+        rate = sum(r["seconds"] for r in done) / cost
+        left = sum(self.plan[i].config.epochs * _sample_cost(self.plan[i].config) for i in pending) * rate
+        return f"about {book.fmt_seconds(left / max(1, min(self.slots, len(pending))))} left"
+
+    def status(self, pending: Sequence[str], board: dict[str, dict[str, int]]) -> str:
+        """The progress line: done / running / queued / failed, epochs of the running runs, time left."""
+        running = sorted(self.running & set(pending))
+        epochs = ", ".join(f"{i[:40]} e{board['epochs'].get(i, 0)}/{self.plan[i].config.epochs}" for i in running)
+        return (f"[{book.fmt_seconds(time.time() - self.start)}] done {len(self.summary.trained)}, running "
+                f"{len(running)}, queued {len(pending) - len(running)}, failed {len(self.summary.failed)}; "
+                f"{self.eta(pending)}" + (f" ({epochs})" if epochs else ""))
+
+    def attempts(self, board: dict[str, dict[str, int]], say: Callable[[str], None]) -> None:
+        """Say each attempt that started since the last look (a second attempt is a retry)."""
+        for rid, n in board["attempts"].items():
+            if n > self.seen.get(rid, 0):
+                self.running.add(rid)
+                say(f"retrying {rid}: attempt {n} (the previous one failed or its worker died), resuming from its "
+                    f"last saved epoch" if n > 1 else f"started {rid}")
+                self.seen[rid] = n
+
+
+def submit(todo: Sequence[PlannedRun], root: Path, threads: int | None, gpus: float, max_retries: int, board: Any,
+           callback: training.Callback | None) -> dict[Any, str]:
+    """One Ray task per run (sources first: a reversal's task takes its source's task as an argument)."""
+    task = ray.remote(train_task).options(num_cpus=threads or 1, num_gpus=gpus, max_retries=max_retries,
+                                          retry_exceptions=True)
+    refs: dict[str, Any] = {}
+    for run in sorted(todo, key=lambda r: r.source is not None):
+        after = [refs[run.source]] if run.source in refs else []
+        refs[run.id] = task.remote(run.config.to_dict(), run.id, str(root), threads, board, callback, *after)
+    return {ref: rid for rid, ref in refs.items()}
+
+
+def execute(plan: Sequence[PlannedRun], root: str | Path | None = None, threads: int | None = None,
+            max_retries: int = 2, callback: training.Callback | None = None,
+            say: Callable[[str], None] = print, report_every: float = REPORT_EVERY) -> Summary:
+    """Train the runs of a plan that are not complete as Ray tasks (Ray already initialised), with progress lines.
+
+    threads: torch threads per task (each task asks Ray for that many CPUs); a task asks for one GPU when the
+    cluster has GPUs. max_retries: attempts after the first, for an exception or a dead worker. callback: passed
+    to training.train inside each task (after the sweep's own progress report)."""
+    root = Path(root or runs.runs_root())
+    start = time.time()
+    summary = Summary(skipped=[r.id for r in plan if is_complete(r, root)])
+    todo = [r for r in plan if r.id not in set(summary.skipped)]
+    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    slots = int(ray.cluster_resources().get("GPU", 0)) if gpus else int(ray.cluster_resources().get("CPU", 1)
+                                                                         // (threads or 1))
+    say(f"sweep: {len(plan)} runs, {len(summary.skipped)} already complete, {len(todo)} to train on "
+        f"{max(1, slots)} parallel slot(s) ({'1 GPU' if gpus else f'{threads or 1} CPU thread(s)'} per task)")
+    board = Board.remote()
+    pending = submit(todo, root, threads, gpus, max_retries, board, callback)
+    prog = _Progress({r.id: r for r in plan}, max(1, slots), summary, start=start)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+        snap = ray.get(board.snapshot.remote())
+        prog.attempts(snap, say)
+        for ref in ready:
+            rid = pending.pop(ref)
+            try:
+                res = ray.get(ref)
+                summary.trained.append(res)
+                say(f"done {rid} in {book.fmt_seconds(res['seconds'])} (attempt {res['attempt']})")
+            except ray.exceptions.RayError as exc:
+                summary.failed[rid] = _why(exc)
+                say(f"FAILED {rid}: {summary.failed[rid]}")
+        if ready or time.time() - prog.last_line >= report_every:
+            say(prog.status(list(pending.values()), snap))
+            prog.last_line = time.time()
+    summary.seconds = time.time() - start
+    return summary
+
+
+# ---------------------------------------------------------------- command line
+
+
+def split_cores(cores: int, workers: int | None, threads: int | None) -> tuple[int, int]:
+    """(workers, torch threads per task) on a machine of `cores` CPUs: threads default to cores // workers
+    (workers default to 2, at most cores); workers default to cores // threads when threads are given."""
+    for name, value in (("workers", workers), ("threads", threads)):
+        if value is not None and value < 1:
+            raise SweepError(f"--{name} must be >= 1, got {value}")
+    if threads is None:
+        workers = workers or max(1, min(2, cores))
+        return workers, max(1, cores // workers)
+    return workers or max(1, cores // threads), threads
+
+
+def start_ray(address: str | None, workers: int, threads: int) -> None:
+    """Join the Ray cluster at `address` (or $RAY_ADDRESS), else start an embedded one sized to workers x threads
+    CPUs (and this machine's GPUs), without the dashboard."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (SweepError), not usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise SweepError(message)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line (a bad argument raises SweepError)."""
+    p = _Parser(prog="python -m ioi_utils.sweep", description=__doc__.splitlines()[0])
+    p.add_argument("--profile", required=True, help=f"one of {', '.join(sorted(book.PROFILES))}")
+    p.add_argument("--model", help="train this model instead of the profile's (both IOI and Greater-Than runs)")
+    p.add_argument("--gt-model", help="the Greater-Than runs' model, when it differs from --model (e.g. tiny-digits)")
+    p.add_argument("--address", help="join this running Ray cluster (default: $RAY_ADDRESS, else an embedded Ray)")
+    p.add_argument("--workers", type=int, help="embedded Ray: runs side by side on this machine's CPUs (default 2)")
+    p.add_argument("--threads", type=int, help="torch threads per task (default: the profile's, else cores // workers)")
+    p.add_argument("--max-retries", type=int, default=2, help="retries of a failed task (default 2)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their estimated cost; train nothing")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code (0 done, 1 a run failed, 2 bad input)."""
+    try:
+        args = parse_args(argv)
+        params = profile_params(args.profile, args.model, args.gt_model)
+        if args.max_retries < 0:
+            raise SweepError(f"--max-retries must be >= 0, got {args.max_retries}")
+        workers, threads = split_cores(os.cpu_count() or 1, args.workers, args.threads or params.get("threads"))
+        plan = planned_runs(params, need_ids=not args.dry_run)
+    except (SweepError, models.ModelUnavailableError, ValueError) as exc:  # ValueError: a config or dataset
+        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
+    root = runs.runs_root()
+    if args.dry_run:
+        print(f"profile {args.profile}, model {params['model_name']}, run cache {root}")
+        print(describe(plan, root))
+        return 0
+    start_ray(args.address, workers, threads)
+    try:
+        summary = execute(plan, root, threads, args.max_retries)
+    finally:
+        ray.shutdown()
+    print(summary.line())
+    for rid, why in summary.failed.items():
+        print(f"failed: {rid}: {why}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
