@@ -89,3 +89,30 @@ def test_blank_streams_are_no_output():
     outs = [{"output_type": "stream", "stderr": bar}, {"output_type": "stream", "stdout": "F = 0.91\n"}]
     assert nn.drop_blank_streams(outs, strip_bars) == outs[1:]
     assert nn.drop_blank_streams(outs) == outs  # without the sanitizer the bar is output
+
+
+def test_figures_are_neither_sanitized_nor_reconciled():
+    """A base64 PNG is never compared; running the sanitize regexes over it took minutes per figure in CI."""
+    import base64
+    import os
+    import time
+    from types import SimpleNamespace
+
+    import nbval.plugin
+
+    nn.patch_nbval()
+    cell = SimpleNamespace(parent=SimpleNamespace(sanitize_patterns={r"\S*/site-packages/": "", "at 0x[0-9a-f]+": "at 0xA"}))
+    cell.sanitize = lambda s: nbval.plugin.IPyNbCell.sanitize(cell, s)
+    png = base64.b64encode(os.urandom(150_000)).decode()  # 200 KB: the quadratic pattern alone needs minutes
+    outs = [nbformat.from_dict({"output_type": "display_data", "metadata": {},
+                                "data": {"image/png": png, "text/plain": "<Figure at 0x7f3a>"}}),
+            nbformat.from_dict({"output_type": "stream", "name": "stderr", "text": "/x/site-packages/tqdm/auto.py: w"})]
+    t = time.time()
+    done = nbval.plugin.IPyNbCell.sanitize_outputs(cell, outs)
+    assert time.time() - t < 2
+    assert done[0]["data"]["image/png"] is png and done[0]["data"]["text/plain"] == "<Figure at 0xA>"
+    assert done[1]["text"] == "tqdm/auto.py: w"
+    t = time.time()
+    assert nn.reconcile(outs[:1], [dict(outs[0], data=dict(outs[0]["data"], **{"image/png": "other"}))],
+                        cell.sanitize)[0]["data"]["image/png"] is png  # not reconciled: left as it came
+    assert time.time() - t < 2
