@@ -162,6 +162,7 @@ def test_every_memo_call_site_round_trips_exactly(root, capsys):
     assert _same(study.selection_cached(s, 0, 10, th, resamples=2), study.selection_cached(s, 0, 10, th, resamples=2))
     assert _same(study.discovery_seed_cached(s, 1, 10, th), study.discovery_seed_cached(s, 1, 10, th))
     assert _same(study.admission_cached(s, 0, 10, th), study.admission_cached(s, 0, 10, th))
+    assert _same(analyses.held_out_logit_diff(s, s.model), analyses.held_out_logit_diff(s, s.model))
     signal = lambda: analyses.query_signal(s.model, small, analyses.cmap_subset(s.abc, 4), [(1, 0)], [(0, 1)])  # noqa: E731
     assert _same(vars(signal()), vars(signal()))
     book = {  # book/circuit_discovery.py
@@ -185,7 +186,8 @@ def test_every_memo_call_site_round_trips_exactly(root, capsys):
         assert _same(once(), once())
     assert "warning" not in capsys.readouterr().err
     names = {p.name.split("-")[0] for p in results.memo_folder().iterdir()}
-    assert names == {"discovery", "checkpoint_row", "checkpoint_own", "admission", "cmap", "selection_frequency", "query_signal",
+    assert names == {"discovery", "checkpoint_row", "checkpoint_own", "admission", "cmap_per_prompt", "held_out_logit_diff",
+                     "selection_frequency", "query_signal",
                      "gt_discovery", "gt_checkpoint_row", "gt_mlp_knockout", "gt_cmap_attribution", *book}
 
 
