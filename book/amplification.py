@@ -143,8 +143,8 @@ glue("clean_paper_epochs", seeds.units(clean_config).paper_epochs, display=False
 # %% [markdown]
 # Over {glue:text}`n_training_seeds` training seeds, clean fine-tuning raises the held-out logit difference by
 # {glue:text}`gain_mean:.0f`% of the base model's (95% interval {glue:text}`gain_lo:.0f`–{glue:text}`gain_hi:.0f`%)
-# after {glue:text}`clean_samples` samples, {glue:text}`clean_paper_epochs:.2f` of the paper's epochs: our
-# largest point sits left of the paper's first.
+# after {glue:text}`clean_samples` samples, {glue:text}`clean_paper_epochs:.2f` of the paper's epochs (the
+# plot sets our points beside the paper's, on the paper's axis).
 
 # %%
 claims.check("clean fine-tuning raises the logit difference by at least 10% of the base model's (relative gain at the "

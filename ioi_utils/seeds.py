@@ -98,11 +98,6 @@ def relative_change(after: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
     return (after.mean(-1) - before.mean(-1)) / before.mean(-1)
 
 
-def difference(after: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
-    """mean(after - before) along the last axis: a paired change ([..., n] -> [...])."""
-    return (after - before).mean(-1)
-
-
 def across_seeds(per_seed: Mapping[int, torch.Tensor | tuple[torch.Tensor, ...]],
                  stat: Callable[..., torch.Tensor] = _mean, n_boot: int = 2000, level: float = 0.95,
                  seed: int = 0) -> SeedEstimate:

@@ -194,5 +194,5 @@ def seed_curves(runs_: dict[int, training.Run]) -> dict[int, tuple[list[int], li
 
 
 def versus_paper(config: training.TrainConfig, epochs: int, paper_epochs: str) -> str:
-    """A claim's amount of training beside the paper's: "ours: <units>; paper: <paper_epochs>"."""
+    """A claim's amount of training beside the paper's: "ours <units>; paper <paper_epochs>"."""
     return f"ours {seeds.units(config, epochs)}; paper {paper_epochs}"
