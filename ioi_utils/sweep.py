@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -236,48 +237,85 @@ def describe(plan: Sequence[PlannedRun], root: Path) -> str:
 # ---------------------------------------------------------------- execute
 
 
-@ray.remote(num_cpus=0)
-class Board:
-    """What the tasks report while they run: each run's attempts and last saved epoch (read by the driver)."""
+class Ledger:
+    """Each attempt at a run, as a file in the run cache that the task writes itself: `<run id>.<attempt>` holding
+    its start and end times. The driver reads attempts here and epochs from the runs' folders: a task that reported
+    to an actor and waited for the answer (ray.get, ray.wait) would lend its CPU to Ray meanwhile, which starts
+    another task on it (a sweep on 2 CPUs once ran 3 runs at once), and a call fired without waiting is lost when
+    its worker dies."""
 
-    def __init__(self) -> None:
-        self.attempts: dict[str, int] = {}
-        self.epochs: dict[str, int] = {}
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
 
     def start(self, run_id: str) -> int:
-        """Count an attempt at a run; returns its number (1 for the first)."""
-        self.attempts[run_id] = self.attempts.get(run_id, 0) + 1
-        return self.attempts[run_id]
+        """Record a new attempt (its number: 1 for the first) and its start time."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        n = len(self._files(run_id)) + 1
+        while True:
+            try:
+                with open(self.folder / f"{run_id}.{n}", "x") as f:
+                    f.write(f"{time.time()}\n")
+                return n
+            except FileExistsError:
+                n += 1
 
-    def epoch(self, run_id: str, epoch: int) -> None:
-        """Note a saved epoch."""
-        self.epochs[run_id] = epoch
+    def end(self, run_id: str, attempt: int) -> None:
+        """Record the end time of an attempt."""
+        with open(self.folder / f"{run_id}.{attempt}", "a") as f:
+            f.write(f"{time.time()}\n")
 
-    def snapshot(self) -> dict[str, dict[str, int]]:
-        """{"attempts": run id -> attempts started, "epochs": run id -> last saved epoch}."""
-        return {"attempts": dict(self.attempts), "epochs": dict(self.epochs)}
+    def attempts(self, run_id: str) -> int:
+        """Attempts started at a run."""
+        return len(self._files(run_id)) if self.folder.is_dir() else 0
+
+    def snapshot(self, root: Path, run_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """{"attempts": run id -> attempts started, "epochs": run id -> last saved epoch} for these runs."""
+        return {"attempts": {i: n for i in run_ids if (n := self.attempts(i))},
+                "epochs": {i: runs.Run(root / i).last_epoch for i in run_ids if (root / i / "config.json").exists()}}
+
+    def peak(self) -> int:
+        """The most attempts that ran at once (an attempt whose worker died ends when its retry starts)."""
+        spans: dict[str, list[list[float]]] = {}
+        for p in sorted(self.folder.glob("*.*")):
+            rid, _, n = p.name.rpartition(".")
+            spans.setdefault(rid, []).append([float(t) for t in p.read_text().split()] + [int(n)])
+        events: list[tuple[float, int]] = []
+        for tries in spans.values():
+            tries.sort(key=lambda t: t[-1])
+            for k, t in enumerate(tries):
+                end = t[1] if len(t) == 3 else (tries[k + 1][0] if k + 1 < len(tries) else time.time())
+                events += [(t[0], 1), (end, -1)]
+        running = peak = 0
+        for _, step in sorted(events, key=lambda e: (e[0], e[1])):
+            running += step
+            peak = max(peak, running)
+        return peak
+
+    def _files(self, run_id: str) -> list[Path]:
+        return [p for p in self.folder.glob(f"{run_id}.*") if p.name.rpartition(".")[0] == run_id]
 
 
-def train_task(config: dict[str, Any], run_id: str, root: str, threads: int | None, board: Any,
+def train_task(config: dict[str, Any], run_id: str, root: str, threads: int | None, ledger: str,
                callback: training.Callback | None = None, *after: Any) -> dict[str, Any]:
     """One run, inside a Ray worker: pin torch's threads, count the attempt, then training.train (which resumes
     from the run's last saved epoch). `after`: the results of the runs it starts from (Ray waits for them).
     Returns {"id", "seconds", "attempt", "resumed_from" (epochs already done when training started; None when the
     run was complete)}."""
     models.pin_threads(threads)
-    attempt = ray.get(board.start.remote(run_id))
+    attempt = Ledger(ledger).start(run_id)
     first: dict[str, int] = {}
 
     def report(event: str, epoch: int, step: int | None) -> None:
         if event == "step":
             first.setdefault("from", epoch - 1)
-        elif event == "epoch":
-            board.epoch.remote(run_id, epoch)
         if callback is not None:
             callback(event, epoch, step)
 
     t0 = time.time()
-    run = training.train(TrainConfig.from_dict(config), progress=False, root=root, callback=report)
+    try:
+        run = training.train(TrainConfig.from_dict(config), progress=False, root=root, callback=report)
+    finally:
+        Ledger(ledger).end(run_id, attempt)
     if run.id != run_id:
         raise RuntimeError(f"planned run id {run_id} but training.train trained {run.id}")
     return {"id": run_id, "seconds": time.time() - t0, "attempt": attempt, "resumed_from": first.get("from")}
@@ -291,12 +329,14 @@ class Summary:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    peak: int = 0  # the most runs that trained at once
 
     def line(self) -> str:
         """One line: counts and wall time."""
         retried = sum(1 for r in self.trained if r["attempt"] > 1)
         return (f"sweep: {len(self.trained)} trained ({retried} after a retry), {len(self.skipped)} already "
-                f"complete, {len(self.failed)} failed, in {book.fmt_seconds(self.seconds)}")
+                f"complete, {len(self.failed)} failed, in {book.fmt_seconds(self.seconds)}"
+                + (f" (at most {self.peak} at once)" if self.peak else ""))
 
 
 def _why(exc: BaseException) -> str:
@@ -329,17 +369,17 @@ class _Progress:
         left = sum(self.plan[i].config.epochs * _sample_cost(self.plan[i].config) for i in pending) * rate
         return f"about {book.fmt_seconds(left / max(1, min(self.slots, len(pending))))} left"
 
-    def status(self, pending: Sequence[str], board: dict[str, dict[str, int]]) -> str:
+    def status(self, pending: Sequence[str], snap: dict[str, dict[str, int]]) -> str:
         """The progress line: done / running / queued / failed, epochs of the running runs, time left."""
         running = sorted(self.running & set(pending))
-        epochs = ", ".join(f"{i[:40]} e{board['epochs'].get(i, 0)}/{self.plan[i].config.epochs}" for i in running)
+        epochs = ", ".join(f"{i[:40]} e{snap['epochs'].get(i, 0)}/{self.plan[i].config.epochs}" for i in running)
         return (f"[{book.fmt_seconds(time.time() - self.start)}] done {len(self.summary.trained)}, running "
                 f"{len(running)}, queued {len(pending) - len(running)}, failed {len(self.summary.failed)}; "
                 f"{self.eta(pending)}" + (f" ({epochs})" if epochs else ""))
 
-    def attempts(self, board: dict[str, dict[str, int]], say: Callable[[str], None]) -> None:
+    def attempts(self, snap: dict[str, dict[str, int]], say: Callable[[str], None]) -> None:
         """Say each attempt that started since the last look (a second attempt is a retry)."""
-        for rid, n in board["attempts"].items():
+        for rid, n in snap["attempts"].items():
             if n > self.seen.get(rid, 0):
                 self.running.add(rid)
                 say(f"retrying {rid}: attempt {n} (the previous one failed or its worker died), resuming from its "
@@ -347,7 +387,7 @@ class _Progress:
                 self.seen[rid] = n
 
 
-def submit(todo: Sequence[PlannedRun], root: Path, threads: int | None, gpus: float, max_retries: int, board: Any,
+def submit(todo: Sequence[PlannedRun], root: Path, threads: int | None, gpus: float, max_retries: int, ledger: Ledger,
            callback: training.Callback | None) -> dict[Any, str]:
     """One Ray task per run (sources first: a reversal's task takes its source's task as an argument)."""
     task = ray.remote(train_task).options(num_cpus=threads or 1, num_gpus=gpus, max_retries=max_retries,
@@ -355,7 +395,8 @@ def submit(todo: Sequence[PlannedRun], root: Path, threads: int | None, gpus: fl
     refs: dict[str, Any] = {}
     for run in sorted(todo, key=lambda r: r.source is not None):
         after = [refs[run.source]] if run.source in refs else []
-        refs[run.id] = task.remote(run.config.to_dict(), run.id, str(root), threads, board, callback, *after)
+        refs[run.id] = task.remote(run.config.to_dict(), run.id, str(root), threads, str(ledger.folder),
+                                   callback, *after)
     return {ref: rid for rid, ref in refs.items()}
 
 
@@ -376,12 +417,12 @@ def execute(plan: Sequence[PlannedRun], root: str | Path | None = None, threads:
                                                                          // (threads or 1))
     say(f"sweep: {len(plan)} runs, {len(summary.skipped)} already complete, {len(todo)} to train on "
         f"{max(1, slots)} parallel slot(s) ({'1 GPU' if gpus else f'{threads or 1} CPU thread(s)'} per task)")
-    board = Board.remote()
-    pending = submit(todo, root, threads, gpus, max_retries, board, callback)
+    ledger = Ledger(root / ".sweeps" / f"{os.getpid()}-{time.time_ns()}")
+    pending = submit(todo, root, threads, gpus, max_retries, ledger, callback)
     prog = _Progress({r.id: r for r in plan}, max(1, slots), summary, start=start)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-        snap = ray.get(board.snapshot.remote())
+        snap = ledger.snapshot(root, list(pending.values()))
         prog.attempts(snap, say)
         for ref in ready:
             rid = pending.pop(ref)
@@ -396,6 +437,9 @@ def execute(plan: Sequence[PlannedRun], root: str | Path | None = None, threads:
             say(prog.status(list(pending.values()), snap))
             prog.last_line = time.time()
     summary.seconds = time.time() - start
+    if ledger.folder.is_dir():
+        summary.peak = ledger.peak()
+        shutil.rmtree(ledger.folder, ignore_errors=True)
     return summary
 
 
