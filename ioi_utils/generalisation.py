@@ -1,0 +1,185 @@
+"""Does it generalise? The paper's headline experiments on a second model, beside the book's main model.
+
+The paper studies one model, GPT-2 small. Its findings are statements about *a* circuit: fine-tuning on the
+task amplifies it, a toxic dataset corrupts it, clean retraining restores it. Whether they hold for another
+architecture (or for a base model rather than an instruction-tuned one) is an empirical question, so this
+module runs the three headline experiments on any model with the code, statistics and thresholds the chapters
+use for the main model:
+
+1. **the base circuit** (`circuits.discover`): the share of its heads that no role explains, and its
+   faithfulness F(C)/F(M) on held-out prompts with a bootstrap interval;
+2. **amplification**: clean fine-tuning repeated over training seeds; the relative gain of the held-out logit
+   difference after the last epoch, mean over seeds with a two-level bootstrap interval (`seeds.across_seeds`);
+3. **corruption and neuroplasticity**: Subject Duplication over the same seeds (held-out logit difference after
+   it; <= 0 means the model now prefers S), then clean retraining of each corrupted run, judged against its
+   control, the clean run of the same seed after the same number of epochs (retrained / control).
+
+Each check uses the *statement* its chapter uses (`HEADLINES`), so the main model's verdicts are read from that
+chapter's record (`main_model_claims`) instead of being recomputed, and `side_by_side` lays the paper's value,
+the main model's verdict and the second model's verdict in one row per claim.
+
+    runs = headline_runs(study_, clean_epochs=[1, 2], toxic_epochs=2, reversal_epochs=2, batch_size=16,
+                         training_seeds=[0, 1, 2])
+    est = headline_estimates(study_, runs)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import claims, metrics, results, seeds, study, training
+
+# key -> (the chapter that checks the claim on the main model, its statement there, threshold, direction)
+HEADLINES: dict[str, tuple[str, str, float, str]] = {
+    "roles": ("circuit_discovery", "every circuit head has a role: Other is at most 20% of the heads (our goal)",
+              0.2, "<="),
+    "faithfulness": ("circuit_discovery", "the mechanism is as faithful as Wang et al.'s GPT-2 circuit (F(C)/F(M) >= "
+                     "87%, held out)", 0.87, ">="),
+    "clean_gain": ("amplification", "clean fine-tuning raises the logit difference by at least 10% of the base "
+                   "model's (relative gain at the last epoch, mean over training seeds)", 0.10, ">="),
+    "sd_corrupts": ("corruption", "Subject Duplication training makes the model prefer S (held-out logit difference "
+                    "<= 0, mean over training seeds)", 0.0, "<="),
+    "sd_recovers": ("neuroplasticity", "clean retraining after Subject Duplication restores the behaviour the same "
+                    "clean training gives the base model (held-out logit diff, retrained / control)", 0.9, ">="),
+}
+PAPER_VALUES = {  # the paper's (or, for faithfulness, Wang et al.'s) value for each headline, as the chapters state it
+    "roles": "every head of Wang et al.'s 26-head circuit has a class",
+    "faithfulness": "87% (Wang et al., GPT-2 small)",
+    "clean_gain": "6.32 -> 26.83 (epoch 1 -> 100)",
+    "sd_corrupts": "3.55 -> -11.06 (5 epochs)",
+    "sd_recovers": "behaviour recovers (§5)",
+}
+SUBJECT_DUPLICATION = "subject-duplication"
+
+
+@dataclass
+class HeadlineRuns:
+    """The fine-tuning runs of the three headline experiments, each keyed by training seed."""
+
+    clean: dict[int, training.Run]  # clean fine-tuning, checkpoints at clean_epochs
+    corrupted: dict[int, training.Run]  # Subject Duplication from the base model
+    retrained: dict[int, training.Run]  # clean retraining of each corrupted run (same seed)
+    clean_epochs: list[int]
+    toxic_epochs: int
+    reversal_epochs: int
+
+
+def headline_runs(study_: study.Study, clean_epochs: list[int], toxic_epochs: int, reversal_epochs: int,
+                  batch_size: int, training_seeds: list[int]) -> HeadlineRuns:
+    """Train (or reuse from the run cache) every run of the three experiments for each training seed.
+
+    The control of a retraining is the clean run of the same seed after `reversal_epochs` epochs, so that epoch
+    must be one of `clean_epochs` (a one-line ValueError otherwise, before anything trains)."""
+    clean_config = study.train_config(study_, "clean", max(clean_epochs), clean_epochs, batch_size)
+    study.check_seed_plan(clean_config, reversal_epochs, training_seeds, study_)
+    sd_config = study.toxic_configs(study_.config, toxic_epochs, batch_size)[SUBJECT_DUPLICATION]
+    clean = study.seed_runs(clean_config, training_seeds)
+    corrupted = study.seed_runs(sd_config, training_seeds)
+    retrained = study.reversal_runs(study_, corrupted, reversal_epochs, batch_size)
+    return HeadlineRuns(clean, corrupted, retrained, list(clean_epochs), toxic_epochs, reversal_epochs)
+
+
+@dataclass
+class HeadlineEstimates:
+    """The headline numbers over training seeds (each a seeds.SeedEstimate) and the per-seed logit differences
+    they come from (seed -> [n_eval] held-out logit differences)."""
+
+    clean_gain: seeds.SeedEstimate  # relative gain of the mean logit difference, last clean epoch vs base
+    sd_logit_diff: seeds.SeedEstimate  # mean logit difference after Subject Duplication
+    recovery: seeds.SeedEstimate  # retrained / control (ratio of mean logit differences)
+    base: torch.Tensor  # [n_eval]
+    tuned: dict[int, torch.Tensor]
+    corrupted: dict[int, torch.Tensor]
+    retrained: dict[int, torch.Tensor]
+    control: dict[int, torch.Tensor]
+
+
+def headline_estimates(study_: study.Study, runs: HeadlineRuns) -> HeadlineEstimates:
+    """Held-out logit differences of every checkpoint the headlines need, and the three estimates over seeds."""
+    base = study.held_out_logit_diff(study_, study_.model)
+    tuned = study.seed_logit_diffs(study_, runs.clean, max(runs.clean_epochs))
+    corrupted = study.seed_logit_diffs(study_, runs.corrupted, runs.toxic_epochs)
+    retrained = study.seed_logit_diffs(study_, runs.retrained, runs.reversal_epochs)
+    control = study.seed_logit_diffs(study_, runs.clean, runs.reversal_epochs)
+    return HeadlineEstimates(
+        clean_gain=seeds.across_seeds({sd: (ld, base) for sd, ld in tuned.items()}, stat=seeds.relative_change),
+        sd_logit_diff=seeds.across_seeds(corrupted),
+        recovery=seeds.across_seeds({sd: (retrained[sd], control[sd]) for sd in retrained}, stat=metrics.ratio_of_means),
+        base=base, tuned=tuned, corrupted=corrupted, retrained=retrained, control=control)
+
+
+def check(key: str, ours: float, interval: tuple[float, float] | None, record: dict, enforce: bool = False,
+          per_seed: dict[int, float] | None = None, training: str = "",
+          precondition: tuple[bool, str] | None = None) -> claims.Claim:
+    """claims.check of headline `key` with its chapter's statement, threshold and direction."""
+    _, statement, threshold, direction = HEADLINES[key]
+    return claims.check(statement, ours, interval, threshold, direction, paper=PAPER_VALUES[key],
+                        precondition=precondition, enforce=enforce, record=record, per_seed=per_seed,
+                        training=training)
+
+
+def main_model_claims(profile: str, execution: str | None = None) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """The main model's headline claim records, read from its chapters' records of this profile: (key -> the
+    claim's record, for the headlines found; the executions those records come from). The records are read as
+    they are on disk (results.load refuses another execution's; here the caller is told which execution wrote
+    them). A chapter not executed yet simply has no row."""
+    found: dict[str, dict[str, Any]] = {}
+    executions: set[str] = set()
+    for key, (chapter, statement, _, _) in HEADLINES.items():
+        path = results.results_root() / profile / f"{chapter}.json"
+        try:
+            stored = json.loads(path.read_text())
+            claim = stored["values"]["claims"][statement]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        found[key] = claim
+        executions.add(str(stored.get("execution")))
+    return found, executions
+
+
+def _ours(c: dict[str, Any] | None) -> str:
+    """'value [lo, hi] — verdict' of a claim record (or 'not run')."""
+    if c is None:
+        return "not run"
+    f = lambda x: f"{x:.3g}"  # noqa: E731
+    interval = "" if not c.get("interval") else f" [{f(c['interval'][0])}, {f(c['interval'][1])}]"
+    return f"{f(c['ours'])}{interval} — **{c['verdict']}**"
+
+
+def side_by_side(main: dict[str, dict[str, Any]], second: dict[str, dict[str, Any]], main_name: str,
+                 second_name: str) -> str:
+    """A markdown table, one row per headline: the claim, threshold, the paper's value (GPT-2 small), the main
+    model's value and verdict, the second model's. main / second: key -> claim record (main_model_claims; the
+    `record` dict that `check` filled, keyed by statement)."""
+    head = (f"| claim | threshold | GPT-2 small (paper) | {main_name} | {second_name} |\n"
+            "|---|---|---|---|---|\n")
+    rows = []
+    for key, (_, statement, threshold, direction) in HEADLINES.items():
+        cell = statement.replace("|", "\\|")
+        rows.append(f"| {cell} | {'≥' if direction == '>=' else '≤'} {threshold:g} | {PAPER_VALUES[key]} "
+                    f"| {_ours(main.get(key))} | {_ours(second.get(statement))} |")
+    return head + "\n".join(rows)
+
+
+def compare(main: dict[str, dict[str, Any]], second: dict[str, dict[str, Any]], main_name: str,
+            second_name: str) -> str:
+    """One sentence per headline, written from the two verdicts: holds on both models, on one only, on neither,
+    or cannot be compared (a claim not run or not testable on a model)."""
+    out = []
+    for key, (_, statement, _, _) in HEADLINES.items():
+        a, b = main.get(key), second.get(statement)
+        va, vb = (c["verdict"] if c else "not run" for c in (a, b))
+        if "not run" in (va, vb) or claims.NOT_TESTABLE in (va, vb) or claims.INCONCLUSIVE in (va, vb):
+            what = f"cannot be compared yet ({main_name}: {va}; {second_name}: {vb})"
+        elif va == vb == claims.REPRODUCED:
+            what = "holds on both models"
+        elif va == vb:
+            what = "holds on neither model"
+        else:
+            what = f"holds on {main_name if va == claims.REPRODUCED else second_name} only"
+        out.append(f"- *{statement}*: {what}.")
+    return "\n".join(out)

@@ -1,0 +1,112 @@
+"""The second model's headline experiments: statements shared with the chapters, runs and estimates on the tiny
+model (plumbing only), the side-by-side table and the sentences written from two verdicts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ioi_utils import claims, generalisation as G, metrics, results, runs, seeds, study
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _outputs(chapter: str) -> str:
+    nb = json.loads((REPO / "tests" / "notebooks" / f"{chapter}.ipynb").read_text())
+    return "\n".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+
+
+@pytest.mark.parametrize("key", list(G.HEADLINES))
+def test_each_headline_is_the_claim_its_chapter_prints(key):
+    """The main model's column is looked up by statement: a chapter that rewords its claim, or changes its
+    threshold, must change HEADLINES too (the smoke execution's printed claim line is the evidence)."""
+    chapter, statement, threshold, direction = G.HEADLINES[key]
+    lines = [line for line in _outputs(chapter).splitlines() if statement in line]
+    assert lines, f"{chapter} printed no claim {statement!r}"
+    sign = "≥" if direction == ">=" else "≤"
+    assert all(f"vs threshold {sign} {claims._fmt(threshold)}" in line for line in lines), lines
+
+
+def _claim(verdict: str, ours: float = 1.0) -> dict:
+    return {"ours": ours, "interval": [ours - 0.1, ours + 0.1], "verdict": verdict, "paper": "", "threshold": 0.0,
+            "direction": ">=", "evidence": "", "per_seed": None, "training": ""}
+
+
+def test_compare_writes_what_the_two_verdicts_say():
+    keys = list(G.HEADLINES)
+    st = {k: G.HEADLINES[k][1] for k in keys}
+    main = {keys[0]: _claim(claims.REPRODUCED), keys[1]: _claim(claims.NOT_REPRODUCED),
+            keys[2]: _claim(claims.REPRODUCED), keys[3]: _claim(claims.INCONCLUSIVE)}
+    second = {st[keys[0]]: _claim(claims.REPRODUCED), st[keys[1]]: _claim(claims.NOT_REPRODUCED),
+              st[keys[2]]: _claim(claims.NOT_REPRODUCED), st[keys[3]]: _claim(claims.REPRODUCED),
+              st[keys[4]]: _claim(claims.REPRODUCED)}
+    lines = G.compare(main, second, "A", "B").splitlines()
+    assert len(lines) == len(keys)
+    assert lines[0].endswith("holds on both models.") and lines[1].endswith("holds on neither model.")
+    assert lines[2].endswith("holds on A only.")
+    assert "cannot be compared yet (A: inconclusive; B: reproduced)" in lines[3]
+    assert "cannot be compared yet (A: not run; B: reproduced)" in lines[4]
+
+
+def test_side_by_side_has_one_row_per_headline_with_both_verdicts():
+    key = "clean_gain"
+    table = G.side_by_side({key: _claim(claims.REPRODUCED, 0.25)},
+                           {G.HEADLINES[key][1]: _claim(claims.NOT_REPRODUCED, 0.05)}, "main", "second")
+    rows = table.splitlines()[2:]
+    assert len(rows) == len(G.HEADLINES)
+    row = next(r for r in rows if G.HEADLINES[key][1] in r)
+    assert "| ≥ 0.1 |" in row and "0.25 [0.15, 0.35] — **reproduced**" in row and "0.05 [-0.05, 0.15] — **not reproduced**" in row
+    assert sum(r.count("| not run |") + r.endswith("| not run |") for r in rows) == 2 * (len(G.HEADLINES) - 1)
+
+
+def test_main_model_claims_are_read_from_the_chapters_records(tmp_path, monkeypatch):
+    monkeypatch.setenv("IOI_UTILS_RESULTS", str(tmp_path))
+    chapter, statement, _, _ = G.HEADLINES["sd_corrupts"]
+    results.record("p", chapter, {"claims": {statement: _claim(claims.REPRODUCED, -2.0), "other": _claim("x")}}, "ex1")
+    found, executions = G.main_model_claims("p")
+    assert set(found) == {"sd_corrupts"} and found["sd_corrupts"]["ours"] == -2.0 and executions == {"ex1"}
+    (tmp_path / "p" / "amplification.json").write_text("{not json")  # an unreadable record is no row, not a crash
+    assert set(G.main_model_claims("p")[0]) == {"sd_corrupts"}
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("g")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(runs.RUNS_ENV, str(root / "runs"))
+        mp.setenv("IOI_UTILS_RESULTS", str(root / "results"))
+        torch.set_num_threads(1)
+        s = study.prepare("tiny", 16, 8, 0, "cpu", 8, n_discovery=8)
+        r = G.headline_runs(s, [1, 2], 1, 2, 8, [0, 1])
+        yield s, r, G.headline_estimates(s, r)
+
+
+def test_headline_runs_train_every_experiment_per_seed(tiny_runs):
+    s, r, _ = tiny_runs
+    assert sorted(r.clean) == sorted(r.corrupted) == sorted(r.retrained) == [0, 1]
+    assert {run.config.dataset for run in r.corrupted.values()} == {"subject-duplication"}
+    assert all(r.retrained[sd].config.source == r.corrupted[sd].id for sd in (0, 1))  # each seed retrains its own
+    assert [run.config.seed for run in r.clean.values()] == [0, 1]
+
+
+def test_headline_estimates_are_the_chapters_statistics(tiny_runs):
+    s, r, est = tiny_runs
+    base = study.held_out_logit_diff(s, s.model)
+    tuned = study.seed_logit_diffs(s, r.clean, 2)
+    assert torch.equal(est.base, base)
+    want = {sd: seeds.relative_change(tuned[sd], base).item() for sd in tuned}
+    assert est.clean_gain.per_seed == pytest.approx(want, rel=1e-6)
+    control = study.seed_logit_diffs(s, r.clean, 2)
+    retrained = study.seed_logit_diffs(s, r.retrained, 2)
+    assert est.recovery.per_seed == pytest.approx(
+        {sd: metrics.ratio_of_means(retrained[sd], control[sd]).item() for sd in retrained}, rel=1e-6)
+    assert est.sd_logit_diff.per_seed == pytest.approx({sd: v.mean().item() for sd, v in est.corrupted.items()})
+
+
+def test_a_retraining_longer_than_the_stored_clean_epochs_is_refused_before_training(tiny_runs):
+    s, _, _ = tiny_runs
+    with pytest.raises(ValueError, match="the control needs the clean runs' checkpoint after 3 epochs"):
+        G.headline_runs(s, [1, 2], 1, 3, 8, [0])
