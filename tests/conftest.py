@@ -93,7 +93,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     from ioi_utils import models
 
-    for build in (models.smollm2_folder, models.gemma_folder):  # the second model's chapter loads Gemma-3-270M
+    builds = [models.smollm2_folder]
+    if (Path(__file__).parent / "notebooks" / "second_model.ipynb").exists():  # the second model's chapter: Gemma-3
+        builds.append(models.gemma_folder)
+    for build in builds:
         try:
             build()
         except models.ModelUnavailableError:
