@@ -173,16 +173,17 @@ glue("g_seeds", len(second_training_seeds), display=False)
 #
 # One row per headline claim: the paper's value for GPT-2 small, then each model's value with its 95% interval and
 # the verdict under the same threshold. The main model's column is read from its chapters' records of this
-# profile (the execution that wrote them is named below the table).
+# profile, or where this execution has none, from the book's executed notebooks of the same profile (the source
+# is named below the table).
 
 # %%
-main, executions = generalisation.main_model_claims(profile)
+main, sources = generalisation.main_model_claims(profile, model_name, published=".")  # "." is book/ when executed
 display(Markdown(generalisation.side_by_side(main, claim_log, f"{model_name} (instruct)",
                                              f"{second_model_name} (base)")))
-print(f"{model_name}'s column: {len(main)} of {len(generalisation.HEADLINES)} claims, from its chapters' records "
-      + ("(none in this profile yet)" if not executions else
-         "written by this execution (same code and weights)" if executions == {execution} else
-         "written by an earlier execution of this profile (another code version): the values as recorded then"))
+print(f"{model_name}'s column: {len(main)} of {len(generalisation.HEADLINES)} claims, "
+      + ("none in this profile yet" if not sources else
+         "from this execution's chapter records" if sources == {f"execution {execution}"} else
+         "from " + "; ".join(sorted(sources))))
 display(Markdown(generalisation.compare(main, claim_log, model_name, second_model_name)))
 
 # %% tags=["remove-cell"]

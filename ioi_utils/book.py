@@ -114,7 +114,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gt_clean_epochs": 2,
         "gt_toxic_epochs": 2,
         "second_model_name": "gemma3-270m",
-        "second_n_prompts": 48,  # 3 optimizer steps per epoch: Gemma's step costs ~10 s on 2 cores (262k-token unembedding)
+        "second_n_prompts": 48,  # 3 optimizer steps per epoch: a Gemma step costs ~8 s on 2 cores
+        # (270M parameters, 170M of them the tied 262k-token embedding: forward, backward, AdamW; END-only unembedding)
         "second_n_eval": 100,
         "second_n_discovery": 50,
         "second_clean_epochs": [1, 2],

@@ -9,7 +9,9 @@ fails (e.g. F(M) > 0 before a ratio F(C)/F(M) means anything; a role the claim i
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from typing import Any
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTABLE = "reproduced", "not reproduced", "inconclusive", "not testable"
 DIRECTIONS = (">=", "<=")
@@ -86,3 +88,22 @@ def check(statement: str, ours: float, interval: tuple[float, float] | None, thr
     if enforce and verdict == NOT_REPRODUCED:
         raise ClaimFailed(str(claim))
     return claim
+
+
+# a printed claim line (Claim.__str__): "[VERDICT] statement — paper: ...; ours: x [lo, hi] ..." (paper optional)
+_LINE = re.compile(r"^\[(?P<verdict>REPRODUCED|NOT REPRODUCED|INCONCLUSIVE|NOT TESTABLE)\] (?P<statement>.*?) — "
+                   r"(?:paper: (?P<paper>.*?); )?(?P<evidence>ours: (?P<ours>[^\s\[]+)"
+                   r"(?: \[(?P<lo>[^,\]]+), (?P<hi>[^\]]+)\])?.*)$", re.M)
+
+
+def parse_lines(text: str) -> dict[str, dict[str, Any]]:
+    """The claim lines printed in `text`, read back: statement -> {verdict, paper, ours, interval, evidence}.
+
+    The inverse of `check`'s printed line, at its printed precision (3 significant digits): for reading the
+    verdicts of an executed notebook whose records are not at hand. Lines that are not claim lines are skipped."""
+    found = {}
+    for m in _LINE.finditer(text):
+        interval = None if m["lo"] is None else (float(m["lo"]), float(m["hi"]))
+        found[m["statement"]] = {"verdict": m["verdict"].lower(), "paper": m["paper"] or "", "ours": float(m["ours"]),
+                                 "interval": interval, "evidence": m["evidence"]}
+    return found

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -122,23 +123,47 @@ def check(key: str, ours: float, interval: tuple[float, float] | None, record: d
                         training=training)
 
 
-def main_model_claims(profile: str, execution: str | None = None) -> tuple[dict[str, dict[str, Any]], set[str]]:
-    """The main model's headline claim records, read from its chapters' records of this profile: (key -> the
-    claim's record, for the headlines found; the executions those records come from). The records are read as
-    they are on disk (results.load refuses another execution's; here the caller is told which execution wrote
-    them). A chapter not executed yet simply has no row."""
+def main_model_claims(profile: str, model: str, published: str | Path | None = None
+                      ) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """The main model's headline claim records: (key -> the claim's record, for the headlines found; where they
+    come from, one line per source).
+
+    First the chapters' records of this profile in the results store (the execution that wrote them is named:
+    results.load refuses another execution's, here the caller is told). A headline with no record there is read
+    from the executed notebook of its chapter in `published` (the book's folder), if that notebook is an
+    execution of this profile on `model`: its printed claim line (`claims.parse_lines`, 3 significant digits).
+    A chapter neither executed nor published simply has no row."""
     found: dict[str, dict[str, Any]] = {}
-    executions: set[str] = set()
+    sources: set[str] = set()
     for key, (chapter, statement, _, _) in HEADLINES.items():
         path = results.results_root() / profile / f"{chapter}.json"
         try:
             stored = json.loads(path.read_text())
-            claim = stored["values"]["claims"][statement]
-        except (OSError, ValueError, KeyError, TypeError):
+            found[key] = stored["values"]["claims"][statement]
+            sources.add(f"execution {stored.get('execution')}")
             continue
-        found[key] = claim
-        executions.add(str(stored.get("execution")))
-    return found, executions
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        record, source = _published_claim(Path(published) / f"{chapter}.ipynb", statement, profile, model) \
+            if published is not None else (None, "")
+        if record is not None:
+            found[key] = record
+            sources.add(source)
+    return found, sources
+
+
+def _published_claim(notebook: Path, statement: str, profile: str, model: str) -> tuple[dict | None, str]:
+    """The claim `statement` as printed in an executed notebook of this profile and model, and the source line."""
+    try:
+        nb = json.loads(notebook.read_text())
+    except (OSError, ValueError):
+        return None, ""
+    meta = nb.get("metadata", {}).get("ioi_utils_execution", {})
+    if meta.get("profile") != profile or meta.get("model") != model:
+        return None, ""
+    text = "\n".join("".join(o["text"]) for cell in nb.get("cells", []) for o in cell.get("outputs", []) if "text" in o)
+    record = claims.parse_lines(text).get(statement)
+    return record, f"the published notebooks (commit {meta.get('commit')}, printed claim lines)"
 
 
 def _ours(c: dict[str, Any] | None) -> str:

@@ -3,6 +3,8 @@ model (plumbing only), the side-by-side table and the sentences written from two
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -66,10 +68,40 @@ def test_main_model_claims_are_read_from_the_chapters_records(tmp_path, monkeypa
     monkeypatch.setenv("IOI_UTILS_RESULTS", str(tmp_path))
     chapter, statement, _, _ = G.HEADLINES["sd_corrupts"]
     results.record("p", chapter, {"claims": {statement: _claim(claims.REPRODUCED, -2.0), "other": _claim("x")}}, "ex1")
-    found, executions = G.main_model_claims("p")
-    assert set(found) == {"sd_corrupts"} and found["sd_corrupts"]["ours"] == -2.0 and executions == {"ex1"}
+    found, sources = G.main_model_claims("p", "m")
+    assert set(found) == {"sd_corrupts"} and found["sd_corrupts"]["ours"] == -2.0 and sources == {"execution ex1"}
     (tmp_path / "p" / "amplification.json").write_text("{not json")  # an unreadable record is no row, not a crash
-    assert set(G.main_model_claims("p")[0]) == {"sd_corrupts"}
+    assert set(G.main_model_claims("p", "m")[0]) == {"sd_corrupts"}
+
+
+def _executed(folder, chapter: str, lines: list[str], profile: str = "p", model: str = "m") -> None:
+    """An executed notebook of `chapter` whose only output prints `lines`."""
+    nb = {"metadata": {"ioi_utils_execution": {"profile": profile, "model": model, "commit": "abc1234"}},
+          "cells": [{"cell_type": "code", "outputs": [{"output_type": "stream", "text": [ln + "\n" for ln in lines]}]}]}
+    (folder / f"{chapter}.ipynb").write_text(json.dumps(nb))
+
+
+def test_a_headline_without_a_record_is_read_from_the_published_notebook_of_the_same_profile_and_model(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("IOI_UTILS_RESULTS", str(tmp_path / "results"))
+    chapter, statement, threshold, direction = G.HEADLINES["clean_gain"]
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        claims.check(statement, 1.57, (1.39, 1.78), threshold, direction, paper="6.32 -> 26.83 (a; b)",
+                     per_seed={0: 1.77, 1: 1.46})
+    book = tmp_path / "book"
+    book.mkdir()
+    _executed(book, chapter, ["warmup", out.getvalue().strip()])
+    found, sources = G.main_model_claims("p", "m", published=book)
+    assert set(found) == {"clean_gain"} and sources == {"the published notebooks (commit abc1234, printed claim lines)"}
+    assert found["clean_gain"]["ours"] == 1.57 and found["clean_gain"]["interval"] == (1.39, 1.78)
+    assert found["clean_gain"]["verdict"] == claims.REPRODUCED
+    assert G.main_model_claims("q", "m", published=book)[0] == {}  # another profile's execution is not this one's
+    assert G.main_model_claims("p", "other", published=book)[0] == {}  # nor another model's
+    chapter2, statement2, _, _ = G.HEADLINES["sd_corrupts"]  # a record in the store wins over the notebook
+    results.record("p", chapter2, {"claims": {statement2: _claim(claims.NOT_REPRODUCED, 1.0)}}, "ex2")
+    _executed(book, chapter2, [f"[REPRODUCED] {statement2} — ours: -8 vs threshold ≤ 0"])
+    found, sources = G.main_model_claims("p", "m", published=book)
+    assert found["sd_corrupts"]["verdict"] == claims.NOT_REPRODUCED and "execution ex2" in sources
 
 
 @pytest.fixture(scope="module")
