@@ -169,6 +169,41 @@ glue("g_seeds", len(second_training_seeds), display=False)
 # reaches {glue:text}`g_rec:.2f` times what the same clean training gives the uncorrupted model.
 
 # %% [markdown]
+# ## The mechanism head by head
+#
+# The paper explains amplification and corruption by what happens to particular heads (§4.1, §4.2): fine-tuning
+# makes the Name Movers attend more to IO and write more of it, the Negative Name Movers amplify alongside, and
+# Subject Duplication inverts Name Movers and Negative Name Movers together. The same checks as chapters 3 and 4,
+# on Gemma's base-circuit heads of those roles, in the first training seed's runs (as the main model's chapters
+# read theirs), with 95% paired bootstrap intervals over held-out prompts.
+
+# %%
+heads = generalisation.head_level(s, circuit, runs)
+print(generalisation.head_lines(heads, circuit))
+has = lambda c: (bool(heads.roles[c]), f"the base circuit has no {circuits.CLASSES[c]}")  # noqa: E731
+generalisation.check("nm_attention", heads.nm_attention[0], heads.nm_attention[1], claim_log, enforce=enforce_claims,
+                     precondition=has("NM"))
+generalisation.check("nm_dla", heads.nm_dla[0], heads.nm_dla[1], claim_log, enforce=enforce_claims,
+                     precondition=has("NM"))
+generalisation.check("nnm_amplify", heads.nnm_dla[0], heads.nnm_dla[1], claim_log, enforce=enforce_claims,
+                     precondition=has("NNM"))
+generalisation.check("twinning", min(len(heads.flipped["NM"]), len(heads.flipped["NNM"])), None, claim_log,
+                     enforce=enforce_claims, precondition=(all(heads.roles.values()), "the base circuit needs both "
+                                                           "Name Movers and Negative Name Movers"));
+
+# %% tags=["remove-cell"]
+glue("g_nm_flip", len(heads.flipped["NM"]), display=False)
+glue("g_nnm_flip", len(heads.flipped["NNM"]), display=False)
+glue("g_nm_dla", heads.nm_dla[0], display=False)
+glue("g_nnm_dla", heads.nnm_dla[0], display=False)
+
+# %% [markdown]
+# After clean fine-tuning the Name Movers' summed DLA changes by {glue:text}`g_nm_dla:+.2f` logits and the
+# Negative Name Movers' by {glue:text}`g_nnm_dla:+.2f`; under Subject Duplication {glue:text}`g_nm_flip` of
+# {glue:text}`g_nm` Name Movers and {glue:text}`g_nnm_flip` of {glue:text}`g_nnm` Negative Name Movers flip the sign
+# of their DLA.
+
+# %% [markdown]
 # ## Three models side by side
 #
 # One row per headline claim: the paper's value for GPT-2 small, then each model's value with its 95% interval and

@@ -12,7 +12,10 @@ use for the main model:
    difference after the last epoch, mean over seeds with a two-level bootstrap interval (`seeds.across_seeds`);
 3. **corruption and neuroplasticity**: Subject Duplication over the same seeds (held-out logit difference after
    it; <= 0 means the model now prefers S), then clean retraining of each corrupted run, judged against its
-   control, the clean run of the same seed after the same number of epochs (retrained / control).
+   control, the clean run of the same seed after the same number of epochs (retrained / control);
+4. **the paper's head-level claims** (`head_level`): the base circuit's Name Movers and Negative Name Movers in the
+   base model, after clean fine-tuning and after Subject Duplication (the first seed's runs, as the main model's
+   chapters read theirs): END->IO attention and DLA gains, and the Name Mover / Negative Name Mover inversion.
 
 Each check uses the *statement* its chapter uses (`HEADLINES`), so the main model's verdicts are read from that
 chapter's record (`main_model_claims`) instead of being recomputed, and `side_by_side` lays the paper's value,
@@ -34,7 +37,9 @@ import torch
 
 from . import claims, metrics, results, seeds, study, training
 
-# key -> (the chapter that checks the claim on the main model, its statement there, threshold, direction)
+# key -> (the chapter that checks the claim on the main model, its statement there, threshold, direction), in the
+# order of the side-by-side table: the base circuit, amplification, corruption, recovery; the paper's head-level
+# claims (Name Movers, Negative Name Movers, their twinning) sit beside the behaviour they explain
 HEADLINES: dict[str, tuple[str, str, float, str]] = {
     "roles": ("circuit_discovery", "every circuit head has a role: Other is at most 20% of the heads (our goal)",
               0.2, "<="),
@@ -42,8 +47,16 @@ HEADLINES: dict[str, tuple[str, str, float, str]] = {
                      "87%, held out)", 0.87, ">="),
     "clean_gain": ("amplification", "clean fine-tuning raises the logit difference by at least 10% of the base "
                    "model's (relative gain at the last epoch, mean over training seeds)", 0.10, ">="),
+    "nm_attention": ("amplification", "clean fine-tuning makes the Name Movers attend more to IO (summed END→IO, last "
+                     "epoch minus base)", 0.0, ">="),
+    "nm_dla": ("amplification", "clean fine-tuning raises the Name Movers' DLA (summed, last epoch minus base)", 0.0,
+               ">="),
+    "nnm_amplify": ("amplification", "Negative Name Movers amplify alongside (summed NNM DLA, last epoch minus base, "
+                    "more negative)", 0.0, "<="),
     "sd_corrupts": ("corruption", "Subject Duplication training makes the model prefer S (held-out logit difference "
                     "<= 0, mean over training seeds)", 0.0, "<="),
+    "twinning": ("corruption", "Subject Duplication inverts Name Movers and Negative Name Movers together (fewest "
+                 "significant flips of the two roles)", 1.0, ">="),
     "sd_recovers": ("neuroplasticity", "clean retraining after Subject Duplication restores the behaviour the same "
                     "clean training gives the base model (held-out logit diff, retrained / control)", 0.9, ">="),
 }
@@ -51,9 +64,14 @@ PAPER_VALUES = {  # the paper's (or, for faithfulness, Wang et al.'s) value for 
     "roles": "every head of Wang et al.'s 26-head circuit has a class",
     "faithfulness": "87% (Wang et al., GPT-2 small)",
     "clean_gain": "6.32 -> 26.83 (epoch 1 -> 100)",
+    "nm_attention": "Name Movers' attention to IO increases (§4.1)",
+    "nm_dla": "L10H10 logit attribution 0.4 -> 1.8 (§4.1)",
+    "nnm_amplify": "Negative Name Movers amplify with the Name Movers (§4.1)",
     "sd_corrupts": "3.55 -> -11.06 (5 epochs)",
+    "twinning": "L9H9 flips sign; Negative Name Movers flip to suppress S (§4.2)",
     "sd_recovers": "behaviour recovers (§5)",
 }
+HEAD_LEVEL = ("nm_attention", "nm_dla", "nnm_amplify", "twinning")  # measured on the first training seed's runs
 SUBJECT_DUPLICATION = "subject-duplication"
 
 
@@ -111,6 +129,54 @@ def headline_estimates(study_: study.Study, runs: HeadlineRuns) -> HeadlineEstim
         sd_logit_diff=seeds.across_seeds(corrupted),
         recovery=seeds.across_seeds({sd: (retrained[sd], control[sd]) for sd in retrained}, stat=metrics.ratio_of_means),
         base=base, tuned=tuned, corrupted=corrupted, retrained=retrained, control=control)
+
+
+@dataclass
+class HeadLevel:
+    """The paper's head-level claims on the second model, as chapters 3 and 4 measure them on the main model: the
+    base circuit's Name Movers (NM) and Negative Name Movers (NNM) read in the base model, after clean fine-tuning
+    and after Subject Duplication (the first training seed's runs, held-out prompts; study.checkpoint_row)."""
+
+    roles: dict[str, list]  # "NM" / "NNM" -> the base circuit's heads of that role
+    rows: dict[str, dict]  # "base" / "clean" / "subject-duplication" -> checkpoint row
+    nm_attention: tuple[float, tuple[float, float]]  # summed END->IO change of the NMs, clean minus base, [95% CI]
+    nm_dla: tuple[float, tuple[float, float]]  # summed DLA change of the NMs
+    nnm_dla: tuple[float, tuple[float, float]]  # summed DLA change of the NNMs (amplifying: more negative)
+    twins: list[dict]  # study.role_changes of every NM and NNM, base -> Subject Duplication
+    flipped: dict[str, list]  # role -> its heads whose DLA sign flipped significantly
+
+
+def head_level(study_: study.Study, circuit, runs: HeadlineRuns) -> HeadLevel:
+    """Checkpoint rows of the base model, the first seed's clean run at its last epoch and its Subject Duplication
+    run at the last toxic epoch, and the head-level changes of the base circuit's NMs and NNMs between them."""
+    first = min(runs.clean)
+    clean_run, sd_run = runs.clean[first], runs.corrupted[first]
+    last, toxic = max(runs.clean_epochs), runs.toxic_epochs
+    rows = {"base": study.checkpoint_row(study_, study_.model, "base", circuit, 0),
+            "clean": study.checkpoint_row(study_, clean_run.model(last)[0], f"{clean_run.id}-{last}", circuit, last),
+            SUBJECT_DUPLICATION: study.checkpoint_row(study_, sd_run.model(toxic)[0], f"{sd_run.id}-{toxic}", circuit,
+                                                      toxic)}
+    roles = {c: list(circuit.classes[c]) for c in ("NM", "NNM")}
+    twins = study.role_changes(rows["base"], rows[SUBJECT_DUPLICATION], roles["NM"] + roles["NNM"])
+    flipped = {c: [t["head"] for t in twins if t["flip"] and t["head"] in hs] for c, hs in roles.items()}
+    return HeadLevel(roles, rows, study.summed_change(rows["base"], rows["clean"], roles["NM"], "attn_io"),
+                     study.summed_change(rows["base"], rows["clean"], roles["NM"], "dla"),
+                     study.summed_change(rows["base"], rows["clean"], roles["NNM"], "dla"), twins, flipped)
+
+
+def head_lines(hl: HeadLevel, circuit) -> str:
+    """One line per NM / NNM head of the base circuit: DLA with its 95% interval and END attention, in the base
+    model, after clean fine-tuning and after Subject Duplication (FLIP: a significant sign flip under the latter)."""
+    base, clean, sd = hl.rows["base"], hl.rows["clean"], hl.rows[SUBJECT_DUPLICATION]
+    out = []
+    for t in hl.twins:
+        h = t["head"]
+        (a0, b0), (a1, b1) = study.dla_interval(base, h), study.dla_interval(sd, h)
+        out.append(f"{circuit.class_of(h):>4} {h[0]}.{h[1]}: DLA {t['dla_before']:+.2f} [{a0:+.2f}, {b0:+.2f}] -> clean "
+                   f"{float(clean['dla'][h]):+.2f} | SD {t['dla_after']:+.2f} [{a1:+.2f}, {b1:+.2f}]; END->IO "
+                   f"{t['attn_io_before']:.2f} -> clean {float(clean['attn_io'][h]):.2f} | SD {t['attn_io_after']:.2f}; "
+                   f"END->S {t['attn_s_before']:.2f} -> SD {t['attn_s_after']:.2f}{'  FLIP' if t['flip'] else ''}")
+    return "\n".join(out) or "the base circuit has no Name Mover and no Negative Name Mover"
 
 
 def check(key: str, ours: float, interval: tuple[float, float] | None, record: dict, enforce: bool = False,

@@ -142,3 +142,31 @@ def test_a_retraining_longer_than_the_stored_clean_epochs_is_refused_before_trai
     s, _, _ = tiny_runs
     with pytest.raises(ValueError, match="the control needs the clean runs' checkpoint after 3 epochs"):
         G.headline_runs(s, [1, 2], 1, 3, 8, [0])
+
+
+def _planted_roles(circuit, nm, nnm):
+    """circuit with its NM / NNM classes replaced by the given heads (the tiny model's discovery finds no roles)."""
+    planted = set(nm) | set(nnm)
+    classes = {c: [h for h in hs if h not in planted] for c, hs in circuit.classes.items()}
+    classes["NM"], classes["NNM"] = nm, nnm
+    return type(circuit)(classes=classes)
+
+
+def test_head_level_reads_the_first_seeds_runs_with_the_chapters_statistics(tiny_runs):
+    s, r, _ = tiny_runs
+    base_circuit = study.discover_cached(s, s.model, "base").circuit
+    circuit = _planted_roles(base_circuit, [(1, 0), (1, 1)], [(0, 1)])
+    hl = G.head_level(s, circuit, r)
+    clean_row = study.checkpoint_row(s, r.clean[0].model(2)[0], f"{r.clean[0].id}-2", circuit, 2)
+    sd_row = study.checkpoint_row(s, r.corrupted[0].model(1)[0], f"{r.corrupted[0].id}-1", circuit, 1)
+    assert torch.equal(hl.rows["clean"]["dla"], clean_row["dla"]) and torch.equal(hl.rows["subject-duplication"]["dla"],
+                                                                                  sd_row["dla"])
+    base_row = hl.rows["base"]
+    assert hl.nm_dla == study.summed_change(base_row, clean_row, [(1, 0), (1, 1)], "dla")
+    assert hl.nm_attention == study.summed_change(base_row, clean_row, [(1, 0), (1, 1)], "attn_io")
+    assert hl.nnm_dla == study.summed_change(base_row, clean_row, [(0, 1)], "dla")
+    assert [t["head"] for t in hl.twins] == [t["head"] for t in study.role_changes(base_row, sd_row, [(1, 0), (1, 1), (0, 1)])]
+    assert hl.flipped == {"NM": [t["head"] for t in hl.twins if t["flip"] and t["head"] in [(1, 0), (1, 1)]],
+                          "NNM": [t["head"] for t in hl.twins if t["flip"] and t["head"] == (0, 1)]}
+    lines = G.head_lines(hl, circuit).splitlines()
+    assert len(lines) == 3 and all(" -> clean " in ln and " | SD " in ln for ln in lines)
