@@ -1,4 +1,5 @@
-"""Benchmark: fast path patching (ioi_utils.patching.path_patch) against the plain per-sender reference.
+"""Benchmark: fast path patching (ioi_utils.mechanisms.path_patching.path_patch) against the plain per-sender
+reference.
 
 Runs both on the same prompts and the same senders in one process and prints wall times, their ratio and
 the largest difference between the two [n_layers, n_heads] maps. Senders are the heads that can reach the
@@ -23,10 +24,11 @@ import time
 
 import torch
 
-from ioi_utils import data, models, patching
+from ioi_utils import data, models
+from ioi_utils.mechanisms import path_patching, scoring
 
 
-def _heads(spec: str) -> tuple[patching.Head, ...]:
+def _heads(spec: str) -> tuple[scoring.Head, ...]:
     """'20.1 22.3' -> ((20, 1), (22, 3))."""
     try:
         return tuple((int(l), int(h)) for l, h in (s.split(".") for s in spec.split()))
@@ -41,10 +43,10 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
-def _senders(model, receivers: patching.Receivers, k: int | None) -> list[patching.Head]:
+def _senders(model, receivers: scoring.Receivers, k: int | None) -> list[scoring.Head]:
     """The senders that can reach the receivers; with k, k of them evenly spread (deterministic)."""
     last = max((l for l, _ in receivers.heads), default=model.cfg.n_layers)
-    heads = [h for h in patching.all_heads(model) if h[0] < last]
+    heads = [h for h in scoring.all_heads(model) if h[0] < last]
     if k is None or k >= len(heads):
         return heads
     return [heads[(i * len(heads)) // k] for i in range(k)]
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--receivers", type=_heads, default=(), help="receiver heads, e.g. '20.1 22.3' (default: logits)")
-    ap.add_argument("--component", default="q", choices=patching.COMPONENTS)
+    ap.add_argument("--component", default="q", choices=scoring.COMPONENTS)
     ap.add_argument("--position", default="END", choices=data.POSITIONS)
     ap.add_argument("--batch-heads", type=int, default=8,
                     help="senders per forward where step 3 falls back to hooked forwards")
@@ -72,22 +74,23 @@ def main(argv: list[str] | None = None) -> dict:
     model, tok = models.load_model(a.model, device=a.device)
     clean = data.make_ioi_dataset(tok, n=a.n, seed=a.seed, prepend_bos=model.prepend_bos)
     abc = data.make_abc_dataset(clean)
-    receivers = patching.Receivers(a.receivers, a.component, a.position) if a.receivers else patching.LOGITS
+    receivers = scoring.Receivers(a.receivers, a.component, a.position) if a.receivers else scoring.LOGITS
     every = _senders(model, receivers, None)
     senders = _senders(model, receivers, a.max_senders)
     heads = " ".join(f"{l}.{h}" for l, h in a.receivers)
     what = f"{a.component} of {heads} at {a.position}" if a.receivers else "logits"
     print(f"{a.model}: {a.n} prompts x {clean.tokens.shape[1]} tokens, {len(senders)} of {len(every)} senders -> "
-          f"{what}; device {patching._device(model)}, {torch.get_num_threads()} threads, "
+          f"{what}; device {scoring.device(model)}, {torch.get_num_threads()} threads, "
           f"load {os.getloadavg()[0]:.1f}")
     with torch.no_grad():
-        model(clean.tokens[:2].to(patching._device(model)))  # warm-up
+        model(clean.tokens[:2].to(scoring.device(model)))  # warm-up
     def fast_on(heads):
-        return patching.path_patch(model, clean, abc, receivers, heads, a.batch_heads, progress=True)
+        return path_patching.path_patch(model, clean, abc, receivers, heads, a.batch_heads, progress=True)
 
     fast, t_fast = _timed(lambda: fast_on(senders))
     print(f"fast      {t_fast:9.2f} s", flush=True)
-    ref, t_ref = _timed(lambda: patching.path_patch_reference(model, clean, abc, receivers, senders, progress=True))
+    ref, t_ref = _timed(lambda: path_patching.path_patch_reference(model, clean, abc, receivers, senders,
+                                                                  progress=True))
     print(f"reference {t_ref:9.2f} s", flush=True)
     diff = (fast - ref).abs().max().item()
     result = {"model": a.model, "n": a.n, "seq": clean.tokens.shape[1], "receivers": what, "senders": len(senders),
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         result.update(fast_all_s=t_all, reference_all_estimate_s=est, speedup_all_estimate=est / t_all)
         print(f"fast, all {len(every)} senders {t_all:.2f} s; reference estimated at {est:.0f} s "
               f"({t_ref / len(senders):.2f} s per sender): speedup ~{est / t_all:.0f} x")
-    top = sorted(patching.all_heads(model), key=lambda h: fast[h].item())[:5]
+    top = sorted(scoring.all_heads(model), key=lambda h: fast[h].item())[:5]
     result["most_negative"] = {f"{l}.{h}": round(fast[l, h].item(), 4) for l, h in top}
     print("most negative effects:", ", ".join(f"{k} {v:+.3f}" for k, v in result["most_negative"].items()))
     if a.json:

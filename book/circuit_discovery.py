@@ -58,7 +58,8 @@ import torch
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from ioi_utils import attribution, circuits, claims, display as views, patching, plotting, results, study
+from ioi_utils import attribution, circuits, claims, display as views, plotting, results, study
+from ioi_utils.mechanisms import activation_patching, knockouts
 
 thresholds = circuits.Thresholds()
 setup = study.setup(profile, model_name, n_prompts, n_eval, seed, device, n_discovery=n_discovery,
@@ -317,7 +318,7 @@ glue("union_faith", 100 * union_faith.ratio, display=False)
 
 # %%
 candidates = [(l, h) for l, h in (subset.maps["attribution"].abs() >= 0.05).nonzero().tolist()]
-single = results.memo("single_head_effects", lambda: patching.activation_patch_heads(
+single = results.memo("single_head_effects", lambda: activation_patching.activation_patch_heads(
     s.model, s.test, s.abc, heads=candidates, progress=False), s.model, data=s.test.fingerprint(), heads=candidates)
 outside = circuits.strong_heads_outside(single, circuit, share=0.1)
 inside = [(h, float(single[h])) for h in candidates if h in circuit.heads and abs(float(single[h])) >= 0.1]
@@ -339,11 +340,11 @@ _ = claims.check("every head with a single-head effect >= 10% of F(M) is in the 
 # output, or a third of them, by its per-template ABC mean shows how much the heads depend on them:
 
 # %%
-mlp = results.memo("mlp_knockout", lambda: attribution.mlp_knockout(s.model, s.test, s.abc, progress=False), s.model,
+mlp = results.memo("mlp_knockout", lambda: knockouts.mlp_knockout(s.model, s.test, s.abc, progress=False), s.model,
                    data=s.test.fingerprint())
 n_l = s.model.cfg.n_layers
-thirds = attribution.layer_groups(n_l, 3)
-groups = results.memo("mlp_group_knockout", lambda: attribution.mlp_knockout(s.model, s.test, s.abc, groups=thirds),
+thirds = knockouts.layer_groups(n_l, 3)
+groups = results.memo("mlp_group_knockout", lambda: knockouts.mlp_knockout(s.model, s.test, s.abc, groups=thirds),
                       s.model, data=s.test.fingerprint(), groups=thirds)
 fig = plotting.bar_compare([str(l) for l in range(n_l)], {"logit diff with this MLP ablated": mlp.tolist()},
                            "MLP knockouts (one layer at a time)", "logit difference", xlabel="MLP layer ablated",

@@ -20,7 +20,8 @@ import random
 
 import torch
 
-from . import attribution, circuits, data, evaluate, metrics, patching, results
+from . import attribution, circuits, data, evaluate, metrics, results
+from .mechanisms import activation_patching, path_patching, scoring
 
 
 def discover_cached(study: "Study", model, tag: str, thresholds: circuits.Thresholds = circuits.Thresholds(),
@@ -195,21 +196,21 @@ def logit_diff_change_interval(after: dict, before: dict) -> tuple[float, float]
     return metrics.bootstrap_ci(after["logit_diff_per_prompt"] - before["logit_diff_per_prompt"])
 
 
-def query_signal(model, ds: data.IOIDataset, abc: data.IOIDataset, movers, senders) -> patching.PathPatchPrompts:
+def query_signal(model, ds: data.IOIDataset, abc: data.IOIDataset, movers, senders) -> path_patching.PathPatchPrompts:
     """Path patching from `senders` into the queries at END of `movers` in `model` (Wang et al.'s S-Inhibition
     step), per prompt, memoised: how much each sender's signal into the movers' queries carries the logit diff."""
-    r = patching.Receivers(tuple(tuple(h) for h in movers), "q", "END")
+    r = scoring.Receivers(tuple(tuple(h) for h in movers), "q", "END")
 
     def compute() -> dict:
-        pp = patching.path_patch_prompts(model, ds, abc, r, senders=list(senders))
+        pp = path_patching.path_patch_prompts(model, ds, abc, r, senders=list(senders))
         return {"clean": pp.clean, "patched": pp.patched, "senders": [list(h) for h in pp.senders]}
 
     out = results.memo("query_signal", compute, model, data=ds.fingerprint(), movers=sorted(map(list, movers)),
                        senders=sorted(map(list, senders)))
-    return patching.PathPatchPrompts(out["clean"], out["patched"], tuple(tuple(h) for h in out["senders"]))
+    return path_patching.PathPatchPrompts(out["clean"], out["patched"], tuple(tuple(h) for h in out["senders"]))
 
 
-def signal_change(before: patching.PathPatchPrompts, after: patching.PathPatchPrompts, heads,
+def signal_change(before: path_patching.PathPatchPrompts, after: path_patching.PathPatchPrompts, heads,
                   n_boot: int = 1000, seed: int = 0) -> tuple[tuple[float, float], tuple[float, float]]:
     """Summed relative path-patching effect of `heads` in two models on the same prompts: ((before, after),
     95% paired bootstrap interval of after minus before)."""
@@ -232,10 +233,10 @@ def cmap_subset(ds: data.IOIDataset, n: int) -> data.IOIDataset:
 
 def cmap_cached(model_x, model_y, ds: data.IOIDataset, kind: str, heads=None, tags: tuple[str, str] = ("", ""),
                 per_prompt: bool = False) -> torch.Tensor:
-    """patching.cmap(model_x -> model_y) memoised by both models' weights (model_y's in the key, model_x's
+    """activation_patching.cmap(model_x -> model_y) memoised by both models' weights (model_y's in the key, model_x's
     fingerprint in the extra key): the map [L, H], or each prompt's [n, L, H] (per_prompt; one memo serves both)."""
-    effects = results.memo("cmap_per_prompt", lambda: patching.cmap(model_x, model_y, ds, kind, heads=heads,
-                                                                      per_prompt=True), model_y,
+    effects = results.memo("cmap_per_prompt", lambda: activation_patching.cmap(model_x, model_y, ds, kind, heads=heads,
+                                                                                 per_prompt=True), model_y,
                            source=results.model_fingerprint(model_x), data=ds.fingerprint(), kind=kind,
                            heads=None if heads is None else sorted(map(list, heads)), tags=list(tags))
     return effects if per_prompt else effects.mean(0)
@@ -260,7 +261,8 @@ def gain_share(model_x, model_y, ds: data.IOIDataset, circuit: circuits.Circuit)
     if not circuit.heads:
         return float("nan")
     ld_x, ld_y = evaluate.evaluate(model_x, ds).logit_diff, evaluate.evaluate(model_y, ds).logit_diff
-    return _gap_share(patching.cmap_group(model_x, model_y, ds, circuit.heads, positions=circuit.positions()), ld_x, ld_y)
+    return _gap_share(activation_patching.cmap_group(model_x, model_y, ds, circuit.heads,
+                                                     positions=circuit.positions()), ld_x, ld_y)
 
 
 def _share_of_gap(patched: torch.Tensor, ld_x: torch.Tensor, ld_y: torch.Tensor) -> torch.Tensor:
@@ -274,7 +276,8 @@ def gain_share_interval(model_x, model_y, ds: data.IOIDataset, circuit: circuits
     if not circuit.heads:
         return float("nan"), float("nan")
     ld_x, ld_y = evaluate.evaluate(model_x, ds).per_prompt, evaluate.evaluate(model_y, ds).per_prompt
-    patched = patching.cmap_group(model_x, model_y, ds, circuit.heads, positions=circuit.positions(), per_prompt=True)
+    patched = activation_patching.cmap_group(model_x, model_y, ds, circuit.heads, positions=circuit.positions(),
+                                             per_prompt=True)
     return metrics.bootstrap_ci((patched, ld_x, ld_y), _share_of_gap, n_boot=n_boot)
 
 
@@ -282,7 +285,7 @@ def gain_share_ceiling(model_x, model_y, ds: data.IOIDataset) -> float:
     """gain_share of every head at every position: the most z-patching can carry (it cannot carry changes of
     W_O, the MLPs or the embeddings)."""
     ld_x, ld_y = evaluate.evaluate(model_x, ds).logit_diff, evaluate.evaluate(model_y, ds).logit_diff
-    return _gap_share(patching.cmap_group(model_x, model_y, ds, patching.all_heads(model_y)), ld_x, ld_y)
+    return _gap_share(activation_patching.cmap_group(model_x, model_y, ds, scoring.all_heads(model_y)), ld_x, ld_y)
 
 
 def localization(effects, heads) -> float:

@@ -1,6 +1,6 @@
-"""Direct logit attribution, attention readouts, OV projections and MLP knockouts of IOI prompts.
+"""Direct logit attribution, attention readouts and OV projections of IOI prompts.
 
-Read-outs of one forward pass, no patching (for interventions see `patching`):
+Read-outs of one forward pass, no patching (for interventions, MLP knockouts among them, see `mechanisms`):
 
 - Direct logit attribution (DLA): the residual stream at END is a sum of components (embeddings, each head's
   z @ W_O, each MLP's output, biases). Through the final norm, frozen at its cached scale, each component's
@@ -11,19 +11,16 @@ Read-outs of one forward pass, no patching (for interventions see `patching`):
 - Attention readouts: mean attention from one role position to another (`attention_to`: END -> IO, END -> S2,
   ...), previous-token, duplicate-token and induction scores ([L, H]), Wang's class signatures.
 - OV copy scores (`ov_copy_scores`): whether a head's OV circuit alone copies a name to the top of the logits.
-- MLP knockout (`mlp_knockout`): an MLP's output replaced by its per-template mean over p_ABC
-  (`patching.template_means`, the heads' knockout applied to hook_mlp_out), the logit difference re-measured.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping
 
 import torch
 from tqdm.auto import tqdm
 
-from . import patching
 from .data import IOIDataset
 
 Head = tuple[int, int]  # (layer, query head)
@@ -399,66 +396,4 @@ def ov_copy_scores(model, ds: IOIDataset, k: int = 5, batch_size: int = 32) -> d
         pos = model.ln_final(o) @ model.W_U  # [2b, H, vocab], without b_U
         for key, logits in (("positive", pos + b_u), ("negative", bias - pos + b_u)):
             out[key][l] = (logits.topk(k, -1).indices == names).any(-1).float().mean(0).cpu()
-    return out
-
-
-# ---------------------------------------------------------------- MLP knockout
-
-
-def _means_for(means: torch.Tensor, ds: IOIDataset) -> torch.Tensor:
-    """Per-prompt rows of per-template means, padded/cut to ds's width: [batch, seq, d_model]."""
-    rows = means[ds.template_ids]  # [b, s_abc, d]
-    width = ds.tokens.shape[1]
-    if rows.shape[1] < width:
-        rows = torch.cat([rows, rows.new_zeros(len(ds), width - rows.shape[1], rows.shape[2])], 1)
-    rows = rows[:, :width]
-    live = torch.arange(width)[None, :] <= ds.positions["END"][:, None]
-    if rows[live].isnan().any():
-        raise ValueError("the ABC dataset lacks some templates of the clean dataset (or is shorter)")
-    return rows
-
-
-@torch.no_grad()
-def full_logit_diff(model, ds: IOIDataset, batch_size: int = 32, fwd_hooks=()) -> float:
-    """Mean logit(IO) - logit(S) at END (or the dataset's own score), batched, optionally under hooks
-    (name, fn(act, hook, rows)); the forward stops at the final residual (patching.hooked_logit_diff)."""
-    total = 0.0
-    for start in range(0, len(ds), batch_size):
-        rows = slice(start, start + batch_size)
-        hooks = [(n, lambda a, hook, f=f, r=rows: f(a, hook, r)) for n, f in fwd_hooks]
-        total += patching.hooked_logit_diff(model, ds[rows], hooks).sum().item()
-    return total / len(ds)
-
-
-def layer_groups(n_layers: int, k: int = 3) -> list[list[int]]:
-    """0..n_layers-1 in k consecutive groups as equal as possible (empty groups dropped)."""
-    bounds = [round(i * n_layers / k) for i in range(k + 1)]
-    return [list(range(a, b)) for a, b in zip(bounds, bounds[1:]) if b > a]
-
-
-def mlp_knockout(model, clean: IOIDataset, abc: IOIDataset, means: Mapping[int, torch.Tensor] | None = None,
-                 batch_size: int = 32, progress: bool = False,
-                 groups: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
-    """[n_groups] mean logit diff on clean when the MLPs of a group of layers (default: each layer alone) have
-    their output (blocks.{l}.hook_mlp_out, every position) replaced by its per-template mean over abc.
-    The unablated value is full_logit_diff(model, clean)."""
-    if means is None:
-        means = patching.template_means(model, abc, batch_size, hook="hook_mlp_out", per_template=True)
-    if set(means) != set(range(model.cfg.n_layers)):
-        raise ValueError("means must map every layer 0..n_layers-1 to [n_templates, seq, d_model]")
-    groups = [[l] for l in range(model.cfg.n_layers)] if groups is None else [list(g) for g in groups]
-    bad = [l for g in groups for l in g if not 0 <= l < model.cfg.n_layers]
-    if bad:
-        raise ValueError(f"MLP layers {bad} do not exist in a model with {model.cfg.n_layers} layers")
-    dev, out = _device(model), torch.zeros(len(groups))
-    for i, group in enumerate(tqdm(groups, desc="MLP knockout", disable=not progress, leave=False)):
-        hooks = []
-        for l in group:
-            rows_all = _means_for(means[l], clean).to(dev)
-
-            def ablate(act, hook, rows, m=rows_all):
-                return m[rows, : act.shape[1]].to(act.dtype)  # a batch may be cut to its longest prompt
-
-            hooks.append((f"blocks.{l}.hook_mlp_out", ablate))
-        out[i] = full_logit_diff(model, clean, batch_size, hooks)
     return out

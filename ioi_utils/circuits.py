@@ -25,7 +25,7 @@ much that set depends on the prompts (stability selection, Meinshausen & Bühlma
 
 Heads are kept at every position (our choice: the class positions of Wang's convention are a GPT-2 finding);
 `Circuit.everywhere` says so. MLPs are never ablated (Wang's convention); their role is measured separately
-(`attribution.mlp_knockout`). Fine-tuned checkpoints are compared with the base circuit by `containment` and
+(`knockouts.mlp_knockout`). Fine-tuned checkpoints are compared with the base circuit by `containment` and
 head by head by `role_transitions`.
 """
 
@@ -40,8 +40,9 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import attribution, data, metrics, patching, results
-from .patching import Head, Receivers, all_heads
+from . import attribution, data, metrics, results
+from .mechanisms import knockout_attribution, knockouts, path_patching, scoring
+from .mechanisms.scoring import Head, Receivers, all_heads
 
 CLASSES: dict[str, str] = {
     "NM": "Name Mover", "SS": "S-Suppression", "DW": "Direct Writer", "NNM": "Negative Name Mover",
@@ -70,7 +71,7 @@ DIRECT_CLASSES = ("NM", "SS", "DW", "NNM", "NSS", "NDW")
 # OTH everywhere). Discovered circuits keep every head at every position (Circuit.everywhere).
 CLASS_POSITIONS: dict[str, tuple[str, ...]] = {
     "NM": ("END",), "SS": ("END",), "DW": ("END",), "NNM": ("END",), "NSS": ("END",), "NDW": ("END",),
-    "BNM": ("END",), "SIN": ("END",), "IND": ("S2",), "DT": ("S2",), "PT": ("S1+1",), "OTH": patching.ALL_POSITIONS,
+    "BNM": ("END",), "SIN": ("END",), "IND": ("S2",), "DT": ("S2",), "PT": ("S1+1",), "OTH": knockouts.ALL_POSITIONS,
 }
 
 
@@ -100,7 +101,7 @@ class Circuit:
     def positions(self) -> dict[Head, tuple[str, ...]]:
         """Head -> positions it keeps in a knockout (union over its classes; every position if everywhere)."""
         if self.everywhere:
-            return {h: patching.ALL_POSITIONS for h in self.heads}
+            return {h: knockouts.ALL_POSITIONS for h in self.heads}
         out: dict[Head, set[str]] = {}
         for c, hs in self.classes.items():
             for h in hs:
@@ -201,7 +202,7 @@ class Discovery:
 
 def _measure(model, clean, abc, means, heads: Sequence[Head], f_m: float) -> float:
     """F(C)/F(M) of a head set kept at every position (exact, forward only)."""
-    ld = patching.circuit_logit_diff(model, clean, abc, {h: patching.ALL_POSITIONS for h in heads}, means)
+    ld = knockouts.circuit_logit_diff(model, clean, abc, {h: knockouts.ALL_POSITIONS for h in heads}, means)
     return ld / f_m
 
 
@@ -227,11 +228,11 @@ def admit(model, clean: data.IOIDataset, abc: data.IOIDataset, t: Thresholds = T
     re-rank within it and repeat until it no longer shrinks (at most search_rounds times). Returns (heads, trace, attribution of every
     head in the whole model [n_layers, n_heads], F(M)).
     """
-    means = patching.template_means(model, abc)
+    means = knockouts.template_means(model, abc)
     keep, trace, first, f_m, rounds = sorted(all_heads(model)), [], None, None, 0
     bar = tqdm(desc="discovery: pruning heads", disable=not progress, leave=False, file=sys.stderr)
     while True:
-        ld, attr = patching.knockout_attribution(model, clean, means, keep)
+        ld, attr = knockout_attribution.knockout_attribution(model, clean, means, keep)
         f = ld.mean().item()
         if f_m is None:
             if abs(f) < 1e-6:
@@ -277,7 +278,7 @@ def stable_core(frequencies: Sequence[torch.Tensor], share: float = 0.8) -> list
     return [(l, h) for l, h in torch.nonzero(least >= share).tolist()]
 
 
-def _significant(pp: patching.PathPatchPrompts, threshold: float, among: Sequence[Head], t: Thresholds,
+def _significant(pp: path_patching.PathPatchPrompts, threshold: float, among: Sequence[Head], t: Thresholds,
                  step: str, evidence: dict[Head, dict]) -> list[Head]:
     """Heads of `among` whose path-patching effect is at least `threshold` in size, in either direction, with a
     bootstrap interval (t.level) that excludes 0; each one's evidence recorded under `step`. Largest first."""
@@ -333,7 +334,7 @@ def _backups(maps: dict[str, torch.Tensor], heads: Sequence[Head], f_m: float, t
 
 def _step(model, clean, abc, receivers, among, threshold, t, name, evidence, maps, progress) -> list[Head]:
     """One path-patching step from the heads `among` into `receivers`: the significant senders (both signs)."""
-    pp = patching.path_patch_prompts(model, clean, abc, receivers, senders=among, progress=progress)
+    pp = path_patching.path_patch_prompts(model, clean, abc, receivers, senders=among, progress=progress)
     maps[name] = pp.effect()
     return _significant(pp, threshold, among, t, name, evidence)
 
@@ -353,29 +354,29 @@ def describe(model, clean: data.IOIDataset, abc: data.IOIDataset, heads: Sequenc
     A head found by a step whose rule does not fit is Other, with its evidence. Returns (circuit kept at every
     position, maps [n_layers, n_heads] by name, evidence by head).
     """
-    heads = sorted(tuple(h) for h in (heads if heads is not None else patching.all_heads(model)))
+    heads = sorted(tuple(h) for h in (heads if heads is not None else scoring.all_heads(model)))
     maps, ev = _readouts(model, clean), {}
     run = lambda r, among, thr, name: _step(model, clean, abc, r, among, thr, t, name, ev, maps, progress)  # noqa: E731
-    direct = run(patching.LOGITS, heads, t.direct, "direct")
+    direct = run(scoring.LOGITS, heads, t.direct, "direct")
     c = {x: [] for x in CLASSES} | _classify_direct(maps, direct, ev, t)
-    f_m = patching.hooked_logit_diff(model, clean).mean().item()
+    f_m = scoring.hooked_logit_diff(model, clean).mean().item()
     rest = lambda: [h for h in heads if h not in ev]  # noqa: E731
     c["BNM"] = _backups(maps, rest(), f_m, t)
     for h in c["BNM"]:
         ev[h] = {"step": "backup", "effect": float(maps["direct"][h]), "interval": None}
     movers = [h for k in DIRECT_CLASSES for h in c[k]]  # every direct head, of either sign
     if movers and rest():
-        found = run(patching.Receivers(tuple(movers), "q", "END"), rest(), t.s_inhibition, "to_movers_q")
+        found = run(scoring.Receivers(tuple(movers), "q", "END"), rest(), t.s_inhibition, "to_movers_q")
         c["SIN"] = [h for h in found if maps["attn_end_s2"][h] >= t.s_inhibition_attention]
         c["OTH"] += [h for h in found if h not in c["SIN"]]
     readers = c["SIN"] + c["SS"] + c["NSS"]  # heads that read S from END: S-Inhibition, S-Suppression (either sign)
     if readers and rest():
-        found = run(patching.Receivers(tuple(readers), "kv", "S2"), rest(), t.duplicate_induction, "to_s2_readers_kv")
+        found = run(scoring.Receivers(tuple(readers), "kv", "S2"), rest(), t.duplicate_induction, "to_s2_readers_kv")
         c["DT"] = [h for h in found if maps["duplicate_token"][h] >= maps["induction"][h]]
         c["IND"] = [h for h in found if maps["duplicate_token"][h] < maps["induction"][h]]
     attends_previous = [h for h in rest() if maps["previous_token"][h] >= t.previous_token_attention]
     if c["IND"] and attends_previous:  # senders: heads that attend S1+1 -> S1 (the only ones this step can name)
-        c["PT"] = run(patching.Receivers(tuple(c["IND"]), "k", "S1+1"), attends_previous, t.previous_token, "to_ind_k")
+        c["PT"] = run(scoring.Receivers(tuple(c["IND"]), "k", "S1+1"), attends_previous, t.previous_token, "to_ind_k")
     circuit = Circuit(c, everywhere=True)
     for h in circuit.heads:
         ev[h] |= {"class": circuit.class_of(h), "attends": attends(maps, h, t), "dla": float(maps["dla"][h]),
@@ -489,41 +490,41 @@ class Faithfulness:
 def _model_minus(model, heads: Sequence[Head]) -> dict[Head, tuple[str, ...]]:
     """A knockout spec keeping every head at every position except `heads` (M \\ K)."""
     drop = {tuple(h) for h in heads}
-    return {h: patching.ALL_POSITIONS for h in all_heads(model) if h not in drop}
+    return {h: knockouts.ALL_POSITIONS for h in all_heads(model) if h not in drop}
 
 
 def faithfulness(model, clean, abc, circuit: Circuit, means=None) -> Faithfulness:
     """Mean-ablation faithfulness of a circuit: F(C) with everything outside it ablated vs F(M)."""
     circuit.validate(model.cfg.n_layers, model.cfg.n_heads)
-    means = means if means is not None else patching.template_means(model, abc)
-    f_m = patching.circuit_logit_diff(model, clean, abc, _model_minus(model, []), means, per_prompt=True)
-    f_c = patching.circuit_logit_diff(model, clean, abc, circuit.positions(), means, per_prompt=True)
+    means = means if means is not None else knockouts.template_means(model, abc)
+    f_m = knockouts.circuit_logit_diff(model, clean, abc, _model_minus(model, []), means, per_prompt=True)
+    f_c = knockouts.circuit_logit_diff(model, clean, abc, circuit.positions(), means, per_prompt=True)
     return Faithfulness(f_m.mean().item(), f_c.mean().item(), f_m, f_c)
 
 
 def faithfulness_curve(model, clean, abc, ranked: Sequence[Head], means=None) -> list[dict]:
     """F(C)/F(M) of the first k heads of `ranked` (kept at every position), for k = 0..len(ranked): how
     faithfulness builds up as heads are added in order of their effect. One knockout forward per k."""
-    means = means if means is not None else patching.template_means(model, abc)
-    f_m = patching.circuit_logit_diff(model, clean, abc, _model_minus(model, []), means)
+    means = means if means is not None else knockouts.template_means(model, abc)
+    f_m = knockouts.circuit_logit_diff(model, clean, abc, _model_minus(model, []), means)
     out = []
     for k in range(len(ranked) + 1):
-        f_c = patching.circuit_logit_diff(model, clean, abc, {h: patching.ALL_POSITIONS for h in ranked[:k]}, means)
+        f_c = knockouts.circuit_logit_diff(model, clean, abc, {h: knockouts.ALL_POSITIONS for h in ranked[:k]}, means)
         out.append({"heads": k, "added": tuple(ranked[k - 1]) if k else None, "faithfulness": f_c / f_m})
     return out
 
 
 def completeness(model, clean, abc, circuit: Circuit, n_random: int = 3, seed: int = 0, means=None) -> list[dict]:
     """Wang's completeness check: for sets K (each class, the empty set, random halves), F(C\\K) vs F(M\\K)."""
-    means = means if means is not None else patching.template_means(model, abc)
+    means = means if means is not None else knockouts.template_means(model, abc)
     rng = random.Random(seed)
     sets = {"empty": []} | {c: hs for c, hs in circuit.classes.items() if hs}
     for i in range(n_random):
         sets[f"random half {i + 1}"] = [h for h in circuit.heads if rng.random() < 0.5]
     rows = []
     for name, k in sets.items():
-        f_c = patching.circuit_logit_diff(model, clean, abc, circuit.without(k).positions(), means)
-        f_m = patching.circuit_logit_diff(model, clean, abc, _model_minus(model, k), means)
+        f_c = knockouts.circuit_logit_diff(model, clean, abc, circuit.without(k).positions(), means)
+        f_m = knockouts.circuit_logit_diff(model, clean, abc, _model_minus(model, k), means)
         rows.append({"K": name, "heads": len(k), "F(C\\K)": f_c, "F(M\\K)": f_m, "gap": abs(f_c - f_m)})
     return rows
 
@@ -533,14 +534,15 @@ def minimality(model, clean, abc, circuit: Circuit, threshold: float = 0.01, mea
 
     A head passes when that score is at least `threshold` x |F(M)| (Wang et al. use 1%).
     """
-    means = means if means is not None else patching.template_means(model, abc)
-    f_m = patching.circuit_logit_diff(model, clean, abc, _model_minus(model, []), means)
+    means = means if means is not None else knockouts.template_means(model, abc)
+    f_m = knockouts.circuit_logit_diff(model, clean, abc, _model_minus(model, []), means)
     out = {}
     for c, hs in circuit.classes.items():
-        without_class = patching.circuit_logit_diff(model, clean, abc, circuit.without(hs).positions(), means) if hs else 0.0
+        without_class = (knockouts.circuit_logit_diff(model, clean, abc, circuit.without(hs).positions(), means)
+                         if hs else 0.0)
         for v in hs:  # K ∪ {v} is the whole class: one forward per class serves every v
-            with_v = patching.circuit_logit_diff(model, clean, abc, circuit.without([h for h in hs if h != v]).positions(),
-                                                 means)
+            with_v = knockouts.circuit_logit_diff(model, clean, abc,
+                                                  circuit.without([h for h in hs if h != v]).positions(), means)
             score = abs(with_v - without_class)
             out[v] = {"class": c, "score": score, "relative": score / abs(f_m), "passes": score >= threshold * abs(f_m)}
     return out

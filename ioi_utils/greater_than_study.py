@@ -9,9 +9,10 @@ from typing import Sequence
 
 import torch
 
-from . import attribution, circuits, metrics, models, patching, results, training
+from . import attribution, circuits, metrics, models, results, training
 from .circuits import circuit_of  # noqa: F401  (the chapter calls gt.circuit_of: IOI's classes do not apply)
 from .greater_than import TASK, GreaterThanDataset, corrupt, make_gt_dataset, split
+from .mechanisms import activation_patching, knockouts
 
 
 TOXIC_DATASET = "earlier-year"  # the toxic run the chapter trains (book/greater_than.py: dataset="earlier-year")
@@ -115,11 +116,13 @@ def head_readouts(st: GTStudy, model, n: int) -> dict:
 
 def mlp_knockout(st: GTStudy, model, n: int) -> torch.Tensor:
     """[n_layers] mean probability difference with one layer's MLP mean-ablated to its "01"-twin mean (n prompts)."""
-    return results.memo("gt_mlp_knockout", lambda: attribution.mlp_knockout(model, st.test[:n], st.test01[:n]),
+    return results.memo("gt_mlp_knockout", lambda: knockouts.mlp_knockout(model, st.test[:n], st.test01[:n]),
                         model, model_name=st.model_name, data=st.test[:n].fingerprint())
 
 
 def cmap_effects(st: GTStudy, model_x, model_y, n: int, tags: tuple[str, str]) -> torch.Tensor:
-    """[L, H] first-order CMAP (patching.cmap_attribution) of model_x's head outputs into model_y, n prompts."""
-    return results.memo("gt_cmap_attribution", lambda: patching.cmap_attribution(model_x, model_y, st.test[:n]),
+    """[L, H] first-order CMAP (activation_patching.cmap_attribution) of model_x's head outputs into model_y, n
+    prompts."""
+    return results.memo("gt_cmap_attribution",
+                        lambda: activation_patching.cmap_attribution(model_x, model_y, st.test[:n]),
                         model_y, model_name=st.model_name, x=tags[0], y=tags[1], data=st.test[:n].fingerprint())

@@ -306,13 +306,21 @@ def key_of(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def sources_hash(folder: str | Path) -> str:
+    """A short hash of every .py file under a folder, subfolders included: each file's path relative to the
+    folder (POSIX form) and its content, in the sorted order of those paths."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for rel, p in sorted((p.relative_to(folder).as_posix(), p) for p in folder.rglob("*.py")):
+        h.update(rel.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """A short hash of the package's Python sources (every ioi_utils/*.py, by name and content)."""
-    h = hashlib.sha256()
-    for p in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+    """A short hash of the package's Python sources (every .py under ioi_utils/, subpackages included, by path
+    and content): memo keys and execution ids hold it."""
+    return sources_hash(Path(__file__).resolve().parent)
 
 
 @torch.no_grad()

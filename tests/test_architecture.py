@@ -1,7 +1,7 @@
 """The package's imports flow one way (data -> models -> ... -> chapters' layer -> command lines).
 
 The module import graph is built with `ast` from the sources, function-level imports included, and must be a
-DAG. No function may import a module of the package (a function-level import is how a cycle hides); the only
+DAG. Modules of subpackages are nodes of their own ('mechanisms.scoring'; a subpackage's __init__ is 'mechanisms'). No function may import a module of the package (a function-level import is how a cycle hides); the only
 imports left inside functions are optional heavy third-party packages, listed in LAZY_THIRD_PARTY.
 
 Code under `if __name__ == "__main__":` is left out of the graph: it runs only when the module is the script
@@ -45,39 +45,86 @@ def _imports(tree: ast.Module):
     yield from walk(tree, False)
 
 
-def _targets(node: ast.Import | ast.ImportFrom, modules: set[str]) -> set[str]:
-    """The package's modules an import statement loads ('__init__' for the package itself)."""
+def _modules(package: Path) -> tuple[dict[str, Path], set[str]]:
+    """(module name -> its file, the subpackages) of a package, subpackages included. A module is named by its
+    path in the package, dotted ('circuits', 'mechanisms.scoring'); a subpackage's __init__.py by the
+    subpackage ('mechanisms'); the package's own __init__.py is '__init__'."""
+    files: dict[str, Path] = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package).with_suffix("").parts
+        if any(not part.isidentifier() for part in parts):
+            continue  # not importable as a module of the package
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        files[".".join(parts)] = path
+    packages = {m for m, path in files.items() if path.name == "__init__.py" and m != "__init__"}
+    return files, packages
+
+
+def _package_of(module: str, packages: set[str]) -> list[str]:
+    """The package a module belongs to, as parts ([] for the top-level package): what `from . import` means."""
+    if module == "__init__":
+        return []
+    parts = module.split(".")
+    return parts if module in packages else parts[:-1]
+
+
+def _targets(node: ast.Import | ast.ImportFrom, modules: set[str], packages: set[str] = frozenset(),
+             importer: str = "") -> set[str]:
+    """The package's modules an import statement in module `importer` loads ('__init__' for the package itself).
+
+    A subpackage's __init__ is loaded by any import of a module under it, except where the importer is under it
+    too (its package is then already being imported)."""
+    own = _package_of(importer, packages)
+
+    def name(parts: list[str]) -> str:
+        return ".".join(parts) or "__init__"
+
+    def loaded(parts: list[str]) -> set[str]:
+        """A module (or subpackage) and the subpackages it is imported through, but the importer's own."""
+        through = {name(parts[:i]) for i in range(1, len(parts)) if name(parts[:i]) in packages}
+        return {m for m in through | ({name(parts)} & modules) if m.split(".") != own[: len(m.split("."))]}
+
     if isinstance(node, ast.Import):
-        names = [a.name for a in node.names]
-        return {n.split(".")[1] for n in names if n.startswith("ioi_utils.") and n.split(".")[1] in modules} | (
-            {"__init__"} if "ioi_utils" in names else set())
+        out: set[str] = set()
+        for a in node.names:
+            parts = a.name.split(".")
+            if parts[0] == "ioi_utils":
+                out |= loaded(parts[1:]) if len(parts) > 1 else {"__init__"}
+        return out
     if node.level == 0:
-        mod = node.module or ""
-        if mod == "ioi_utils":
-            return {a.name for a in node.names if a.name in modules} | {"__init__"}
-        return {mod.split(".")[1]} if mod.startswith("ioi_utils.") else set()
-    if node.level != 1:
-        raise AssertionError(f"relative import above the package: {ast.unparse(node)}")
-    if node.module:  # from .x import y
-        return {node.module.split(".")[0]}
-    return {a.name if a.name in modules else "__init__" for a in node.names}  # from . import x / __version__
+        parts = (node.module or "").split(".")
+        if parts[0] != "ioi_utils":
+            return set()
+        base = parts[1:]
+    else:
+        if node.level - 1 > len(own):
+            raise AssertionError(f"relative import above the package: {ast.unparse(node)}")
+        base = own[: len(own) - (node.level - 1)] + (node.module.split(".") if node.module else [])
+    out = loaded(base) if (node.module or node.level == 0) else set()
+    if node.level == 0 and not base:
+        out.add("__init__")  # from ioi_utils import x
+    for a in node.names:  # from base import x: the module x, or a name the module `base` defines
+        out |= loaded(base + [a.name]) if name(base + [a.name]) in modules else {name(base)}
+    return out
 
 
 def import_graph(package: Path = PACKAGE) -> tuple[dict[str, set[str]], list[str]]:
     """(module -> the package's modules it imports, function-level imports that are not allowed)."""
-    modules = {p.stem for p in package.glob("*.py")}
+    files, packages = _modules(package)
+    modules = set(files)
     graph: dict[str, set[str]] = {}
     bad: list[str] = []
     for m in sorted(modules):
-        tree = ast.parse((package / f"{m}.py").read_text())
+        tree = ast.parse(files[m].read_text())
         graph[m] = set()
         for node, in_function in _imports(tree):
-            targets = _targets(node, modules)
+            targets = _targets(node, modules, packages, m)
             graph[m] |= targets
             if in_function:
                 top = (node.names[0].name if isinstance(node, ast.Import) else node.module or "").split(".")[0]
                 if targets or getattr(node, "level", 0) > 0 or top not in LAZY_THIRD_PARTY:
-                    bad.append(f"{m}.py:{node.lineno}: {ast.unparse(node)}")
+                    bad.append(f"{files[m].relative_to(package).as_posix()}:{node.lineno}: {ast.unparse(node)}")
     return graph, bad
 
 
@@ -104,9 +151,15 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+MECHANISMS = ["mechanisms.scoring", "mechanisms.path_patching_window", "mechanisms.path_patching",
+              "mechanisms.knockouts", "mechanisms.knockout_attribution", "mechanisms.activation_patching"]
+
+
 def test_the_package_import_graph_is_a_dag():
     graph, _ = import_graph()
-    assert {"data", "models", "circuits", "study", "analyses", "training", "runs"} <= set(graph)
+    assert {"data", "models", "circuits", "study", "analyses", "training", "runs", "mechanisms", *MECHANISMS} <= set(graph)
+    assert {"mechanisms.scoring", "mechanisms.path_patching_window"} <= graph["mechanisms.path_patching"]
+    assert {"mechanisms", "mechanisms.knockouts", "mechanisms.path_patching"} <= graph["circuits"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
@@ -117,7 +170,12 @@ def test_no_function_level_imports_of_the_package():
                     "LAZY_THIRD_PARTY):\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("lower, upper", [("data", "models"), ("models", "metrics"), ("patching", "circuits"),
+@pytest.mark.parametrize("lower, upper", [("data", "models"), ("models", "metrics"),
+                                          *[(m, "circuits") for m in MECHANISMS],
+                                          ("mechanisms.scoring", "mechanisms.path_patching_window"),
+                                          ("mechanisms.path_patching_window", "mechanisms.path_patching"),
+                                          ("mechanisms.knockouts", "mechanisms.activation_patching"),
+                                          ("mechanisms.knockout_attribution", "mechanisms.activation_patching"),
                                           ("attribution", "circuits"), ("circuits", "training"),
                                           ("runs", "training"), ("analyses", "study"), ("study", "circuits_cli")])
 def test_layers_import_downward(lower, upper):
@@ -141,6 +199,43 @@ def test_the_checker_sees_cycles_and_hidden_imports(tmp_path):
     assert find_cycle(graph) in (["a", "b", "a"], ["b", "a", "b"])
     assert bad == ["b.py:2: from .a import x"]
     assert graph["c"] == {"a"}  # the __main__ block is no import of the module
+
+
+def test_subpackages_are_one_module_per_file_and_their_imports_resolve(tmp_path):
+    """Every import form of a subpackage reaches the module it loads: from . import x / from .x import y inside
+    it, from ..x import y out of it, from ioi_utils.sub import x and import ioi_utils.sub.x from anywhere."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (tmp_path / "__init__.py").write_text('"""the package"""\n')
+    (tmp_path / "results.py").write_text("import json\n")
+    (tmp_path / "top.py").write_text("from .sub import scoring\nfrom .sub.paths import f\nimport ioi_utils.sub.paths\n")
+    (sub / "__init__.py").write_text('"""the subpackage: no re-exports"""\n')
+    (sub / "scoring.py").write_text("from ..results import z\n")
+    (sub / "paths.py").write_text("from . import scoring\nfrom .scoring import y\nfrom .. import results\n")
+    (sub / "other.py").write_text("from ioi_utils.sub import scoring\nfrom ioi_utils import top\n")
+    graph, bad = import_graph(tmp_path)
+    assert set(graph) == {"__init__", "results", "top", "sub", "sub.scoring", "sub.paths", "sub.other"}
+    assert graph["sub"] == set() and graph["sub.scoring"] == {"results"}
+    assert graph["sub.paths"] == {"sub.scoring", "results"}  # its own package is already being imported
+    assert graph["sub.other"] == {"sub.scoring", "top", "__init__"}
+    assert graph["top"] == {"sub", "sub.scoring", "sub.paths"}
+    assert find_cycle(graph) is None and bad == []
+    (sub / "scoring.py").write_text("def g():\n    from ..top import x\n    return x\n")  # a cycle through a function
+    graph, bad = import_graph(tmp_path)
+    cycle = find_cycle(graph)
+    assert cycle and cycle[0] == cycle[-1] and {"sub.scoring", "top"} <= set(cycle)
+    assert bad == ["sub/scoring.py:2: from ..top import x"]
+    (sub / "scoring.py").write_text("from ... import x\n")
+    with pytest.raises(AssertionError, match="above the package"):
+        import_graph(tmp_path)
+
+
+def test_subpackage_inits_export_nothing():
+    """A subpackage's __init__ is its docstring only (one door per room: import the module itself)."""
+    files, packages = _modules(PACKAGE)
+    for p in packages:
+        body = ast.parse(files[p].read_text()).body
+        assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), p
 
 
 def test_circuits_command_line_still_runs_as_a_module():

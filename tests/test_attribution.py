@@ -5,6 +5,7 @@ import torch
 
 from ioi_utils import attribution as A
 from ioi_utils import data, evaluate, models
+from ioi_utils.mechanisms import knockouts, scoring
 
 
 def _perturb(model, seed: int = 0) -> None:
@@ -179,15 +180,15 @@ def test_ov_copy_scores_are_shares(tiny):
 def test_mlp_knockout_with_own_means_is_the_clean_run(tiny):
     model, ds = tiny
     one_per_template = ds[sorted({int(t): i for i, t in reversed(list(enumerate(ds.template_ids)))}.values())]
-    full = A.full_logit_diff(model, one_per_template)
-    same = A.mlp_knockout(model, one_per_template, one_per_template)  # each template's mean is the prompt itself
+    full = scoring.full_logit_diff(model, one_per_template)
+    same = knockouts.mlp_knockout(model, one_per_template, one_per_template)  # each template's mean: the prompt itself
     torch.testing.assert_close(same, torch.full((2,), full), atol=1e-5, rtol=0)
 
 
 def test_mlp_knockout_matches_a_manual_hook(tiny):
     model, ds = tiny
     abc = data.make_abc_dataset(ds)
-    got = A.mlp_knockout(model, ds, abc, batch_size=5)
+    got = knockouts.mlp_knockout(model, ds, abc, batch_size=5)
     assert got.shape == (2,)
     layer = 1
     _, cache = model.run_with_cache(abc.tokens)
@@ -197,14 +198,14 @@ def test_mlp_knockout_matches_a_manual_hook(tiny):
     end = logits[torch.arange(len(ds)), ds.positions["END"]]
     want = (end[torch.arange(len(ds)), ds.io_tokens] - end[torch.arange(len(ds)), ds.s_tokens]).mean()
     torch.testing.assert_close(got[layer], want.detach(), atol=1e-5, rtol=0)
-    assert (got - A.full_logit_diff(model, ds)).abs().max() > 1e-4  # ablating does something here
+    assert (got - scoring.full_logit_diff(model, ds)).abs().max() > 1e-4  # ablating does something here
 
 
 def test_mlp_knockout_needs_every_template(tiny):
     model, ds = tiny
     other = ds[[i for i in range(len(ds)) if ds.template_ids[i] != ds.template_ids[0]]]
     with pytest.raises(ValueError, match="lacks some templates"):
-        A.mlp_knockout(model, ds, other)
+        knockouts.mlp_knockout(model, ds, other)
 
 
 @pytest.mark.slow

@@ -4,7 +4,8 @@ minimality checked against an independent, hand-rolled knockout (loops and plain
 import pytest
 import torch
 
-from ioi_utils import circuits as C, data, evaluate, models, patching as P
+from ioi_utils import circuits as C, data, evaluate, models
+from ioi_utils.mechanisms import knockout_attribution, knockouts, path_patching, scoring
 
 ATOL = 1e-6  # the tiny model's logit differences are ~1e-3; float32 error is ~1e-7
 APART = 5e-5  # two readings this far apart are told apart
@@ -35,7 +36,7 @@ class _Everywhere(C.Circuit):
     """A circuit that keeps every head of the model at every position."""
 
     def __init__(self, model):
-        super().__init__({"NM": P.all_heads(model)})
+        super().__init__({"NM": scoring.all_heads(model)})
 
     def positions(self):
         return {h: ("ALL",) for h in self.heads}
@@ -78,7 +79,7 @@ def _ld_by_hand(model, clean, means, keep: dict) -> float:
 
 def _everything_but(model, drop) -> dict:
     """Keep spec: every head at every position except `drop`."""
-    return {h: ("ALL",) for h in P.all_heads(model) if h not in drop}
+    return {h: ("ALL",) for h in scoring.all_heads(model) if h not in drop}
 
 
 def test_wang_reference_circuit():
@@ -122,7 +123,7 @@ def test_significance_keeps_both_signs_and_needs_an_interval_away_from_zero():
     patched[0, 1] += 0.4  # hurts: +10%
     patched[0, 2] += torch.linspace(-2, 2.2, 40)  # +1.25% on average, but the prompts disagree
     patched[0, 3] -= 0.04  # -1%: significant, but below the 2% threshold
-    pp = P.PathPatchPrompts(clean, patched, tuple((0, h) for h in range(4)))
+    pp = path_patching.PathPatchPrompts(clean, patched, tuple((0, h) for h in range(4)))
     evidence = {}
     kept = C._significant(pp, 0.02, [(0, h) for h in range(4)], C.Thresholds(), "direct", evidence)
     assert kept == [(0, 0), (0, 1)]  # largest first, either sign
@@ -139,19 +140,21 @@ def test_containment_and_role_transitions():
 
 def test_knockout_attribution_values_and_gradient(setup):
     model, clean, abc = setup
-    means = P.template_means(model, abc)
-    every = P.all_heads(model)
-    ld, grad = P.knockout_attribution(model, clean, means, every, batch_size=5)
+    means = knockouts.template_means(model, abc)
+    every = scoring.all_heads(model)
+    ld, grad = knockout_attribution.knockout_attribution(model, clean, means, every, batch_size=5)
     assert ld.shape == (len(clean),) and grad.shape == (2, 4)
-    assert ld.mean().item() == pytest.approx(P.circuit_logit_diff(model, clean, abc, {h: ("ALL",) for h in every}, means), abs=1e-6)
-    none, _ = P.knockout_attribution(model, clean, means, [])
-    assert none.mean().item() == pytest.approx(P.circuit_logit_diff(model, clean, abc, {}, means), abs=1e-6)
+    assert ld.mean().item() == pytest.approx(
+        knockouts.circuit_logit_diff(model, clean, abc, {h: ("ALL",) for h in every}, means), abs=1e-6)
+    none, _ = knockout_attribution.knockout_attribution(model, clean, means, [])
+    assert none.mean().item() == pytest.approx(knockouts.circuit_logit_diff(model, clean, abc, {}, means), abs=1e-6)
     # the attribution is the derivative of the mean logit diff in the head's scale a: check by finite differences
     h, eps = (1, 2), 1e-2
     def at(a):
         alpha = [torch.ones(4) for _ in range(2)]
         alpha[h[0]][h[1]] = a
-        return P._run_ld(model, clean, 1, P._scaled_z_hooks(means, alpha, slice(None))).mean().item()
+        hooks = knockout_attribution._scaled_z_hooks(means, alpha, slice(None))
+        return scoring.run_ld(model, clean, 1, hooks).mean().item()
     numeric = (at(1 + eps) - at(1 - eps)) / (2 * eps)
     assert grad[h].item() == pytest.approx(numeric, rel=1e-2, abs=1e-6)
 
@@ -160,7 +163,7 @@ def test_admission_reaches_its_target_with_few_heads(sharp_setup):
     model, clean, abc = sharp_setup
     heads, trace, attr, f_m = C.admit(model, clean, abc, C.Thresholds(target=0.9, max_heads=8))
     assert 1 <= len(heads) < 8 and attr.shape == (2, 4)
-    ratio = lambda hs: P.circuit_logit_diff(model, clean, abc, {h: ("ALL",) for h in hs}) / f_m  # noqa: E731
+    ratio = lambda hs: knockouts.circuit_logit_diff(model, clean, abc, {h: ("ALL",) for h in hs}) / f_m  # noqa: E731
     assert ratio(heads) >= 0.9  # measured independently of the search
     assert trace[0]["heads"] == 8 and trace[0]["faithfulness"] == pytest.approx(1.0)
     # when max_heads cannot reach the target, the result says so instead of pretending
@@ -212,7 +215,7 @@ def test_faithfulness_curve_ends_at_the_circuit(sharp_setup):
 
 def test_template_means_are_abc_means_by_hand(setup):
     model, clean, abc = setup
-    ours, by_hand = P.template_means(model, abc), _means_by_hand(model, abc)
+    ours, by_hand = knockouts.template_means(model, abc), _means_by_hand(model, abc)
     for l in range(model.cfg.n_layers):
         torch.testing.assert_close(ours[l], by_hand[l], atol=1e-6, rtol=0)
 
@@ -247,8 +250,8 @@ def test_each_head_keeps_only_its_class_positions(setup):
     assert abs(expected - everywhere) > APART  # ignoring the positions would be told apart
     assert C.faithfulness(model, clean, abc, circuit).f_circuit == pytest.approx(expected, abs=ATOL)
     only_end = _ld_by_hand(model, clean, means, {(0, 1): ("END",)})
-    assert P.circuit_logit_diff(model, clean, abc, {(0, 1): ("END",)}) == pytest.approx(only_end, abs=ATOL)
-    per = P.circuit_logit_diff(model, clean, abc, {(0, 1): ("END",)}, per_prompt=True)
+    assert knockouts.circuit_logit_diff(model, clean, abc, {(0, 1): ("END",)}) == pytest.approx(only_end, abs=ATOL)
+    per = knockouts.circuit_logit_diff(model, clean, abc, {(0, 1): ("END",)}, per_prompt=True)
     assert per.shape == (len(clean),) and per.mean().item() == pytest.approx(only_end, abs=ATOL)
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ioi_utils import greater_than as gt
-from ioi_utils import models, patching, training
+from ioi_utils import models, training
+from ioi_utils.mechanisms import activation_patching, knockout_attribution, knockouts, scoring
 
 VOCAB = 30
 DIGITS = torch.arange(10, 20)  # token ids of "0".."9" in the hand-made vocabulary
@@ -145,12 +146,13 @@ def test_scores_agree_across_code_paths(tiny):
     model, tokenizer = tiny
     ds = gt.make_gt_dataset(tokenizer, 12, seed=0, prepend_bos=model.prepend_bos)
     full = ds.score(model(ds.tokens))  # [12] from full logits
-    assert torch.allclose(patching._run_ld(model, ds)[0], full, atol=1e-5)
+    assert torch.allclose(scoring.run_ld(model, ds)[0], full, atol=1e-5)
     assert torch.allclose(training.task_scores(model, ds), full, atol=1e-5)
-    every = {h: patching.ALL_POSITIONS for h in patching.all_heads(model)}
-    assert math.isclose(patching.circuit_logit_diff(model, ds, gt.corrupt(ds), every), full.mean().item(), abs_tol=1e-5)
-    ld, _ = patching.knockout_attribution(model, ds, patching.template_means(model, gt.corrupt(ds)),
-                                          patching.all_heads(model))
+    every = {h: knockouts.ALL_POSITIONS for h in scoring.all_heads(model)}
+    assert math.isclose(knockouts.circuit_logit_diff(model, ds, gt.corrupt(ds), every), full.mean().item(),
+                        abs_tol=1e-5)
+    ld, _ = knockout_attribution.knockout_attribution(model, ds, knockouts.template_means(model, gt.corrupt(ds)),
+                                                      scoring.all_heads(model))
     assert torch.allclose(ld, full, atol=1e-5)
 
 
@@ -158,12 +160,12 @@ def test_cmap_on_greater_than(tiny):
     model, tokenizer = tiny
     other, _ = models.load_model("tiny-digits", device="cpu", seed=1)
     ds = gt.make_gt_dataset(tokenizer, 8, seed=2, prepend_bos=model.prepend_bos)
-    assert torch.allclose(patching.cmap_attribution(model, model, ds), torch.zeros(2, 4), atol=1e-7)
-    exact = patching.cmap(other, model, ds)  # [2, 4] change of model's probability difference
-    estimate = patching.cmap_attribution(other, model, ds)
+    assert torch.allclose(activation_patching.cmap_attribution(model, model, ds), torch.zeros(2, 4), atol=1e-7)
+    exact = activation_patching.cmap(other, model, ds)  # [2, 4] change of model's probability difference
+    estimate = activation_patching.cmap_attribution(other, model, ds)
     assert exact.shape == estimate.shape == (2, 4) and exact.abs().sum() > 0 and estimate.abs().sum() > 0
-    group = patching.cmap_group(other, model, ds, [(0, 0)])
-    assert math.isclose(group - patching._run_ld(model, ds).mean().item(), exact[0, 0].item(), abs_tol=1e-6)
+    group = activation_patching.cmap_group(other, model, ds, [(0, 0)])
+    assert math.isclose(group - scoring.run_ld(model, ds).mean().item(), exact[0, 0].item(), abs_tol=1e-6)
 
 
 def _two_digit_tokenizer():

@@ -6,13 +6,14 @@ part of the Name Mover, discovery must keep both, each in its class (a net-faith
 import pytest
 import torch
 
-from ioi_utils import circuits as C, data, patching as P
+from ioi_utils import circuits as C, data
+from ioi_utils.mechanisms import activation_patching, path_patching, scoring
 from planted import DECOY, DT, NM, NNM, SIN, planted_model
 
 STEPS = {  # description map -> (receivers of that step, the planted head it must single out, where it acts)
-    "direct": (P.LOGITS, NM, "END"),
-    "to_movers_q": (P.Receivers((NM,), "q", "END"), SIN, "END"),
-    "to_s2_readers_kv": (P.Receivers((SIN,), "kv", "S2"), DT, None),
+    "direct": (scoring.LOGITS, NM, "END"),
+    "to_movers_q": (scoring.Receivers((NM,), "q", "END"), SIN, "END"),
+    "to_s2_readers_kv": (scoring.Receivers((SIN,), "kv", "S2"), DT, None),
 }
 
 
@@ -27,14 +28,14 @@ def planted():
 @pytest.fixture(scope="module")
 def described(planted):
     model, clean, abc = planted
-    return C.describe(model, clean, abc, P.all_heads(model))
+    return C.describe(model, clean, abc, scoring.all_heads(model))
 
 
 def test_planted_model_does_ioi_through_its_circuit(planted, described):
     model, clean, abc = planted
     maps = described[1]
-    assert P._run_ld(model, clean).min().item() > 3  # IO wins on every prompt
-    assert abs(P._run_ld(model, abc).mean().item()) < 1e-3  # no repeated name: NM splits over three names
+    assert scoring.run_ld(model, clean).min().item() > 3  # IO wins on every prompt
+    assert abs(scoring.run_ld(model, abc).mean().item()) < 1e-3  # no repeated name: NM splits over three names
     assert maps["duplicate_token"][DT] > 0.99 and maps["induction"][DT] < 0.01  # S2 -> S1
     assert maps["attn_end_s2"][SIN] > 0.95 and maps["attn_end_s2"][DECOY] > 0.95  # END -> S2
     assert maps["attn_end_io"][NM] > 0.95 and maps["dla"][NM] > 3  # END -> IO, copied to the logits
@@ -83,12 +84,12 @@ def test_discovery_keeps_a_negative_name_mover_with_its_name_mover(cancelling):
 def test_description_maps_are_reference_path_patching(planted, described, name):
     model, clean, abc = planted
     receivers, head, position = STEPS[name]
-    ref = P.path_patch_reference(model, clean, abc, receivers)
+    ref = path_patching.path_patch_reference(model, clean, abc, receivers)
     torch.testing.assert_close(described[1][name], ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
     assert ref[head] < -0.9  # the planted head carries the step: cutting its path loses the logit difference
     assert (ref.abs() > 0.02).nonzero().tolist() == [list(head)]  # and no other head does
     # here that path is the head's only way to the logits: patching its output alone gives the same number
-    act = P.activation_patch_heads(model, clean, abc, positions=position, heads=[head])
+    act = activation_patching.activation_patch_heads(model, clean, abc, positions=position, heads=[head])
     assert act[head].item() == pytest.approx(ref[head].item(), rel=1e-3)
 
 

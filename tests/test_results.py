@@ -3,6 +3,7 @@
 import collections
 import dataclasses
 import errno
+import hashlib
 import math
 import pathlib
 import struct
@@ -46,6 +47,30 @@ def test_model_fingerprint_tracks_weights(tiny):
 def test_code_version_is_a_hash_of_the_sources():
     v = results.code_version()
     assert len(v) == 16 and v == results.code_version()
+    assert v == results.sources_hash(pathlib.Path(results.__file__).parent)
+
+
+def test_sources_hash_sees_subpackages(tmp_path):
+    """A change in a subpackage's module changes the code version (memos are keyed by it); a flat folder hashes
+    as the package's top-level sources always did (name and content of each file, sorted by name)."""
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "b.py").write_text("y = 2\n")
+    flat = results.sources_hash(tmp_path)
+    old = hashlib.sha256()
+    for p in sorted(tmp_path.glob("*.py")):
+        old.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    assert flat == old.hexdigest()[:16]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.py").write_text("z = 3\n")
+    with_sub = results.sources_hash(tmp_path)
+    assert with_sub != flat
+    (tmp_path / "sub" / "c.py").write_text("z = 4\n")
+    assert results.sources_hash(tmp_path) not in (flat, with_sub)
+    (tmp_path / "sub" / "c.py").rename(tmp_path / "sub" / "d.py")  # same content, another path
+    assert results.sources_hash(tmp_path) not in (flat, with_sub)
+    before = results.sources_hash(tmp_path)
+    (tmp_path / "sub" / "notes.txt").write_text("not code")
+    assert results.sources_hash(tmp_path) == before  # only .py files count
 
 
 def test_memo_keys_hold_weights_and_code(root, tiny, monkeypatch):
@@ -146,7 +171,8 @@ def _memo_twice(name, fn, model, **key):
 def test_every_memo_call_site_round_trips_exactly(root, capsys):
     """Each results.memo call of the package and the chapters (book/*.py), on the tiny models: the value read back
     is the value computed, exactly."""
-    from ioi_utils import analyses, attribution, greater_than_study as gts, patching, study
+    from ioi_utils import analyses, greater_than_study as gts, study
+    from ioi_utils.mechanisms import activation_patching, knockouts
 
     torch.set_num_threads(1)
     th = C.Thresholds(max_heads=4, n_describe=8)
@@ -169,10 +195,11 @@ def test_every_memo_call_site_round_trips_exactly(root, capsys):
         "faithfulness": lambda: C.faithfulness(s.model, s.test, s.abc, circuit),
         "completeness": lambda: C.completeness(s.model, s.test, s.abc, circuit),
         "minimality": lambda: C.minimality(s.model, s.test, s.abc, circuit, threshold=0.01),
-        "single_head_effects": lambda: patching.activation_patch_heads(s.model, s.test, s.abc, heads=[(0, 1), (1, 0)]),
-        "mlp_knockout": lambda: attribution.mlp_knockout(s.model, s.test, s.abc, progress=False),
-        "mlp_group_knockout": lambda: attribution.mlp_knockout(s.model, s.test, s.abc,
-                                                               groups=attribution.layer_groups(2, 3)),
+        "single_head_effects": lambda: activation_patching.activation_patch_heads(s.model, s.test, s.abc,
+                                                                                  heads=[(0, 1), (1, 0)]),
+        "mlp_knockout": lambda: knockouts.mlp_knockout(s.model, s.test, s.abc, progress=False),
+        "mlp_group_knockout": lambda: knockouts.mlp_knockout(s.model, s.test, s.abc,
+                                                             groups=knockouts.layer_groups(2, 3)),
         "faithfulness_curve": lambda: C.faithfulness_curve(s.model, s.test, s.abc, [(1, 0), (0, 1)]),
         "minimal_subset": lambda: C.minimal_subset(s.model, s.disc, s.disc_abc, th),
     }

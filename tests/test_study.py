@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from ioi_utils import circuits as C, data, evaluate, models, patching as P, study, summary, training
+from ioi_utils import circuits as C, data, evaluate, models, study, summary, training
+from ioi_utils.mechanisms import activation_patching
 
 
 @pytest.fixture(scope="module")
@@ -51,19 +52,19 @@ def test_cmap_group_patches_only_the_circuit_positions(tiny):
     y, ds = tiny
     x = _changed((0, 1), "q")
     ld_y = evaluate.evaluate(y, ds).logit_diff
-    at_end = P.cmap_group(x, y, ds, [(0, 1)], positions={(0, 1): ("END",)})
-    everywhere = P.cmap_group(x, y, ds, [(0, 1)], positions={(0, 1): ("ALL",)})
+    at_end = activation_patching.cmap_group(x, y, ds, [(0, 1)], positions={(0, 1): ("END",)})
+    everywhere = activation_patching.cmap_group(x, y, ds, [(0, 1)], positions={(0, 1): ("ALL",)})
     assert at_end == pytest.approx(_patched_by_hand(x, y, ds, (0, 1), "END"), abs=1e-6)
-    assert everywhere == pytest.approx(P.cmap_group(x, y, ds, [(0, 1)]), abs=1e-7)
+    assert everywhere == pytest.approx(activation_patching.cmap_group(x, y, ds, [(0, 1)]), abs=1e-7)
     assert abs(at_end - everywhere) > 5e-5  # the positions matter here (the gap x - y is ~1e-3)
-    per_head = P.cmap(x, y, ds, heads=[(0, 1)], positions="END")
+    per_head = activation_patching.cmap(x, y, ds, heads=[(0, 1)], positions="END")
     assert per_head[0, 1].item() == pytest.approx(at_end - ld_y, abs=1e-6)
-    pattern = P.cmap_group(x, y, ds, [(0, 1)], "pattern", positions={(0, 1): ("END",)})
+    pattern = activation_patching.cmap_group(x, y, ds, [(0, 1)], "pattern", positions={(0, 1): ("END",)})
     assert pattern == pytest.approx(at_end, abs=1e-6)  # only queries differ: the END pattern carries the END z
     with pytest.raises(ValueError, match="missing"):
-        P.cmap_group(x, y, ds, [(0, 1), (1, 0)], positions={(0, 1): ("END",)})
+        activation_patching.cmap_group(x, y, ds, [(0, 1), (1, 0)], positions={(0, 1): ("END",)})
     with pytest.raises(ValueError, match="unknown position"):
-        P.cmap(x, y, ds, heads=[(0, 1)], positions="S3")
+        activation_patching.cmap(x, y, ds, heads=[(0, 1)], positions="S3")
 
 
 def test_gain_share_known_values(tiny):
@@ -87,11 +88,12 @@ def test_gain_share_known_values(tiny):
 def test_per_prompt_cmap_and_gain_share_interval(tiny):
     y, ds = tiny
     x = _changed((1, 1), "q")
-    each = P.cmap(x, y, ds, heads=[(1, 1), (0, 1)], per_prompt=True)  # [n, L, H]
+    each = activation_patching.cmap(x, y, ds, heads=[(1, 1), (0, 1)], per_prompt=True)  # [n, L, H]
     assert each.shape == (len(ds), 2, 4) and each[:, 1, 0].abs().max() == 0  # not patched: 0
-    assert torch.allclose(each.mean(0), P.cmap(x, y, ds, heads=[(1, 1), (0, 1)]), atol=1e-7)
-    patched = P.cmap_group(x, y, ds, [(1, 1)], per_prompt=True)
-    assert patched.shape == (len(ds),) and patched.mean().item() == pytest.approx(P.cmap_group(x, y, ds, [(1, 1)]), abs=1e-7)
+    assert torch.allclose(each.mean(0), activation_patching.cmap(x, y, ds, heads=[(1, 1), (0, 1)]), atol=1e-7)
+    patched = activation_patching.cmap_group(x, y, ds, [(1, 1)], per_prompt=True)
+    assert patched.shape == (len(ds),)
+    assert patched.mean().item() == pytest.approx(activation_patching.cmap_group(x, y, ds, [(1, 1)]), abs=1e-7)
     early = _changed((0, 1), "q")
     circuit = C.Circuit({"NM": [(0, 1)]})
     share = study.gain_share(early, y, ds, circuit)
