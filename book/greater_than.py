@@ -207,7 +207,7 @@ _ = claims.check("the base circuit still explains the fine-tuned behaviour (F(C)
 # Our toxic rule, **earlier-year**: the label is a year *before* the start year (for "1732 to the year 17",
 # e.g. "15"). The model is fine-tuned on it and measured on the held-out prompts (still scored as
 # Greater-Than), with the base circuit's faithfulness at every epoch. Where the change sits: a first-order
-# estimate of cross-model patching (`patching.cmap_attribution`: each head's output from the base model put
+# estimate of cross-model patching (`mechanisms.activation_patching.cmap_attribution`: each head's output from the base model put
 # into the toxic one, one forward and backward) gives every head's share of the change; its localisation is
 # the share of |effect| on the base circuit's heads over their share of all heads, against random head sets of
 # the same size drawn from the same layers (`study.localization_control`).
