@@ -91,8 +91,8 @@ print(f"F(M) = {faith.f_model:.3f}, F(C) = {faith.f_circuit:.3f}, F(C)/F(M) = {f
 
 # %%
 generalisation.check("roles", other_share, None, claim_log, enforce=enforce_claims)
-generalisation.check("faithfulness", faith.ratio, (lo, hi), claim_log, enforce=enforce_claims,
-                     precondition=(faith.f_model > 0, f"F(M) = {faith.f_model:.2f} must be > 0"));
+_ = generalisation.check("faithfulness", faith.ratio, (lo, hi), claim_log, enforce=enforce_claims,
+                         precondition=(faith.f_model > 0, f"F(M) = {faith.f_model:.2f} must be > 0"))
 
 # %% tags=["remove-cell"]
 glue("g_ld", base.logit_diff, display=False)
@@ -151,11 +151,11 @@ generalisation.check("sd_corrupts", est.sd_logit_diff.mean, est.sd_logit_diff.in
                      enforce=enforce_claims, per_seed=est.sd_logit_diff.per_seed,
                      training=study.versus_paper(sd_cfg, second_toxic_epochs, "5 epochs of 6,360 prompts"))
 corrupted_less = est.sd_logit_diff.interval[1] < est.base.mean().item()
-generalisation.check("sd_recovers", est.recovery.mean, est.recovery.interval, claim_log, enforce=enforce_claims,
-                     per_seed=est.recovery.per_seed,
-                     training=study.versus_paper(rev_cfg, second_reversal_epochs, "3-5 epochs of 6,360 prompts"),
-                     precondition=(corrupted_less, "Subject Duplication must have lowered the logit difference below "
-                                   "the base model's (upper end of its interval)"));
+_ = generalisation.check("sd_recovers", est.recovery.mean, est.recovery.interval, claim_log,
+                         enforce=enforce_claims, per_seed=est.recovery.per_seed,
+                         training=study.versus_paper(rev_cfg, second_reversal_epochs, "3-5 epochs of 6,360 prompts"),
+                         precondition=(corrupted_less, "Subject Duplication must have lowered the logit difference "
+                                       "below the base model's (upper end of its interval)"))
 
 # %% tags=["remove-cell"]
 glue("g_gain", 100 * est.clean_gain.mean, display=False)
@@ -187,9 +187,9 @@ generalisation.check("nm_dla", heads.nm_dla[0], heads.nm_dla[1], claim_log, enfo
                      precondition=has("NM"))
 generalisation.check("nnm_amplify", heads.nnm_dla[0], heads.nnm_dla[1], claim_log, enforce=enforce_claims,
                      precondition=has("NNM"))
-generalisation.check("twinning", min(len(heads.flipped["NM"]), len(heads.flipped["NNM"])), None, claim_log,
-                     enforce=enforce_claims, precondition=(all(heads.roles.values()), "the base circuit needs both "
-                                                           "Name Movers and Negative Name Movers"));
+_ = generalisation.check("twinning", min(len(heads.flipped["NM"]), len(heads.flipped["NNM"])), None, claim_log,
+                         enforce=enforce_claims, precondition=(all(heads.roles.values()), "the base circuit needs "
+                                                               "both Name Movers and Negative Name Movers"))
 
 # %% tags=["remove-cell"]
 glue("g_nm_flip", len(heads.flipped["NM"]), display=False)
