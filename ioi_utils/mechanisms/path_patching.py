@@ -134,14 +134,64 @@ class _Frozen:
     final: torch.Tensor  # [batch, d_model] the clean residual after the last block
 
 
-def _frozen(model, clean: IOIDataset, corrupt: IOIDataset, position: str) -> _Frozen:
-    """Read what the fast path needs at one position: two forwards."""
+@dataclass
+class Forwards:
+    """One clean and one corrupt forward, kept whole, from which every step of a discovery reads.
+
+    Path patching reads, per step, the clean run's residuals and z and the corrupt run's z at the receiver
+    position (`_frozen`), the clean logit difference, and for the windowed step 3 the clean keys and values
+    (`path_patching_window.clean_kv`). Reading them from these two forwards instead of from new ones gives the
+    same tensors (the same forward on the same batch) and saves two to four forwards per step.
+    """
+
+    clean: IOIDataset
+    corrupt: IOIDataset
+    acts: dict[str, torch.Tensor]  # clean run: hook name -> [batch, seq, ...]
+    corrupt_z: dict[int, torch.Tensor]  # corrupt run: layer -> [batch, seq, n_heads, d_head]
+
+    def at(self, position: str, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Clean activations at one position of each prompt: name -> [batch, ...] (as scoring.at_position)."""
+        rows, pos = scoring.rows_at(self.clean, position, 1, self.acts[names[0]].device)
+        return {n: self.acts[n][rows, pos] for n in names}
+
+    def ld_clean(self, model) -> torch.Tensor:
+        """The clean per-prompt logit difference [batch] (as scoring.run_ld)."""
+        resid = self.at("END", [f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]).popitem()[1]
+        return scoring.ld_from_resid(model, resid.view(1, *resid.shape), self.clean)[0]
+
+
+def _frozen_names(model) -> list[str]:
+    """The clean hooks the fast path reads: every layer's residual before and after attention, z, the last output."""
+    n_l = model.cfg.n_layers
+    return ([f"blocks.{l}.hook_resid_{w}" for l in range(n_l) for w in ("pre", "mid")]
+            + [scoring.z(l) for l in range(n_l)] + [f"blocks.{n_l - 1}.hook_resid_post"])
+
+
+@torch.no_grad()
+def forwards(model, clean: IOIDataset, corrupt: IOIDataset) -> Forwards:
+    """The two forwards (`Forwards`) every path-patching step on this pair of datasets can read from."""
+    scoring.check_pair(clean, corrupt)
+    names = set(_frozen_names(model))
+    if path_patching_window.windowed_supported(model):
+        names |= path_patching_window.clean_kv_names(model, 0)
+    acts = scoring.activations(model, clean, names)
+    z = scoring.activations(model, corrupt, {scoring.z(l) for l in range(model.cfg.n_layers)})
+    return Forwards(clean, corrupt, acts, {l: z[scoring.z(l)] for l in range(model.cfg.n_layers)})
+
+
+def _frozen(model, clean: IOIDataset, corrupt: IOIDataset, position: str, fw: Forwards | None = None) -> _Frozen:
+    """Read what the fast path needs at one position: two forwards, or none when `fw` holds them."""
     n_l = model.cfg.n_layers
     last = f"blocks.{n_l - 1}.hook_resid_post"
-    names = ([f"blocks.{l}.hook_resid_{w}" for l in range(n_l) for w in ("pre", "mid")]
-             + [scoring.z(l) for l in range(n_l)])
-    c = scoring.at_position(model, clean, position, names + [last])
-    x = scoring.at_position(model, corrupt, position, [scoring.z(l) for l in range(n_l)])
+    names = _frozen_names(model)
+    zs = [scoring.z(l) for l in range(n_l)]
+    if fw is None:
+        c = scoring.at_position(model, clean, position, names)
+        x = scoring.at_position(model, corrupt, position, zs)
+    else:
+        c = fw.at(position, names)
+        rows, pos = scoring.rows_at(clean, position, 1, c[last].device)
+        x = {scoring.z(l): fw.corrupt_z[l][rows, pos] for l in range(n_l)}
     return _Frozen([c[f"blocks.{l}.hook_resid_pre"] for l in range(n_l)],
                    [c[f"blocks.{l}.hook_resid_mid"] for l in range(n_l)], [c[scoring.z(l)] for l in range(n_l)],
                    [x[scoring.z(l)] - c[scoring.z(l)] for l in range(n_l)], c[last])
@@ -264,23 +314,27 @@ class PathPatchPrompts:
 @torch.no_grad()
 def path_patch_prompts(model, clean: IOIDataset, corrupt: IOIDataset, receivers: Receivers = LOGITS,
                        senders: Sequence[Head] | None = None, batch_heads: int = 8,
-                       progress: bool = False) -> PathPatchPrompts:
-    """`path_patch` before the mean over prompts (see there for the method): per-prompt logit differences."""
+                       progress: bool = False, fw: Forwards | None = None) -> PathPatchPrompts:
+    """`path_patch` before the mean over prompts (see there for the method): per-prompt logit differences.
+    fw: the clean and corrupt forwards of these datasets (`forwards`), read instead of running new ones."""
     senders = _validate(model, clean, corrupt, receivers, senders)
     scoring.chunks([], batch_heads)  # raises on batch_heads < 1 whichever route step 3 takes
+    if fw is not None and (fw.clean is not clean or fw.corrupt is not corrupt):
+        raise ValueError("fw holds the forwards of other datasets")
     if not receivers.heads:
-        fr = _frozen(model, clean, corrupt, "END")
+        fr = _frozen(model, clean, corrupt, "END", fw)
         ld_clean = scoring.ld_from_resid(model, fr.final, clean)  # [batch]
         lds = _direct_fast(model, clean, fr, senders, progress) if senders else None
     else:
         last = max(l for l, _ in receivers.heads)
         senders = [s for s in senders if s[0] < last]
-        ld_clean = scoring.run_ld(model, clean)[0]  # [batch]
+        ld_clean = scoring.run_ld(model, clean)[0] if fw is None else fw.ld_clean(model)  # [batch]
         lds = None
         if senders:
-            fr = _frozen(model, clean, corrupt, receivers.position)
+            fr = _frozen(model, clean, corrupt, receivers.position, fw)
             values = _receiver_values(model, fr, senders, receivers, progress)  # site -> [n_senders, batch, n_idx, d_head]
-            lds = path_patching_window.step3_windowed(model, clean, receivers, senders, values, ld_clean, progress)
+            lds = path_patching_window.step3_windowed(model, clean, receivers, senders, values, ld_clean, progress,
+                                                      None if fw is None else fw.acts)
             if lds is None:
                 lds = _step3_generic(model, clean, receivers, senders, values, batch_heads, progress)
     ld_clean = ld_clean.float().cpu()

@@ -240,6 +240,30 @@ def cache(model, tokens: torch.Tensor, names: set[str]) -> dict[str, torch.Tenso
 
 
 @torch.no_grad()
+def activations(model, ds: IOIDataset, names: set[str]) -> dict[str, torch.Tensor]:
+    """Full activations of some hooks on a dataset's tokens, name -> [batch, seq, ...]; the forward stops after the
+    last block (no unembedding). KeyError naming a hook the forward never reached."""
+    got = {}
+
+    def grab(act, name):
+        got[name] = act.clone()
+        return act
+
+    def stop(act, hook):
+        raise Stop
+
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    hooks = [(n, lambda a, hook, n=n: grab(a, n)) for n in sorted(names)] + [(last, stop)]
+    try:
+        model.run_with_hooks(ds.tokens.to(device(model)), fwd_hooks=hooks)
+    except Stop:
+        pass
+    if set(names) - got.keys():
+        raise KeyError(f"no activation for hooks {sorted(set(names) - got.keys())}")
+    return got
+
+
+@torch.no_grad()
 def at_position(model, ds: IOIDataset, position: str, names: Sequence[str]) -> dict[str, torch.Tensor]:
     """Activations of some hooks at one position of each prompt: name -> [batch, ...]."""
     dev = device(model)
