@@ -406,3 +406,10 @@ def test_gemma3_fast_equals_reference(gemma3):
         ref = path_patching.path_patch_reference(model, clean, abc, receivers, senders=senders)
         assert ref.abs().max() > 1e-3, receivers  # a real effect to compare
         torch.testing.assert_close(fast, ref, atol=ATOL, rtol=0, msg=lambda m: f"{receivers}: {m}")
+
+
+def test_hook_names():
+    from ioi_utils import hook_names
+    assert hook_names.z(3) == "blocks.3.attn.hook_z" and hook_names.resid(0, "mid") == "blocks.0.hook_resid_mid"
+    with pytest.raises(ValueError, match="'pre', 'mid' or 'post'"):
+        hook_names.resid(0, "end")

@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .. import hook_names
 from ..data import IOIDataset
 from . import knockout_attribution, knockouts, scoring
 from .scoring import Head
@@ -46,8 +47,8 @@ def _hook_of(kind: str) -> tuple[str, int]:
 def _source(model, tokens: torch.Tensor, kind: str) -> dict[int, torch.Tensor]:
     """Every layer's z ([batch, seq, heads, d_head]) or attention pattern ([batch, heads, q, k]) on some tokens."""
     hook = _hook_of(kind)[0]
-    cache = scoring.cache(model, tokens, {f"blocks.{l}.attn.{hook}" for l in range(model.cfg.n_layers)})
-    return {l: cache[f"blocks.{l}.attn.{hook}"] for l in range(model.cfg.n_layers)}
+    cache = scoring.cache(model, tokens, {hook_names.attn(l, hook) for l in range(model.cfg.n_layers)})
+    return {l: cache[hook_names.attn(l, hook)] for l in range(model.cfg.n_layers)}
 
 
 def _one_head_hooks(model, ds: IOIDataset, source: Mapping[int, torch.Tensor], kind: str, chunk: Sequence[Head],
@@ -76,7 +77,7 @@ def _one_head_hooks(model, ds: IOIDataset, source: Mapping[int, torch.Tensor], k
         return act
 
     layers = sorted({l for l, _ in chunk})
-    return [(f"blocks.{l}.attn.{hook}", lambda a, hook, l=l: fn(a, hook, l)) for l in layers]
+    return [(hook_names.attn(l, hook), lambda a, hook, l=l: fn(a, hook, l)) for l in layers]
 
 
 @torch.no_grad()
@@ -172,7 +173,7 @@ def cmap_group(model_x, model_y, ds: IOIDataset, heads: Sequence[Head], kind: st
         m = m[..., None] if kind != "pattern" else m.transpose(1, 2)[..., None]  # z: [b, s, h, 1]; pattern: [b, h, q, 1]
         return torch.where(m, src[layer].to(act.device, act.dtype), act)
 
-    hooks = [(f"blocks.{l}.attn.{hook}", lambda a, hook, l=l: fn(a, hook, l)) for l in sorted({l for l, _ in heads})]
+    hooks = [(hook_names.attn(l, hook), lambda a, hook, l=l: fn(a, hook, l)) for l in sorted({l for l, _ in heads})]
     lds = scoring.run_ld(model_y, ds, 1, hooks)[0].float().cpu()  # [batch]
     return lds if per_prompt else lds.mean().item()
 

@@ -19,6 +19,7 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
+from .. import hook_names
 from ..data import IOIDataset
 from . import scoring
 from .scoring import Head
@@ -30,7 +31,7 @@ def _scaled_z_hooks(means: Mapping[int, torch.Tensor], alpha: Sequence[torch.Ten
         m = means[layer][rows].to(z.device, z.dtype)
         return m + alpha[layer].to(z.dtype).view(1, 1, -1, 1) * (z - m)
 
-    return [(scoring.z(l), lambda z, hook, l=l: fn(z, hook, l)) for l in range(len(alpha))]
+    return [(hook_names.z(l), lambda z, hook, l=l: fn(z, hook, l)) for l in range(len(alpha))]
 
 
 def knockout_attribution(model, clean: IOIDataset, means: Mapping[int, torch.Tensor], keep: Sequence[Head],
@@ -71,7 +72,7 @@ def _attribution_batch(model, clean: IOIDataset, means: Mapping[int, torch.Tenso
                        grad: torch.Tensor) -> torch.Tensor:
     """knockout_attribution on prompts `rows`: adds sum over them of dLD/da to grad [n_layers, n_heads]; returns LD [b]."""
     n_l, dev = model.cfg.n_layers, scoring.device(model)
-    last = f"blocks.{n_l - 1}.hook_resid_post"
+    last = hook_names.resid(n_l - 1, "post")
     tokens, end = clean.tokens[rows].to(dev), clean.positions["END"][rows].to(dev)  # [b, seq], [b]
     alpha = [init[l].clone().requires_grad_(True) for l in range(n_l)]
     got = {}

@@ -35,6 +35,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .. import hook_names
 from ..data import IOIDataset
 from . import path_patching_window, scoring
 from .scoring import LOGITS, Head, Receivers
@@ -54,7 +55,7 @@ def _freeze_hooks(model, clean_z: Mapping[int, torch.Tensor], corrupt_z: Mapping
             z[:, :, sender[1]] = corrupt_z[layer][:, :, sender[1]]
         return z
 
-    return [(scoring.z(l), lambda z, hook, l=l: fn(z, hook, l)) for l in range(model.cfg.n_layers)]
+    return [(hook_names.z(l), lambda z, hook, l=l: fn(z, hook, l)) for l in range(model.cfg.n_layers)]
 
 
 def _patch_sites_hooks(model, ds: IOIDataset, r: Receivers, values: Mapping[str, torch.Tensor], reps: int) -> list:
@@ -74,8 +75,8 @@ def _patch_sites_hooks(model, ds: IOIDataset, r: Receivers, values: Mapping[str,
 @torch.no_grad()
 def _all_z(model, ds: IOIDataset) -> dict[int, torch.Tensor]:
     """hook_z of every layer: layer -> [batch, seq, n_heads, d_head]."""
-    cache = scoring.cache(model, ds.tokens, {scoring.z(l) for l in range(model.cfg.n_layers)})
-    return {l: cache[scoring.z(l)] for l in range(model.cfg.n_layers)}
+    cache = scoring.cache(model, ds.tokens, {hook_names.z(l) for l in range(model.cfg.n_layers)})
+    return {l: cache[hook_names.z(l)] for l in range(model.cfg.n_layers)}
 
 
 def _validate(model, clean: IOIDataset, corrupt: IOIDataset, receivers: Receivers,
@@ -156,15 +157,15 @@ class Forwards:
 
     def ld_clean(self, model) -> torch.Tensor:
         """The clean per-prompt logit difference [batch] (as scoring.run_ld)."""
-        resid = self.at("END", [f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]).popitem()[1]
+        resid = self.at("END", [hook_names.final_resid(model)]).popitem()[1]
         return scoring.ld_from_resid(model, resid.view(1, *resid.shape), self.clean)[0]
 
 
 def _frozen_names(model) -> list[str]:
     """The clean hooks the fast path reads: every layer's residual before and after attention, z, the last output."""
     n_l = model.cfg.n_layers
-    return ([f"blocks.{l}.hook_resid_{w}" for l in range(n_l) for w in ("pre", "mid")]
-            + [scoring.z(l) for l in range(n_l)] + [f"blocks.{n_l - 1}.hook_resid_post"])
+    return ([hook_names.resid(l, w) for l in range(n_l) for w in ("pre", "mid")]
+            + [hook_names.z(l) for l in range(n_l)] + [hook_names.resid(n_l - 1, "post")])
 
 
 @torch.no_grad()
@@ -175,26 +176,26 @@ def forwards(model, clean: IOIDataset, corrupt: IOIDataset) -> Forwards:
     if path_patching_window.windowed_supported(model):
         names |= path_patching_window.clean_kv_names(model, 0)
     acts = scoring.activations(model, clean, names)
-    z = scoring.activations(model, corrupt, {scoring.z(l) for l in range(model.cfg.n_layers)})
-    return Forwards(clean, corrupt, acts, {l: z[scoring.z(l)] for l in range(model.cfg.n_layers)})
+    z = scoring.activations(model, corrupt, {hook_names.z(l) for l in range(model.cfg.n_layers)})
+    return Forwards(clean, corrupt, acts, {l: z[hook_names.z(l)] for l in range(model.cfg.n_layers)})
 
 
 def _frozen(model, clean: IOIDataset, corrupt: IOIDataset, position: str, fw: Forwards | None = None) -> _Frozen:
     """Read what the fast path needs at one position: two forwards, or none when `fw` holds them."""
     n_l = model.cfg.n_layers
-    last = f"blocks.{n_l - 1}.hook_resid_post"
+    last = hook_names.resid(n_l - 1, "post")
     names = _frozen_names(model)
-    zs = [scoring.z(l) for l in range(n_l)]
+    zs = [hook_names.z(l) for l in range(n_l)]
     if fw is None:
         c = scoring.at_position(model, clean, position, names)
         x = scoring.at_position(model, corrupt, position, zs)
     else:
         c = fw.at(position, names)
         rows, pos = scoring.rows_at(clean, position, 1, c[last].device)
-        x = {scoring.z(l): fw.corrupt_z[l][rows, pos] for l in range(n_l)}
-    return _Frozen([c[f"blocks.{l}.hook_resid_pre"] for l in range(n_l)],
-                   [c[f"blocks.{l}.hook_resid_mid"] for l in range(n_l)], [c[scoring.z(l)] for l in range(n_l)],
-                   [x[scoring.z(l)] - c[scoring.z(l)] for l in range(n_l)], c[last])
+        x = {hook_names.z(l): fw.corrupt_z[l][rows, pos] for l in range(n_l)}
+    return _Frozen([c[hook_names.resid(l, "pre")] for l in range(n_l)],
+                   [c[hook_names.resid(l, "mid")] for l in range(n_l)], [c[hook_names.z(l)] for l in range(n_l)],
+                   [x[hook_names.z(l)] - c[hook_names.z(l)] for l in range(n_l)], c[last])
 
 
 def _mlp_add(block, x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
+from .. import hook_names
 from ..data import IOIDataset
 from . import scoring
 from .scoring import Head, Receivers
@@ -108,15 +109,15 @@ def clean_kv_names(model, first: int) -> set[str]:
     layer's keys (rotated where the model uses RoPE) and values, and RoPE's cos / sin."""
     rot = model.cfg.positional_embedding_type == "rotary"
     layers = range(first, model.cfg.n_layers)
-    names = {f"blocks.{first}.hook_resid_pre"} | {_key(model, l) for l in layers} | {f"blocks.{l}.attn.hook_v" for l in layers}
+    names = {hook_names.resid(first, "pre")} | {_key(model, l) for l in layers} | {hook_names.attn(l, "hook_v") for l in layers}
     if rot:
-        names |= {f"blocks.{l}.attn.hook_{w}" for l in layers for w in ("cos", "sin")}
+        names |= {hook_names.attn(l, f"hook_{w}") for l in layers for w in ("cos", "sin")}
     return names
 
 
 def _key(model, layer: int) -> str:
     """The hook of a layer's keys as attention reads them (after RoPE where the model uses it)."""
-    return f"blocks.{layer}.attn.hook_{'rot_k' if model.cfg.positional_embedding_type == 'rotary' else 'k'}"
+    return hook_names.attn(layer, "hook_rot_k" if model.cfg.positional_embedding_type == "rotary" else "hook_k")
 
 
 @torch.no_grad()
@@ -126,9 +127,9 @@ def clean_kv(model, clean: IOIDataset, first: int, acts: Mapping[str, torch.Tens
     layers = range(first, model.cfg.n_layers)
     c = scoring.cache(model, clean.tokens, clean_kv_names(model, first)) if acts is None else acts
     keys = {l: c[_key(model, l)] for l in layers}  # the bridge's hook_rot_k is [batch, seq, n_kv, d_head] like hook_k
-    rope = ({l: (c[f"blocks.{l}.attn.hook_cos"][0], c[f"blocks.{l}.attn.hook_sin"][0]) for l in layers}
+    rope = ({l: (c[hook_names.attn(l, "hook_cos")][0], c[hook_names.attn(l, "hook_sin")][0]) for l in layers}
             if model.cfg.positional_embedding_type == "rotary" else {})
-    return _CleanKV(first, c[f"blocks.{first}.hook_resid_pre"], keys, {l: c[f"blocks.{l}.attn.hook_v"] for l in layers},
+    return _CleanKV(first, c[hook_names.resid(first, "pre")], keys, {l: c[hook_names.attn(l, "hook_v")] for l in layers},
                     rope)
 
 

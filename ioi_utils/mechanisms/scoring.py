@@ -32,6 +32,7 @@ from typing import Sequence
 
 import torch
 
+from .. import hook_names
 from ..data import IOIDataset
 
 Head = tuple[int, int]  # (layer, query head)
@@ -55,11 +56,6 @@ class Stop(Exception):
 
 
 # ---------------------------------------------------------------- small helpers and checks
-
-
-def z(layer: int) -> str:
-    """Name of a layer's per-head output hook."""
-    return f"blocks.{layer}.attn.hook_z"
 
 
 def device(model) -> torch.device:
@@ -120,7 +116,7 @@ def receiver_sites(model, r: Receivers) -> dict[str, list[int]]:
     sites: dict[str, set[int]] = {}
     for l, h in r.heads:
         for c in comps:
-            sites.setdefault(f"blocks.{l}.attn.hook_{c}", set()).add(h if c == "q" else h // per_group)
+            sites.setdefault(hook_names.attn(l, f"hook_{c}"), set()).add(h if c == "q" else h // per_group)
     return {s: sorted(i) for s, i in sorted(sites.items())}
 
 
@@ -188,7 +184,7 @@ def run_ld(model, ds: IOIDataset, reps: int = 1, hooks: Sequence = (), start: in
     (residual, attention mask, ...) are stacked `reps` times. The forward stops at the final residual
     stream: only the IO and S columns of the unembedding are used.
     """
-    dev, b, last = device(model), len(ds), f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    dev, b, last = device(model), len(ds), hook_names.final_resid(model)
     rows, end = rows_at(ds, "END", reps, dev)
     got = {}
 
@@ -252,7 +248,7 @@ def activations(model, ds: IOIDataset, names: set[str]) -> dict[str, torch.Tenso
     def stop(act, hook):
         raise Stop
 
-    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    last = hook_names.final_resid(model)
     hooks = [(n, lambda a, hook, n=n: grab(a, n)) for n in sorted(names)] + [(last, stop)]
     try:
         model.run_with_hooks(ds.tokens.to(device(model)), fwd_hooks=hooks)
