@@ -86,7 +86,7 @@ def ensure_free_space(folder: str | Path, needed: int) -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def code_version() -> dict[str, Any]:
+def git_version() -> dict[str, Any]:
     """ioi_utils.__version__ and, when the package sits in a git checkout, its commit and dirty flag."""
     out: dict[str, Any] = {"ioi_utils": __version__, "git_commit": None, "git_dirty": None}
     here = Path(__file__).resolve().parent

@@ -92,7 +92,7 @@ def toxic_rule(config: TrainConfig, root: str | Path | None = None) -> str | Non
 # ---------------------------------------------------------------- forward, loss, step
 
 
-def end_logits(model, tokens: torch.Tensor, end: torch.Tensor, fast: bool = True) -> torch.Tensor:
+def forward_end_logits(model, tokens: torch.Tensor, end: torch.Tensor, fast: bool = True) -> torch.Tensor:
     """Logits at END only: tokens [b, seq], end [b] -> [b, vocab]; or at k positions per prompt:
     end [b, k] -> [b * k, vocab] (prompt-major).
 
@@ -111,7 +111,7 @@ def end_logits(model, tokens: torch.Tensor, end: torch.Tensor, fast: bool = True
 
 def end_loss(model, tokens: torch.Tensor, end: torch.Tensor, labels: torch.Tensor, fast: bool = True) -> torch.Tensor:
     """Mean cross-entropy of the label token at END (labels [b]), or of k label tokens (end, labels [b, k])."""
-    return F.cross_entropy(end_logits(model, tokens, end, fast).float(), labels.flatten())
+    return F.cross_entropy(forward_end_logits(model, tokens, end, fast).float(), labels.flatten())
 
 
 def train_step(model, optimizer: torch.optim.Optimizer, tokens: torch.Tensor, end: torch.Tensor,
@@ -144,7 +144,7 @@ def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
 def fast_path_ok(model, tokens: torch.Tensor, end: torch.Tensor) -> bool:
     """True if the END-only forward gives the bridge's own END logits for this model (checked on a batch)."""
     try:
-        diff = (end_logits(model, tokens, end, fast=True) - end_logits(model, tokens, end, fast=False)).abs().max()
+        diff = (forward_end_logits(model, tokens, end, fast=True) - forward_end_logits(model, tokens, end, fast=False)).abs().max()
     except (AttributeError, TypeError, RuntimeError):
         return False
     return bool(diff <= FAST_PATH_TOLERANCE)
@@ -187,7 +187,7 @@ class DeviceData:
 def all_end_logits(model, split: DeviceData, fast: bool = True) -> torch.Tensor:
     """END logits of a whole split, [n, vocab] float32 on the CPU."""
     order = torch.arange(len(split))
-    return torch.cat([end_logits(model, t, e, fast).float().cpu()
+    return torch.cat([forward_end_logits(model, t, e, fast).float().cpu()
                       for t, e, _ in split.batches(order, EVAL_BATCH_SIZE)])
 
 
@@ -207,7 +207,7 @@ def task_scores(model, ds, fast: bool = True) -> torch.Tensor:
     out = []
     for start in range(0, len(ds), EVAL_BATCH_SIZE):
         rows = slice(start, start + EVAL_BATCH_SIZE)
-        logits = end_logits(model, ds.tokens[rows].to(dev), pos[rows].to(dev), fast).float()  # [b * k, vocab]
+        logits = forward_end_logits(model, ds.tokens[rows].to(dev), pos[rows].to(dev), fast).float()  # [b * k, vocab]
         logits = logits.view(-1, pos.shape[1], logits.shape[-1])
         out.append(ds.score_readout(logits[:, 0] if pos.shape[1] == 1 else logits, rows).cpu())
     return torch.cat(out)
@@ -400,7 +400,7 @@ def _check_source(config: TrainConfig, root: Path) -> Run | None:
 def _write_run_files(run: Run, config: TrainConfig, train_ds, test_ds, extra: dict[str, Any]) -> None:
     """run.json (run id, dataset fingerprints, code version, environment and `extra`), then config.json."""
     info = {"id": run.id, "fingerprints": {"train": train_ds.fingerprint(), "test": test_ds.fingerprint()},
-            "code": runs.code_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "code": runs.git_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "checksums": True,  # checkpoints.json records every checkpoint (a run without it predates them)
             "created": datetime.now(timezone.utc).isoformat(), **extra}
     runs.write_json(run.dir / runs.INFO, info)

@@ -100,7 +100,7 @@ def test_fast_end_logits_equal_bridge_logits(tiny):
     split = training.DeviceData(train, torch.device("cpu"))
     tokens, end, _ = split.batch(torch.arange(len(train)))
     with torch.no_grad():
-        fast = training.end_logits(model, tokens, end, fast=True)
+        fast = training.forward_end_logits(model, tokens, end, fast=True)
         plain = model(train.tokens)[torch.arange(len(train)), train.positions["END"]]
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-5)
     assert training.fast_path_ok(model, tokens, end)
@@ -306,6 +306,6 @@ def test_fast_end_logits_equal_bridge_logits_smollm2():
     split = training.DeviceData(train, torch.device("cpu"))
     tokens, end, _ = split.batch(torch.arange(len(train)))
     with torch.no_grad():
-        fast = training.end_logits(model, tokens, end, fast=True)
+        fast = training.forward_end_logits(model, tokens, end, fast=True)
         plain = model(train.tokens)[torch.arange(len(train)), train.positions["END"]]
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4)
