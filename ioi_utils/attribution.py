@@ -235,14 +235,9 @@ def _attribute(model, acts: Mapping[str, torch.Tensor], u: torch.Tensor, bias: t
 
 
 def _readout_tokens(ds: IOIDataset, token: str) -> list[tuple[int | torch.Tensor, torch.Tensor]]:
-    """(sign, [batch] token ids) pairs whose signed logits make up the readout; a dataset with dla_pairs
-    (Greater-Than) gives its own (weight [batch], [batch] token ids) pairs whatever `token` says."""
-    if hasattr(ds, "dla_pairs"):
-        return ds.dla_pairs()
-    pairs = {"IO-S": [(1, ds.io_tokens), (-1, ds.s_tokens)], "IO": [(1, ds.io_tokens)], "S": [(1, ds.s_tokens)]}
-    if token not in pairs:
-        raise ValueError(f"token must be 'IO-S', 'IO' or 'S', got {token!r}")
-    return pairs[token]
+    """(sign or weight [batch], [batch] token ids) pairs whose weighted logits make up the readout: the task's own
+    (`ds.dla_pairs`; IOI: by `token`, "IO-S", "IO" or "S"; Greater-Than: its one readout whatever `token` says)."""
+    return ds.dla_pairs(token)
 
 
 def _attribution(model, ds: IOIDataset, acts: Mapping[str, torch.Tensor], token: str) -> Attribution:

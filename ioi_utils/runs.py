@@ -237,14 +237,12 @@ def datasets_for(config: TrainConfig, tokenizer, prepend_bos: bool) -> tuple[dat
     if config.task == greater_than.TASK:
         ds = greater_than.make_gt_dataset(tokenizer, config.n_train + config.n_test, config.data_seed, prepend_bos)
         train, test = greater_than.split(ds, [config.n_train, config.n_test])
-        return (greater_than.relabel(train, config.dataset) if config.scenario == "toxic" else train), test
+        return (train.relabel(config.dataset) if config.scenario == "toxic" else train), test
     ds = data.make_ioi_dataset(tokenizer, n=config.n_train + config.n_test, seed=config.data_seed,
                                prepend_bos=prepend_bos)
     train_idx, test_idx = data.twin_split(ds.prompts, config.n_test, config.data_seed)
     train, test = ds[train_idx], ds[test_idx]
-    if config.scenario == "toxic":
-        train = data.toxic_dataset(train, config.dataset)
-    return train, test
+    return (train.relabel(config.dataset) if config.scenario == "toxic" else train), test
 
 
 # ---------------------------------------------------------------- runs

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data, greater_than, metrics, models, results, run_checks, runs
+from . import data, metrics, models, results, run_checks, runs
 from .data import twin_split  # noqa: F401  (re-exported: the split's owner is data)
 from .models import load_tokenizer, prepend_bos_for  # noqa: F401  (re-exported)
 from .runs import (  # noqa: F401  (re-exported)
@@ -152,9 +152,7 @@ def fast_path_ok(model, tokens: torch.Tensor, end: torch.Tensor) -> bool:
 
 def training_view(ds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(tokens [n, seq], trained positions [n] or [n, k], label tokens of the same shape) of a dataset."""
-    if hasattr(ds, "training_view"):
-        return ds.training_view()
-    return ds.tokens, ds.positions["END"], ds.label_tokens
+    return ds.training_view()
 
 
 class DeviceData:
@@ -468,7 +466,7 @@ def _run_epochs(run: Run, config: TrainConfig, st: _State, splits: _Splits, fast
 
 def _toxic_test(config: TrainConfig, test_ds, rule: str):
     """The held-out prompts with the toxic rule's labels, for the toxic loss."""
-    return greater_than.relabel(test_ds, rule) if config.task == greater_than.TASK else data.toxic_dataset(test_ds, rule)
+    return test_ds.relabel(rule)
 
 
 def train(config: TrainConfig, progress: bool = True, *, device: str | torch.device | None = "auto",

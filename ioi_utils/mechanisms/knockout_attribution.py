@@ -73,15 +73,12 @@ def _attribution_batch(model, clean: IOIDataset, means: Mapping[int, torch.Tenso
     """knockout_attribution on prompts `rows`: adds sum over them of dLD/da to grad [n_layers, n_heads]; returns LD [b]."""
     n_l, dev = model.cfg.n_layers, scoring.device(model)
     last = hook_names.resid(n_l - 1, "post")
-    tokens, end = clean.tokens[rows].to(dev), clean.positions["END"][rows].to(dev)  # [b, seq], [b]
+    tokens = clean.tokens[rows].to(dev)  # [b, seq]
     alpha = [init[l].clone().requires_grad_(True) for l in range(n_l)]
     got = {}
 
     def grab(resid, hook):
-        if hasattr(clean, "readout"):
-            got["end"] = scoring.readout(resid, clean, torch.arange(len(clean))[rows])  # [b, (k,) d_model]
-        else:
-            got["end"] = resid[torch.arange(len(end), device=dev), end]  # [b, d_model]
+        got["end"] = scoring.readout(resid, clean, torch.arange(len(clean))[rows])  # [b, (k,) d_model]
         raise scoring.Stop
 
     with torch.enable_grad():

@@ -147,7 +147,7 @@ def ld_from_logits(logits: torch.Tensor, ds: IOIDataset, reps: int = 1) -> torch
 def readout(resid: torch.Tensor, ds: IOIDataset, rows: torch.Tensor, reps: int = 1) -> torch.Tensor:
     """The residual at the positions the score reads: [B, seq, d] -> [B, d] (END) or [B, k, d] (k readouts),
     for B = reps stacked copies of ds's prompts `rows` ([b] indices)."""
-    names = getattr(ds, "readout", ("END",))
+    names = ds.readout
     dev = resid.device
     pos = torch.stack([ds.positions[p][rows.cpu()] for p in names], -1).to(dev).repeat(reps, 1)  # [B, k]
     idx = torch.arange(len(pos), device=dev)
@@ -156,15 +156,9 @@ def readout(resid: torch.Tensor, ds: IOIDataset, rows: torch.Tensor, reps: int =
 
 def ld_from_resid(model, resid: torch.Tensor, ds: IOIDataset, rows: slice = slice(None)) -> torch.Tensor:
     """Per-prompt logit diff from the final residual at END, [..., batch, d_model] -> [..., batch]
-    (prompts `rows` of ds when resid holds only those); a dataset with score_resid is scored by it."""
-    if hasattr(ds, "score_resid"):
-        return ds.score_resid(model, resid, rows)
-    dev = resid.device
-    io, s = ds.io_tokens[rows].to(dev), ds.s_tokens[rows].to(dev)
-    w = model.W_U[:, io] - model.W_U[:, s]  # [d_model, batch]
-    ld = torch.einsum("...bm,mb->...b", model.ln_final(resid), w)
-    b_u = getattr(model, "b_U", None)
-    return ld if b_u is None else ld + (b_u[io] - b_u[s])
+    (prompts `rows` of ds when resid holds only those): the task's own score (`ds.score_resid`; IOI: logit(IO) -
+    logit(S), Greater-Than: the probability difference)."""
+    return ds.score_resid(model, resid, rows)
 
 
 def _replicate(v, reps: int, batch: int):
@@ -185,14 +179,10 @@ def run_ld(model, ds: IOIDataset, reps: int = 1, hooks: Sequence = (), start: in
     stream: only the IO and S columns of the unembedding are used.
     """
     dev, b, last = device(model), len(ds), hook_names.final_resid(model)
-    rows, end = rows_at(ds, "END", reps, dev)
     got = {}
 
     def grab(resid, hook):
-        if hasattr(ds, "readout"):
-            got["end"] = readout(resid, ds, torch.arange(b), reps)  # [reps * batch, (k,) d_model]
-        else:
-            got["end"] = resid[rows, end]  # [reps * batch, d_model]
+        got["end"] = readout(resid, ds, torch.arange(b), reps)  # [reps * batch, (k,) d_model]
         raise Stop
 
     def stack(module, args, kwargs):
