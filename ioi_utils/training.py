@@ -41,54 +41,6 @@ FAST_PATH_TOLERANCE = 1e-3  # max |END logit| difference allowed between the fas
 Callback = Callable[[str, int, int | None], None]
 
 
-# ---------------------------------------------------------------- runs of a config
-
-
-def run_id(config: TrainConfig, train: data.IOIDataset, test: data.IOIDataset) -> str:
-    """Folder name of a run: readable prefix plus a hash of config and dataset fingerprints."""
-    digest = runs.config_hash(config.to_dict(), {"train": train.fingerprint(), "test": test.fingerprint()})
-    model = "".join(c if c.isalnum() or c in "-." else "_" for c in Path(config.model).name)
-    return f"{model}-{config.scenario}-{config.dataset}-e{config.epochs}-{digest[:12]}"
-
-
-def find_run(config: TrainConfig, root: str | Path | None = None, tokenizer=None) -> Run | None:
-    """The run folder of a config if it exists (complete or not), else None."""
-    tokenizer = tokenizer or load_tokenizer(config.model)
-    train, test = datasets_for(config, tokenizer, prepend_bos_for(config.model, tokenizer))
-    run = Run(Path(root or runs.runs_root()) / run_id(config, train, test))
-    return run if run.exists else None
-
-
-def reversal_config(source: Run | TrainConfig | str, epochs: int = 5, root: str | Path | None = None,
-                    **overrides) -> TrainConfig:
-    """Config that retrains a toxic run's final model on clean data (same model, data and hyperparameters)."""
-    if isinstance(source, TrainConfig):
-        found = find_run(source, root)
-        if found is None:
-            raise ValueError(f"reversal source not found: no run for {source} under {root or runs.runs_root()}")
-        source = found
-    run = source if isinstance(source, Run) else runs.open_run(source, root)
-    return reversal_of(run.config, run.id, epochs, **overrides)
-
-
-def reversal_of(source_config: TrainConfig, source_id: str, epochs: int = 5, **overrides) -> TrainConfig:
-    """The reversal config of a toxic run given its config and run id (the run need not exist yet: a sweep plans
-    reversals before their sources are trained); `reversal_config` is this applied to a run on disk."""
-    if source_config.scenario != "toxic":
-        raise ValueError(f"a reversal starts from a toxic run; {source_id} is a {source_config.scenario} run")
-    return dataclasses.replace(source_config, scenario="reversal", dataset="clean", source=source_id, epochs=epochs,
-                               **overrides)
-
-
-def toxic_rule(config: TrainConfig, root: str | Path | None = None) -> str | None:
-    """The toxic rule a run trains on (toxic) or undoes (reversal); None for clean runs."""
-    if config.scenario == "toxic":
-        return config.dataset
-    if config.scenario == "reversal":
-        return runs.open_run(config.source, root).config.dataset
-    return None
-
-
 # ---------------------------------------------------------------- forward, loss, step
 
 
@@ -481,8 +433,8 @@ def train(config: TrainConfig, progress: bool = True, *, device: str | torch.dev
     root = Path(root or runs.runs_root())
     tok = load_tokenizer(config.model)
     train_ds, test_ds = datasets_for(config, tok, prepend_bos_for(config.model, tok))
-    run = Run(root / run_id(config, train_ds, test_ds))
-    source, rule = _check_source(config, root), toxic_rule(config, root)
+    run = Run(root / runs.run_id(config, train_ds, test_ds))
+    source, rule = _check_source(config, root), runs.toxic_rule(config, root)
     run.dir.mkdir(parents=True, exist_ok=True)
     with _lock(run.dir):
         if _settle(run, config, train_ds, test_ds):
