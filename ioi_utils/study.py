@@ -91,7 +91,7 @@ def toxic_configs(base: training.TrainConfig, epochs: int, batch_size: int) -> d
             for rule in data.TOXIC_RULES}
 
 
-def admission_cached(study_: Study, seed: int, n: int,
+def admission_seed_cached(study_: Study, seed: int, n: int,
                      thresholds: circuits.Thresholds = circuits.Thresholds()) -> tuple[list[circuits.Head], torch.Tensor]:
     """Stage 1 of discovery on the base model and the n discovery prompts of a prompt seed, memoised: (admitted
     heads, each head's attributed share of F(M) [n_layers, n_heads]). The circuit's heads are exactly these."""
