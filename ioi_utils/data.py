@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import torch
+from jaxtyping import Float, Int
 
 NAMES: tuple[str, ...] = (
     "Michael", "Christopher", "Jessica", "Matthew", "Ashley", "Jennifer", "Joshua", "Amanda", "Daniel",
@@ -246,7 +247,8 @@ class IOIDataset:
 
     readout: tuple[str, ...] = ("END",)  # the positions the score reads
 
-    def score_resid(self, model, resid: torch.Tensor, rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+    def score_resid(self, model, resid: Float[torch.Tensor, "*lead batch d_model"],
+                    rows: slice | torch.Tensor = slice(None)) -> Float[torch.Tensor, "*lead batch"]:
         """Per-prompt logit difference logit(IO) - logit(S) from the final residual at END (before the final
         norm), [..., b, d_model] -> [..., b], for prompts `rows`; only the IO and S columns of W_U are used."""
         dev = resid.device
@@ -264,7 +266,7 @@ class IOIDataset:
             raise ValueError(f"token must be 'IO-S', 'IO' or 'S', got {token!r}")
         return pairs[token]
 
-    def training_view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def training_view(self) -> tuple[Int[torch.Tensor, "n seq"], Int[torch.Tensor, "n"], Int[torch.Tensor, "n"]]:
         """(tokens [n, seq], END positions [n], label tokens [n]): fine-tuning trains the label at END."""
         return self.tokens, self.positions["END"], self.label_tokens
 

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from typing import Iterator, Mapping, Sequence
 
 import torch
+from jaxtyping import Float
 
 from .. import hook_names
 from ..data import IOIDataset
@@ -35,7 +36,7 @@ def _scaled_z_hooks(means: Mapping[int, torch.Tensor], alpha: Sequence[torch.Ten
 
 
 def knockout_attribution(model, clean: IOIDataset, means: Mapping[int, torch.Tensor], keep: Sequence[Head],
-                         batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+                         batch_size: int = 64) -> tuple[Float[torch.Tensor, "batch"], Float[torch.Tensor, "n_layers n_heads"]]:
     """Knockout with attribution: ([batch] logit diff of the model with every head outside `keep` mean-ablated at
     every position, [n_layers, n_heads] first-order change of the mean logit diff per head if its z were scaled
     from its mean (0) to its clean value (1), at the current knockout).

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import torch
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from .. import hook_names
@@ -116,7 +117,7 @@ def _knockout_hooks(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[
 
 def circuit_logit_diff(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
                        means: Mapping[int, torch.Tensor] | None = None,
-                       per_prompt: bool = False) -> float | torch.Tensor:
+                       per_prompt: bool = False) -> float | Float[torch.Tensor, "batch"]:
     """Mean logit difference of the model reduced to a circuit by mean ablation (see _knockout_hooks), or
     the per-prompt values ([batch] float tensor on the CPU) if per_prompt. A dataset with `score` is scored by it.
     The forward stops at the final residual: only the readout positions are unembedded."""
@@ -148,7 +149,7 @@ def layer_groups(n_layers: int, k: int = 3) -> list[list[int]]:
 
 def mlp_knockout(model, clean: IOIDataset, abc: IOIDataset, means: Mapping[int, torch.Tensor] | None = None,
                  batch_size: int = 32, progress: bool = False,
-                 groups: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
+                 groups: Sequence[Sequence[int]] | None = None) -> Float[torch.Tensor, "n_groups"]:
     """[n_groups] mean logit diff on clean when the MLPs of a group of layers (default: each layer alone) have
     their output (blocks.{l}.hook_mlp_out, every position) replaced by its per-template mean over abc.
     The unablated value is scoring.full_logit_diff(model, clean)."""

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import torch
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from .. import hook_names
@@ -90,7 +91,7 @@ def _validate(model, clean: IOIDataset, corrupt: IOIDataset, receivers: Receiver
 @torch.no_grad()
 def path_patch_reference(model, clean: IOIDataset, corrupt: IOIDataset, receivers: Receivers = LOGITS,
                          senders: Sequence[Head] | None = None, batch_heads: int = 1,
-                         progress: bool = False) -> torch.Tensor:
+                         progress: bool = False) -> Float[torch.Tensor, "n_layers n_heads"]:
     """Path patching done plainly, full forwards per sender with hooks: [n_layers, n_heads] (see path_patch).
 
     batch_heads is accepted for signature parity and ignored (one sender per forward).
@@ -147,8 +148,8 @@ class Forwards:
 
     clean: IOIDataset
     corrupt: IOIDataset
-    acts: dict[str, torch.Tensor]  # clean run: hook name -> [batch, seq, ...]
-    corrupt_z: dict[int, torch.Tensor]  # corrupt run: layer -> [batch, seq, n_heads, d_head]
+    acts: dict[str, Float[torch.Tensor, "batch seq ..."]]  # clean run, by hook name
+    corrupt_z: dict[int, Float[torch.Tensor, "batch seq n_heads d_head"]]  # corrupt run, by layer
 
     def at(self, position: str, names: Sequence[str]) -> dict[str, torch.Tensor]:
         """Clean activations at one position of each prompt: name -> [batch, ...] (as scoring.at_position)."""
@@ -291,16 +292,16 @@ class PathPatchPrompts:
     and patched), so a head's effect can be called significant when its interval excludes 0.
     """
 
-    clean: torch.Tensor  # [batch] clean logit difference
-    patched: torch.Tensor  # [n_layers, n_heads, batch]; a head not patched holds the clean values
+    clean: Float[torch.Tensor, "batch"]  # clean logit difference
+    patched: Float[torch.Tensor, "n_layers n_heads batch"]  # a head not patched holds the clean values
     senders: tuple[Head, ...]
 
-    def effect(self) -> torch.Tensor:
+    def effect(self) -> Float[torch.Tensor, "n_layers n_heads"]:
         """[n_layers, n_heads] relative change of the mean logit difference (0 for heads not patched)."""
         m = self.clean.mean()
         return (self.patched.mean(-1) - m) / m
 
-    def interval(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> torch.Tensor:
+    def interval(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> Float[torch.Tensor, "2 n_layers n_heads"]:
         """[2, n_layers, n_heads] percentile bootstrap interval of effect() over prompts."""
         g = torch.Generator().manual_seed(seed)
         n = len(self.clean)
@@ -346,7 +347,8 @@ def path_patch_prompts(model, clean: IOIDataset, corrupt: IOIDataset, receivers:
 
 
 def path_patch(model, clean: IOIDataset, corrupt: IOIDataset, receivers: Receivers = LOGITS,
-               senders: Sequence[Head] | None = None, batch_heads: int = 8, progress: bool = False) -> torch.Tensor:
+               senders: Sequence[Head] | None = None, batch_heads: int = 8,
+               progress: bool = False) -> Float[torch.Tensor, "n_layers n_heads"]:
     """Path patching (ARENA's 3-step form of Wang et al.): [n_layers, n_heads] relative change of the clean
     logit difference, (patched - clean) / clean.
 
