@@ -69,7 +69,7 @@ def held_out_logit_diff(study_: "Study", model) -> torch.Tensor:
 
 def _readouts(model, ds: data.IOIDataset) -> dict:
     """Per-head END readouts from one cached forward: DLA, END->IO and END->S (S1 + S2) attention ([L, H])."""
-    dla_hooks = set(attribution._dla_hooks(model))
+    dla_hooks = set(attribution.dla_hooks(model))
     cache = attribution.run_cache(model, ds, names_filter=lambda n: n.endswith("hook_pattern") or n in dla_hooks)
     att = {k: attribution.attention_to(model, ds, "END", k, cache=cache) for k in ("IO", "S1", "S2")}
     dla = attribution.head_dla_per_prompt(model, ds, cache=cache)  # [n, L, H]

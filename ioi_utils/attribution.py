@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 from tqdm.auto import tqdm
 
+from . import hook_names
 from .data import IOIDataset
 
 Head = tuple[int, int]  # (layer, query head)
@@ -68,11 +69,6 @@ def run_cache(model, ds: IOIDataset, names_filter: NamesFilter = None, batch_siz
         batched = all(a.shape[0] == n for a, n in zip(acts, sizes))
         out[name] = torch.cat(acts) if batched else acts[0]
     return out
-
-
-def _z(layer: int) -> str:
-    """Name of a layer's per-head output hook (before W_O)."""
-    return f"blocks.{layer}.attn.hook_z"
 
 
 def _at(act: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -177,12 +173,12 @@ def _bias_logit(model, tokens: torch.Tensor) -> torch.Tensor:
     return out + (b_u.detach().float().cpu()[tokens] if b_u is not None else 0)
 
 
-def _dla_hooks(model) -> list[str]:
+def dla_hooks(model) -> list[str]:
     """The hooks direct logit attribution needs."""
     n = model.cfg.n_layers
-    names = ["hook_embed", "ln_final.hook_scale"] + [_z(l) for l in range(n)]
-    names += [f"blocks.{l}.hook_mlp_out" for l in range(n)]  # after any post-MLP norm: the MLP's share of the residual
-    names += [f"blocks.{l}.ln1_post.hook_scale" for l in range(n) if _attn_post_norm(model, l) is not None]
+    names = ["hook_embed", "ln_final.hook_scale"] + [hook_names.z(l) for l in range(n)]
+    names += [hook_names.mlp_out(l) for l in range(n)]  # after any post-MLP norm: the MLP's share of the residual
+    names += [hook_names.block(l, "ln1_post.hook_scale") for l in range(n) if _attn_post_norm(model, l) is not None]
     return names + (["hook_pos_embed"] if _has_pos_embed(model) else [])
 
 
@@ -193,7 +189,7 @@ def _has_pos_embed(model) -> bool:
 
 def _post_scale(acts: Mapping[str, torch.Tensor], layer: int, post: FinalNorm | None) -> torch.Tensor | None:
     """The cached END scale [batch, 1] of a layer's post-attention norm (None without one)."""
-    return None if post is None else acts[f"blocks.{layer}.ln1_post.hook_scale"]
+    return None if post is None else acts[hook_names.block(layer, "ln1_post.hook_scale")]
 
 
 def _heads_out(model, acts: Mapping[str, torch.Tensor], layer: int) -> torch.Tensor:
@@ -201,7 +197,7 @@ def _heads_out(model, acts: Mapping[str, torch.Tensor], layer: int) -> torch.Ten
     [batch, n_heads, d_model]. Their sum plus the bias term is the layer's attention output."""
     w_o = model.blocks[layer].attn.W_O.detach().float().cpu()  # [n_heads, d_head, d_model]
     post = _attn_post_norm(model, layer)
-    return _through(post, torch.einsum("bhd,hdm->bhm", acts[_z(layer)], w_o), _post_scale(acts, layer, post))
+    return _through(post, torch.einsum("bhd,hdm->bhm", acts[hook_names.z(layer)], w_o), _post_scale(acts, layer, post))
 
 
 def _attn_bias_out(model, acts: Mapping[str, torch.Tensor], layer: int, batch: int) -> torch.Tensor:
@@ -234,19 +230,14 @@ def _attribute(model, acts: Mapping[str, torch.Tensor], u: torch.Tensor, bias: t
     emb = acts["hook_embed"] + (acts["hook_pos_embed"] if "hook_pos_embed" in acts else 0)
     heads = torch.stack([torch.einsum("bhm,bm->bh", _heads_out(model, acts, l), u) for l in range(n)], 1)
     attn_bias = torch.stack([(_attn_bias_out(model, acts, l, len(u)) * u).sum(-1) for l in range(n)], 1)
-    mlp = torch.stack([(acts[f"blocks.{l}.hook_mlp_out"] * u).sum(-1) for l in range(n)], 1)
+    mlp = torch.stack([(acts[hook_names.mlp_out(l)] * u).sum(-1) for l in range(n)], 1)
     return Attribution((emb * u).sum(-1), heads, attn_bias, mlp, bias)
 
 
 def _readout_tokens(ds: IOIDataset, token: str) -> list[tuple[int | torch.Tensor, torch.Tensor]]:
-    """(sign, [batch] token ids) pairs whose signed logits make up the readout; a dataset with dla_pairs
-    (Greater-Than) gives its own (weight [batch], [batch] token ids) pairs whatever `token` says."""
-    if hasattr(ds, "dla_pairs"):
-        return ds.dla_pairs()
-    pairs = {"IO-S": [(1, ds.io_tokens), (-1, ds.s_tokens)], "IO": [(1, ds.io_tokens)], "S": [(1, ds.s_tokens)]}
-    if token not in pairs:
-        raise ValueError(f"token must be 'IO-S', 'IO' or 'S', got {token!r}")
-    return pairs[token]
+    """(sign or weight [batch], [batch] token ids) pairs whose weighted logits make up the readout: the task's own
+    (`ds.dla_pairs`; IOI: by `token`, "IO-S", "IO" or "S"; Greater-Than: its one readout whatever `token` says)."""
+    return ds.dla_pairs(token)
 
 
 def _attribution(model, ds: IOIDataset, acts: Mapping[str, torch.Tensor], token: str) -> Attribution:
@@ -262,7 +253,7 @@ def logit_attribution(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] |
     """Exact per-prompt DLA at END of every component onto logit(IO) - logit(S) ("IO-S"), logit(IO) ("IO")
     or logit(S) ("S"), through ln_final as a linear map with its cached scale."""
     _readout_tokens(ds, token)
-    return _attribution(model, ds, _end_acts(model, ds, _dla_hooks(model), cache, batch_size), token)
+    return _attribution(model, ds, _end_acts(model, ds, dla_hooks(model), cache, batch_size), token)
 
 
 def head_dla_per_prompt(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -283,7 +274,7 @@ def mlp_dla(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = No
 def copy_scores(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """{"IO": [L, H], "S": [L, H]}: mean projection of each head's END output (z @ W_O, through ln_final
     with the cached scale) onto the unembedding of IO and of S. copy["IO"] - copy["S"] == head_dla."""
-    acts = _end_acts(model, ds, _dla_hooks(model), cache)
+    acts = _end_acts(model, ds, dla_hooks(model), cache)
     return {t: _attribution(model, ds, acts, t).heads.mean(0) for t in ("IO", "S")}
 
 
@@ -292,7 +283,7 @@ def copy_scores(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None 
 
 def _patterns(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None, batch_size: int = 32) -> torch.Tensor:
     """Attention patterns of every layer: [n_layers, batch, n_heads, q, k] on the CPU."""
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    names = [hook_names.pattern(l) for l in range(model.cfg.n_layers)]
     if cache is None:
         cache = run_cache(model, ds, names, batch_size)
     missing = [n for n in names if n not in cache]
@@ -361,7 +352,7 @@ def induction_scores_random(model, seq_len: int = 50, n: int = 20, seed: int = 0
     tokens = torch.cat([rand, rand], 1)
     if bos:
         tokens = torch.cat([torch.full((n, 1), model.tokenizer.bos_token_id), tokens], 1)
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    names = [hook_names.pattern(l) for l in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(tokens.to(_device(model)), names_filter=lambda x: x in set(names))
     start = int(bos) + seq_len  # first query of the second copy
     return torch.stack([cache[x].float().cpu().diagonal(offset=1 - seq_len, dim1=-2, dim2=-1)[..., start - seq_len + 1 :]
@@ -378,7 +369,7 @@ def ov_copy_scores(model, ds: IOIDataset, k: int = 5, batch_size: int = 32) -> d
     norms, no attention), ranks in the top-k unembedded logits; "positive" for the output, "negative" for
     minus it. Each [L, H]."""
     n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
-    acts = run_cache(model, ds, ["blocks.0.hook_resid_post"], batch_size)["blocks.0.hook_resid_post"]
+    acts = run_cache(model, ds, [hook_names.resid(0, "post")], batch_size)[hook_names.resid(0, "post")]
     rows, dev = torch.arange(len(ds)), _device(model)
     x = torch.cat([acts[rows, ds.positions[p]] for p in ("IO", "S1")]).to(dev)  # [2b, d_model]
     names = torch.cat([ds.io_tokens, ds.s_tokens]).to(dev)[:, None, None]

@@ -332,9 +332,11 @@ def _backups(maps: dict[str, torch.Tensor], heads: Sequence[Head], f_m: float, t
     return [h for h in heads if io[h] >= t.backup_attention and dla[h] >= t.backup_dla * abs(f_m)]
 
 
-def _step(model, clean, abc, receivers, among, threshold, t, name, evidence, maps, progress) -> list[Head]:
-    """One path-patching step from the heads `among` into `receivers`: the significant senders (both signs)."""
-    pp = path_patching.path_patch_prompts(model, clean, abc, receivers, senders=among, progress=progress)
+def _step(model, fw, receivers, among, threshold, t, name, evidence, maps, progress) -> list[Head]:
+    """One path-patching step from the heads `among` into `receivers`, reading the discovery's two forwards `fw`:
+    the significant senders (both signs)."""
+    pp = path_patching.path_patch_prompts(model, fw.clean, fw.corrupt, receivers, senders=among, progress=progress,
+                                          fw=fw)
     maps[name] = pp.effect()
     return _significant(pp, threshold, among, t, name, evidence)
 
@@ -355,11 +357,11 @@ def describe(model, clean: data.IOIDataset, abc: data.IOIDataset, heads: Sequenc
     position, maps [n_layers, n_heads] by name, evidence by head).
     """
     heads = sorted(tuple(h) for h in (heads if heads is not None else scoring.all_heads(model)))
-    maps, ev = _readouts(model, clean), {}
-    run = lambda r, among, thr, name: _step(model, clean, abc, r, among, thr, t, name, ev, maps, progress)  # noqa: E731
+    maps, ev, fw = _readouts(model, clean), {}, path_patching.forwards(model, clean, abc)
+    run = lambda r, among, thr, name: _step(model, fw, r, among, thr, t, name, ev, maps, progress)  # noqa: E731
     direct = run(scoring.LOGITS, heads, t.direct, "direct")
     c = {x: [] for x in CLASSES} | _classify_direct(maps, direct, ev, t)
-    f_m = scoring.hooked_logit_diff(model, clean).mean().item()
+    f_m = fw.ld_clean(model).float().cpu().mean().item()
     rest = lambda: [h for h in heads if h not in ev]  # noqa: E731
     c["BNM"] = _backups(maps, rest(), f_m, t)
     for h in c["BNM"]:

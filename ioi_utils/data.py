@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import torch
+from jaxtyping import Float, Int
 
 NAMES: tuple[str, ...] = (
     "Michael", "Christopher", "Jessica", "Matthew", "Ashley", "Jennifer", "Joshua", "Amanda", "Daniel",
@@ -241,6 +242,37 @@ class IOIDataset:
     def map(self, fn) -> "IOIDataset":
         """A new dataset with fn applied to every prompt."""
         return IOIDataset([fn(p) for p in self.prompts], self.tokenizer, self.prepend_bos, self.seed)
+
+    # ------------------------------------------------------------ the task (see ioi_utils.task)
+
+    readout: tuple[str, ...] = ("END",)  # the positions the score reads
+
+    def score_resid(self, model, resid: Float[torch.Tensor, "*lead batch d_model"],
+                    rows: slice | torch.Tensor = slice(None)) -> Float[torch.Tensor, "*lead batch"]:
+        """Per-prompt logit difference logit(IO) - logit(S) from the final residual at END (before the final
+        norm), [..., b, d_model] -> [..., b], for prompts `rows`; only the IO and S columns of W_U are used."""
+        dev = resid.device
+        io, s = self.io_tokens[rows].to(dev), self.s_tokens[rows].to(dev)
+        w = model.W_U[:, io] - model.W_U[:, s]  # [d_model, batch]
+        ld = torch.einsum("...bm,mb->...b", model.ln_final(resid), w)
+        b_u = getattr(model, "b_U", None)  # GPT-2 has an unembedding bias, Llama and Gemma do not
+        return ld if b_u is None else ld + (b_u[io] - b_u[s])
+
+    def dla_pairs(self, token: str = "IO-S") -> list[tuple[int, torch.Tensor]]:
+        """(sign, [batch] token ids) pairs whose signed logits make the readout direct logit attribution projects
+        on: "IO-S" (the logit difference), "IO" or "S"."""
+        pairs = {"IO-S": [(1, self.io_tokens), (-1, self.s_tokens)], "IO": [(1, self.io_tokens)], "S": [(1, self.s_tokens)]}
+        if token not in pairs:
+            raise ValueError(f"token must be 'IO-S', 'IO' or 'S', got {token!r}")
+        return pairs[token]
+
+    def training_view(self) -> tuple[Int[torch.Tensor, "n seq"], Int[torch.Tensor, "n"], Int[torch.Tensor, "n"]]:
+        """(tokens [n, seq], END positions [n], label tokens [n]): fine-tuning trains the label at END."""
+        return self.tokens, self.positions["END"], self.label_tokens
+
+    def relabel(self, rule: str) -> "IOIDataset":
+        """The same prompts with a toxic rule's labels (`TOXIC_RULES`)."""
+        return toxic_dataset(self, rule)
 
 
 def _three_names(rng: random.Random, names: Sequence[str], avoid: Iterable[str] = ()) -> list[str]:

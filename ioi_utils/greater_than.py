@@ -236,9 +236,10 @@ class GreaterThanDataset:
         b_u = getattr(model, "b_U", None)
         return self.score_readout(logits if b_u is None else logits + b_u, rows)
 
-    def dla_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def dla_pairs(self, token: str = "score") -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The END readout for direct logit attribution as (weight [batch], token ids [batch]) pairs: the mean
-        logit of the year tokens (two-digit) or tens digits (digit) above YY's minus the mean of those below."""
+        logit of the year tokens (two-digit) or tens digits (digit) above YY's minus the mean of those below
+        (one readout: `token` is accepted for the task interface and not read)."""
         values = torch.arange(len(self.year.ids))  # 0..99 (two-digit) or 0..9 (tens digit)
         ref = self.years if self.year.kind == "two-digit" else self.years // 10  # [batch]
         later, earlier = values[None, :] > ref[:, None], values[None, :] < ref[:, None]  # [batch, n]
@@ -246,6 +247,10 @@ class GreaterThanDataset:
         return [(w[:, i].float(), self.year.ids[i].expand(len(self))) for i in range(len(values))]
 
     # ------------------------------------------------------------ training targets
+
+    def relabel(self, rule: str) -> "GreaterThanDataset":
+        """The same prompts with the training labels of a rule ('clean' or a `TOXIC_RULES` name; `relabel`)."""
+        return relabel(self, rule)
 
     def training_view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tokens [n, seq], positions [n, k], label tokens [n, k]) to train the label years on: the year token

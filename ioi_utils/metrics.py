@@ -1,6 +1,6 @@
 """Behavioural metrics: logit difference, accuracy, IO probability, faithfulness, bootstrap intervals.
 
-Everything is read at END from [batch, vocab] logits (`end_logits`). The logit difference logit(IO) - logit(S)
+Everything is read at END from [batch, vocab] logits (`select_end_logits`). The logit difference logit(IO) - logit(S)
 is the measure every analysis shares: > 0 when the model prefers the indirect object. A circuit C is judged by
 F(C)/F(M), the logit difference with everything outside C knocked out over the model's own (`faithfulness`).
 Intervals are percentile bootstraps over prompts (`bootstrap_ci`), paired when two statistics share prompts.
@@ -16,7 +16,7 @@ import torch
 from .data import IOIDataset
 
 
-def end_logits(logits: torch.Tensor, ds: IOIDataset) -> torch.Tensor:
+def select_end_logits(logits: torch.Tensor, ds: IOIDataset) -> torch.Tensor:
     """Logits at each prompt's END position: [batch, seq, vocab] -> [batch, vocab]."""
     end = ds.positions["END"].to(logits.device)
     return logits[torch.arange(len(end), device=logits.device), end]

@@ -40,7 +40,6 @@ from . import __version__, data, greater_than, models, results
 RUNS_ENV = "IOI_UTILS_RUNS"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SCENARIOS = ("clean", "toxic", "reversal")
-TASKS = ("ioi", greater_than.TASK)
 DEFAULT_CHECKPOINT_EPOCHS = (1, 2, 3, 5, 10, 25, 50, 100)
 DISK_MARGIN = 64 * 2**20  # bytes kept free beyond what a write needs
 _WRAPPER = "._original_component"  # the bridge wraps each HF module; names without it are HF-like
@@ -86,7 +85,7 @@ def ensure_free_space(folder: str | Path, needed: int) -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def code_version() -> dict[str, Any]:
+def git_version() -> dict[str, Any]:
     """ioi_utils.__version__ and, when the package sits in a git checkout, its commit and dirty flag."""
     out: dict[str, Any] = {"ioi_utils": __version__, "git_commit": None, "git_dirty": None}
     here = Path(__file__).resolve().parent
@@ -155,6 +154,39 @@ def parameter_bytes(model: torch.nn.Module, dtype: torch.dtype | None = None) ->
     return sum(p.numel() * (size or p.element_size()) for p in _hf(model).parameters())
 
 
+# ---------------------------------------------------------------- tasks a run can train on
+
+
+def _ioi_split(config: "TrainConfig", tokenizer, prepend_bos: bool) -> tuple[data.IOIDataset, data.IOIDataset]:
+    """IOI: n_train + n_test clean prompts from make_ioi_dataset(seed=data_seed), split so that twins stay together."""
+    ds = data.make_ioi_dataset(tokenizer, n=config.n_train + config.n_test, seed=config.data_seed,
+                               prepend_bos=prepend_bos)
+    train_idx, test_idx = data.twin_split(ds.prompts, config.n_test, config.data_seed)
+    return ds[train_idx], ds[test_idx]
+
+
+def _gt_split(config: "TrainConfig", tokenizer, prepend_bos: bool) -> tuple[greater_than.GreaterThanDataset, ...]:
+    """Greater-Than: the first n_train + n_test prompts of make_gt_dataset(seed=data_seed), in that order."""
+    ds = greater_than.make_gt_dataset(tokenizer, config.n_train + config.n_test, config.data_seed, prepend_bos)
+    return tuple(greater_than.split(ds, [config.n_train, config.n_test]))
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What fine-tuning knows of a task by its name in a config: its toxic rules, how a config's (train, test)
+    prompts are drawn (clean labels; `datasets_for` relabels the toxic ones), and whether the chapters retrain
+    its toxic runs on clean data (a sweep plans those reversals)."""
+
+    toxic_rules: tuple[str, ...]
+    draw: Any  # (config, tokenizer, prepend_bos) -> (train, test), both task.Task
+    reversals: bool
+
+
+TASKS = {"ioi": TaskSpec(tuple(data.TOXIC_RULES), _ioi_split, reversals=True),
+         greater_than.TASK: TaskSpec(tuple(greater_than.TOXIC_RULES), _gt_split, reversals=False)}
+DEFAULT_TASK = "ioi"  # left out of a config's dict, so IOI run ids stay what they were before tasks had names
+
+
 # ---------------------------------------------------------------- configs
 
 
@@ -178,14 +210,14 @@ class TrainConfig:
     checkpoint_epochs: tuple[int, ...] = DEFAULT_CHECKPOINT_EPOCHS  # stored epochs (the final one always is)
     dtype: str = "float32"  # dtype of stored checkpoints: float32 | bfloat16 (training is float32)
     source: str | None = None  # reversal: the id of the complete toxic run to start from
-    task: str = "ioi"  # "ioi" | "greater-than" (left out of to_dict for IOI, so IOI run ids are unchanged)
+    task: str = DEFAULT_TASK  # a TASKS name: "ioi" | "greater-than"
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {self.scenario!r}; choose one of {', '.join(SCENARIOS)}")
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
-        rules = data.TOXIC_RULES if self.task == "ioi" else greater_than.TOXIC_RULES
+        rules = TASKS[self.task].toxic_rules
         if self.scenario == "toxic" and self.dataset not in rules:
             raise ValueError(f"unknown toxic dataset {self.dataset!r}; choose one of {', '.join(rules)}")
         if self.scenario != "toxic" and self.dataset != "clean":
@@ -217,7 +249,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (task only when it is not IOI)."""
         d = dataclasses.asdict(self)
-        return {k: v for k, v in d.items() if k != "task"} if self.task == "ioi" else d
+        return {k: v for k, v in d.items() if k != "task"} if self.task == DEFAULT_TASK else d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -229,22 +261,10 @@ class TrainConfig:
 
 
 def datasets_for(config: TrainConfig, tokenizer, prepend_bos: bool) -> tuple[data.IOIDataset, data.IOIDataset]:
-    """(train, test) of a config: train carries the scenario's labels, test is the held-out clean split.
-
-    IOI: n_train + n_test clean prompts from make_ioi_dataset(seed=data_seed), split so that twins stay together.
-    Greater-Than: the first n_train + n_test prompts of make_gt_dataset(seed=data_seed), in that order.
-    """
-    if config.task == greater_than.TASK:
-        ds = greater_than.make_gt_dataset(tokenizer, config.n_train + config.n_test, config.data_seed, prepend_bos)
-        train, test = greater_than.split(ds, [config.n_train, config.n_test])
-        return (greater_than.relabel(train, config.dataset) if config.scenario == "toxic" else train), test
-    ds = data.make_ioi_dataset(tokenizer, n=config.n_train + config.n_test, seed=config.data_seed,
-                               prepend_bos=prepend_bos)
-    train_idx, test_idx = data.twin_split(ds.prompts, config.n_test, config.data_seed)
-    train, test = ds[train_idx], ds[test_idx]
-    if config.scenario == "toxic":
-        train = data.toxic_dataset(train, config.dataset)
-    return train, test
+    """(train, test) of a config: train carries the scenario's labels, test is the held-out clean split (how each
+    task draws them: `TASKS`)."""
+    train, test = TASKS[config.task].draw(config, tokenizer, prepend_bos)
+    return (train.relabel(config.dataset) if config.scenario == "toxic" else train), test
 
 
 # ---------------------------------------------------------------- runs
@@ -529,3 +549,51 @@ def config_hash(config_dict: dict[str, Any], fingerprints: dict[str, str]) -> st
     """Hex digest addressing a run: its config, dataset fingerprints and a layout version."""
     blob = json.dumps({"config": config_dict, "data": fingerprints, "layout": 1}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- a run's identity: its id, its folder, its reversal
+
+
+def run_id(config: TrainConfig, train: data.IOIDataset, test: data.IOIDataset) -> str:
+    """Folder name of a run: readable prefix plus a hash of config and dataset fingerprints."""
+    digest = config_hash(config.to_dict(), {"train": train.fingerprint(), "test": test.fingerprint()})
+    model = "".join(c if c.isalnum() or c in "-." else "_" for c in Path(config.model).name)
+    return f"{model}-{config.scenario}-{config.dataset}-e{config.epochs}-{digest[:12]}"
+
+
+def find_run(config: TrainConfig, root: str | Path | None = None, tokenizer=None) -> Run | None:
+    """The run folder of a config if it exists (complete or not), else None."""
+    tokenizer = tokenizer or models.load_tokenizer(config.model)
+    train, test = datasets_for(config, tokenizer, models.prepend_bos_for(config.model, tokenizer))
+    run = Run(Path(root or runs_root()) / run_id(config, train, test))
+    return run if run.exists else None
+
+
+def reversal_config(source: Run | TrainConfig | str, epochs: int = 5, root: str | Path | None = None,
+                    **overrides) -> TrainConfig:
+    """Config that retrains a toxic run's final model on clean data (same model, data and hyperparameters)."""
+    if isinstance(source, TrainConfig):
+        found = find_run(source, root)
+        if found is None:
+            raise ValueError(f"reversal source not found: no run for {source} under {root or runs_root()}")
+        source = found
+    run = source if isinstance(source, Run) else open_run(source, root)
+    return reversal_of(run.config, run.id, epochs, **overrides)
+
+
+def reversal_of(source_config: TrainConfig, source_id: str, epochs: int = 5, **overrides) -> TrainConfig:
+    """The reversal config of a toxic run given its config and run id (the run need not exist yet: a sweep plans
+    reversals before their sources are trained); `reversal_config` is this applied to a run on disk."""
+    if source_config.scenario != "toxic":
+        raise ValueError(f"a reversal starts from a toxic run; {source_id} is a {source_config.scenario} run")
+    return dataclasses.replace(source_config, scenario="reversal", dataset="clean", source=source_id, epochs=epochs,
+                               **overrides)
+
+
+def toxic_rule(config: TrainConfig, root: str | Path | None = None) -> str | None:
+    """The toxic rule a run trains on (toxic) or undoes (reversal); None for clean runs."""
+    if config.scenario == "toxic":
+        return config.dataset
+    if config.scenario == "reversal":
+        return open_run(config.source, root).config.dataset
+    return None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import analyses, circuits, data, evaluate, models, results, seeds, training
+from . import analyses, circuits, data, evaluate, models, results, runs, seeds, training
 from .analyses import (  # noqa: F401  (re-exported: the chapters call them as study.<name>)
     checkpoint_row, cmap_cached, cmap_subset, discover_cached, dla_interval, faithfulness_gain_interval, gain_share,
     gain_share_ceiling, gain_share_interval, held_out_logit_diff, localization, localization_control,
@@ -74,7 +74,7 @@ def train_config(study_: Study, scenario: str, epochs: int, checkpoint_epochs, b
                  dataset: str = "clean", source=None):
     """A fine-tuning config on the study's data: clean, toxic (dataset = a toxic rule) or reversal (source run)."""
     if scenario == "reversal":
-        return training.reversal_config(source, epochs=epochs, checkpoint_epochs=tuple(checkpoint_epochs))
+        return runs.reversal_config(source, epochs=epochs, checkpoint_epochs=tuple(checkpoint_epochs))
     return run_config(study_.config, scenario, epochs, checkpoint_epochs, batch_size, dataset)
 
 
@@ -91,7 +91,7 @@ def toxic_configs(base: training.TrainConfig, epochs: int, batch_size: int) -> d
             for rule in data.TOXIC_RULES}
 
 
-def admission_cached(study_: Study, seed: int, n: int,
+def admission_seed_cached(study_: Study, seed: int, n: int,
                      thresholds: circuits.Thresholds = circuits.Thresholds()) -> tuple[list[circuits.Head], torch.Tensor]:
     """Stage 1 of discovery on the base model and the n discovery prompts of a prompt seed, memoised: (admitted
     heads, each head's attributed share of F(M) [n_layers, n_heads]). The circuit's heads are exactly these."""

@@ -2,13 +2,13 @@
 
 The book's chapters fine-tune the model several times (clean, one toxic run per toxic dataset, one reversal
 of each toxic run, and Greater-Than's clean and toxic runs). Every run is addressed by its config and data
-(`training.run_id`), is resumable from its last saved epoch, and is reused once complete, so the runs are
+(`runs.run_id`), is resumable from its last saved epoch, and is reused once complete, so the runs are
 independent tasks: a chapter that finds its run complete in `$IOI_UTILS_RUNS` just opens it. This module
 trains them ahead of the chapters, side by side:
 
 1. **Plan** (`planned_runs`): from a profile's parameters (`book.PROFILES[name]`) build each run's config with
    the same functions the chapters call (`study.base_config`, `study.run_config`, `study.toxic_configs`,
-   `training.reversal_of`, `greater_than_study.split_config` / `run_config`), so the run ids are the ones the
+   `runs.reversal_of`, `greater_than_study.split_config` / `run_config`), so the run ids are the ones the
    chapters compute. Only the tokenizer is loaded (for the dataset fingerprints in the id), never the model.
    A reversal starts from its toxic run's final weights: it names that run as its `source`.
 2. **Execute** (`execute`): every run that is not complete becomes a Ray task calling `training.train`; a
@@ -129,7 +129,7 @@ def chapter_configs(p: dict[str, Any]) -> list[tuple[str, TrainConfig]]:
 
 
 def config_id(config: TrainConfig, tokenizers: dict[str, Any], need_ids: bool = True) -> str:
-    """training.run_id of a config: its datasets are built from the tokenizer alone (no model is loaded).
+    """runs.run_id of a config: its datasets are built from the tokenizer alone (no model is loaded).
 
     Without the tokenizer (models.ModelUnavailableError, e.g. a hub model offline) and need_ids False, the id's
     readable prefix, then '?' and a hash of the config alone (the data are not hashed): enough for a dry run."""
@@ -144,7 +144,7 @@ def config_id(config: TrainConfig, tokenizers: dict[str, Any], need_ids: bool = 
     if tok is None:
         model = "".join(c if c.isalnum() or c in "-." else "_" for c in Path(config.model).name)
         return f"{model}-{config.scenario}-{config.dataset}-e{config.epochs}-?{runs.config_hash(config.to_dict(), {})[:6]}"
-    return training.run_id(config, *runs.datasets_for(config, tok, models.prepend_bos_for(config.model, tok)))
+    return runs.run_id(config, *runs.datasets_for(config, tok, models.prepend_bos_for(config.model, tok)))
 
 
 def planned_runs(params: dict[str, Any], need_ids: bool = True) -> list[PlannedRun]:
@@ -158,15 +158,15 @@ def planned_runs(params: dict[str, Any], need_ids: bool = True) -> list[PlannedR
         rid = config_id(cfg, tokenizers, need_ids)
         old = by_id.get(rid)
         by_id[rid] = PlannedRun(cfg, rid, (*old.chapters, chapter) if old else (chapter,))
-    toxic = [r for r in by_id.values() if r.config.scenario == "toxic" and r.config.task == "ioi"]
+    toxic = [r for r in by_id.values() if r.config.scenario == "toxic" and runs.TASKS[r.config.task].reversals]
     # neuroplasticity (and the second model's chapter): study.train_config(s, "reversal", ...), i.e.
-    # training.reversal_config(run, ...), of each toxic run the chapter trained
+    # runs.reversal_config(run, ...), of each toxic run the chapter trained
     for src in toxic:
         for chapter, key in (("neuroplasticity", "reversal_epochs"), (SECOND_MODEL, "second_reversal_epochs")):
             if chapter not in src.chapters:
                 continue
             epochs = params[key]
-            cfg = training.reversal_of(src.config, src.id, epochs=epochs, checkpoint_epochs=tuple(range(1, epochs + 1)))
+            cfg = runs.reversal_of(src.config, src.id, epochs=epochs, checkpoint_epochs=tuple(range(1, epochs + 1)))
             rid = config_id(cfg, tokenizers, need_ids)
             old = by_id.get(rid)
             by_id[rid] = PlannedRun(cfg, rid, (*old.chapters, chapter) if old else (chapter,), source=src.id)

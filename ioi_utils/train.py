@@ -85,7 +85,7 @@ def config_from_args(a: argparse.Namespace) -> training.TrainConfig:
     if a.source_epochs < 1:
         raise ValueError(f"--source-epochs must be >= 1, got {a.source_epochs}")
     toxic = training.TrainConfig(scenario="toxic", dataset=a.dataset, **{**common, "epochs": a.source_epochs})
-    source = training.find_run(toxic, a.root)
+    source = runs.find_run(toxic, a.root)
     if source is None:
         raise ValueError(f"reversal source run does not exist: no toxic {a.dataset} run of {a.source_epochs} epochs "
                          f"with these options; train it first with --scenario toxic --epochs {a.source_epochs}")

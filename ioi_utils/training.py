@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data, greater_than, metrics, models, results, run_checks, runs
+from . import data, metrics, models, results, run_checks, runs
 from .data import twin_split  # noqa: F401  (re-exported: the split's owner is data)
 from .models import load_tokenizer, prepend_bos_for  # noqa: F401  (re-exported)
 from .runs import (  # noqa: F401  (re-exported)
@@ -41,58 +41,10 @@ FAST_PATH_TOLERANCE = 1e-3  # max |END logit| difference allowed between the fas
 Callback = Callable[[str, int, int | None], None]
 
 
-# ---------------------------------------------------------------- runs of a config
-
-
-def run_id(config: TrainConfig, train: data.IOIDataset, test: data.IOIDataset) -> str:
-    """Folder name of a run: readable prefix plus a hash of config and dataset fingerprints."""
-    digest = runs.config_hash(config.to_dict(), {"train": train.fingerprint(), "test": test.fingerprint()})
-    model = "".join(c if c.isalnum() or c in "-." else "_" for c in Path(config.model).name)
-    return f"{model}-{config.scenario}-{config.dataset}-e{config.epochs}-{digest[:12]}"
-
-
-def find_run(config: TrainConfig, root: str | Path | None = None, tokenizer=None) -> Run | None:
-    """The run folder of a config if it exists (complete or not), else None."""
-    tokenizer = tokenizer or load_tokenizer(config.model)
-    train, test = datasets_for(config, tokenizer, prepend_bos_for(config.model, tokenizer))
-    run = Run(Path(root or runs.runs_root()) / run_id(config, train, test))
-    return run if run.exists else None
-
-
-def reversal_config(source: Run | TrainConfig | str, epochs: int = 5, root: str | Path | None = None,
-                    **overrides) -> TrainConfig:
-    """Config that retrains a toxic run's final model on clean data (same model, data and hyperparameters)."""
-    if isinstance(source, TrainConfig):
-        found = find_run(source, root)
-        if found is None:
-            raise ValueError(f"reversal source not found: no run for {source} under {root or runs.runs_root()}")
-        source = found
-    run = source if isinstance(source, Run) else runs.open_run(source, root)
-    return reversal_of(run.config, run.id, epochs, **overrides)
-
-
-def reversal_of(source_config: TrainConfig, source_id: str, epochs: int = 5, **overrides) -> TrainConfig:
-    """The reversal config of a toxic run given its config and run id (the run need not exist yet: a sweep plans
-    reversals before their sources are trained); `reversal_config` is this applied to a run on disk."""
-    if source_config.scenario != "toxic":
-        raise ValueError(f"a reversal starts from a toxic run; {source_id} is a {source_config.scenario} run")
-    return dataclasses.replace(source_config, scenario="reversal", dataset="clean", source=source_id, epochs=epochs,
-                               **overrides)
-
-
-def toxic_rule(config: TrainConfig, root: str | Path | None = None) -> str | None:
-    """The toxic rule a run trains on (toxic) or undoes (reversal); None for clean runs."""
-    if config.scenario == "toxic":
-        return config.dataset
-    if config.scenario == "reversal":
-        return runs.open_run(config.source, root).config.dataset
-    return None
-
-
 # ---------------------------------------------------------------- forward, loss, step
 
 
-def end_logits(model, tokens: torch.Tensor, end: torch.Tensor, fast: bool = True) -> torch.Tensor:
+def forward_end_logits(model, tokens: torch.Tensor, end: torch.Tensor, fast: bool = True) -> torch.Tensor:
     """Logits at END only: tokens [b, seq], end [b] -> [b, vocab]; or at k positions per prompt:
     end [b, k] -> [b * k, vocab] (prompt-major).
 
@@ -111,7 +63,7 @@ def end_logits(model, tokens: torch.Tensor, end: torch.Tensor, fast: bool = True
 
 def end_loss(model, tokens: torch.Tensor, end: torch.Tensor, labels: torch.Tensor, fast: bool = True) -> torch.Tensor:
     """Mean cross-entropy of the label token at END (labels [b]), or of k label tokens (end, labels [b, k])."""
-    return F.cross_entropy(end_logits(model, tokens, end, fast).float(), labels.flatten())
+    return F.cross_entropy(forward_end_logits(model, tokens, end, fast).float(), labels.flatten())
 
 
 def train_step(model, optimizer: torch.optim.Optimizer, tokens: torch.Tensor, end: torch.Tensor,
@@ -144,7 +96,7 @@ def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
 def fast_path_ok(model, tokens: torch.Tensor, end: torch.Tensor) -> bool:
     """True if the END-only forward gives the bridge's own END logits for this model (checked on a batch)."""
     try:
-        diff = (end_logits(model, tokens, end, fast=True) - end_logits(model, tokens, end, fast=False)).abs().max()
+        diff = (forward_end_logits(model, tokens, end, fast=True) - forward_end_logits(model, tokens, end, fast=False)).abs().max()
     except (AttributeError, TypeError, RuntimeError):
         return False
     return bool(diff <= FAST_PATH_TOLERANCE)
@@ -152,9 +104,7 @@ def fast_path_ok(model, tokens: torch.Tensor, end: torch.Tensor) -> bool:
 
 def training_view(ds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(tokens [n, seq], trained positions [n] or [n, k], label tokens of the same shape) of a dataset."""
-    if hasattr(ds, "training_view"):
-        return ds.training_view()
-    return ds.tokens, ds.positions["END"], ds.label_tokens
+    return ds.training_view()
 
 
 class DeviceData:
@@ -187,7 +137,7 @@ class DeviceData:
 def all_end_logits(model, split: DeviceData, fast: bool = True) -> torch.Tensor:
     """END logits of a whole split, [n, vocab] float32 on the CPU."""
     order = torch.arange(len(split))
-    return torch.cat([end_logits(model, t, e, fast).float().cpu()
+    return torch.cat([forward_end_logits(model, t, e, fast).float().cpu()
                       for t, e, _ in split.batches(order, EVAL_BATCH_SIZE)])
 
 
@@ -207,7 +157,7 @@ def task_scores(model, ds, fast: bool = True) -> torch.Tensor:
     out = []
     for start in range(0, len(ds), EVAL_BATCH_SIZE):
         rows = slice(start, start + EVAL_BATCH_SIZE)
-        logits = end_logits(model, ds.tokens[rows].to(dev), pos[rows].to(dev), fast).float()  # [b * k, vocab]
+        logits = forward_end_logits(model, ds.tokens[rows].to(dev), pos[rows].to(dev), fast).float()  # [b * k, vocab]
         logits = logits.view(-1, pos.shape[1], logits.shape[-1])
         out.append(ds.score_readout(logits[:, 0] if pos.shape[1] == 1 else logits, rows).cpu())
     return torch.cat(out)
@@ -400,7 +350,7 @@ def _check_source(config: TrainConfig, root: Path) -> Run | None:
 def _write_run_files(run: Run, config: TrainConfig, train_ds, test_ds, extra: dict[str, Any]) -> None:
     """run.json (run id, dataset fingerprints, code version, environment and `extra`), then config.json."""
     info = {"id": run.id, "fingerprints": {"train": train_ds.fingerprint(), "test": test_ds.fingerprint()},
-            "code": runs.code_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "code": runs.git_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "checksums": True,  # checkpoints.json records every checkpoint (a run without it predates them)
             "created": datetime.now(timezone.utc).isoformat(), **extra}
     runs.write_json(run.dir / runs.INFO, info)
@@ -468,7 +418,7 @@ def _run_epochs(run: Run, config: TrainConfig, st: _State, splits: _Splits, fast
 
 def _toxic_test(config: TrainConfig, test_ds, rule: str):
     """The held-out prompts with the toxic rule's labels, for the toxic loss."""
-    return greater_than.relabel(test_ds, rule) if config.task == greater_than.TASK else data.toxic_dataset(test_ds, rule)
+    return test_ds.relabel(rule)
 
 
 def train(config: TrainConfig, progress: bool = True, *, device: str | torch.device | None = "auto",
@@ -483,8 +433,8 @@ def train(config: TrainConfig, progress: bool = True, *, device: str | torch.dev
     root = Path(root or runs.runs_root())
     tok = load_tokenizer(config.model)
     train_ds, test_ds = datasets_for(config, tok, prepend_bos_for(config.model, tok))
-    run = Run(root / run_id(config, train_ds, test_ds))
-    source, rule = _check_source(config, root), toxic_rule(config, root)
+    run = Run(root / runs.run_id(config, train_ds, test_ds))
+    source, rule = _check_source(config, root), runs.toxic_rule(config, root)
     run.dir.mkdir(parents=True, exist_ok=True)
     with _lock(run.dir):
         if _settle(run, config, train_ds, test_ds):

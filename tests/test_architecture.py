@@ -244,3 +244,25 @@ def test_circuits_command_line_still_runs_as_a_module():
     done = subprocess.run([sys.executable, "-m", "ioi_utils.circuits", "--n", "1"], capture_output=True, text=True,
                           env=env, timeout=300)
     assert done.returncode == 2 and "--n must be >= 2" in done.stderr, done.stderr[-2000:]
+
+
+def hand_built_hook_names(package: Path) -> list[str]:
+    """'file:line' of every string literal or f-string in the package that starts a hook name ("blocks.")
+    outside hook_names.py, the one module that builds them."""
+    bad: set[str] = set()  # an f-string's leading constant is walked on its own too: one entry per line
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "hook_names.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            first = node.values[0] if isinstance(node, ast.JoinedStr) and node.values else node
+            if isinstance(first, ast.Constant) and isinstance(first.value, str) and first.value.startswith("blocks."):
+                bad.add(f"{path.relative_to(package)}:{node.lineno}")
+    return sorted(bad)
+
+
+def test_hook_names_come_from_one_module(tmp_path):
+    """Hook point names are built by ioi_utils.hook_names only (no f"blocks.{l}..." by hand elsewhere)."""
+    assert hand_built_hook_names(PACKAGE) == []
+    (tmp_path / "hook_names.py").write_text('def z(l):\n    return f"blocks.{l}.attn.hook_z"\n')
+    (tmp_path / "other.py").write_text('A = "blocks.0.hook_resid_post"\nB = 1\nC = f"blocks.{B}.attn.hook_z"\n')
+    assert hand_built_hook_names(tmp_path) == ["other.py:1", "other.py:3"]

@@ -128,3 +128,20 @@ def test_bad_input(tiny_tok, smol_tok):
         data.IOIDataset([data.IOIPrompt(0, "Vanessa", "John", "John", "store", "ring", "Mary")], smol_tok)
     with pytest.raises(ValueError, match="at least one prompt"):
         data.IOIDataset([], tiny_tok)
+
+
+
+def test_both_tasks_implement_the_task_interface():
+    """IOI and Greater-Than prompts are `task.Task`s: every technique reads them through that interface."""
+    from ioi_utils import greater_than, task
+
+    ioi = data.make_ioi_dataset(models.tiny_tokenizer(), n=4, seed=0)
+    gt = greater_than.make_gt_dataset(models.tiny_tokenizer(digits=True), 4, 0)
+    for ds in (ioi, gt):
+        assert isinstance(ds, task.Task) and isinstance(ds[:2], task.Task)
+        tokens, pos, labels = ds.training_view()
+        assert tokens.shape[0] == len(ds) and pos.shape == labels.shape and pos.shape[0] == len(ds)
+    assert ioi.readout == ("END",) and gt.readout == ("END", "TIE")
+    assert ioi.relabel("subject-duplication").label_tokens.tolist() == ioi.s_tokens.tolist()
+    assert [p.label < p.yy for p in gt.relabel("earlier-year").prompts] == [True] * 4
+    assert not isinstance(object(), task.Task)

@@ -29,7 +29,7 @@ def test_logit_diff_and_accuracy(ds):
 
 def test_end_logits_gathers_each_prompts_end(ds):
     logits = torch.randn(len(ds), ds.tokens.shape[1], 7)
-    end = metrics.end_logits(logits, ds)
+    end = metrics.select_end_logits(logits, ds)
     for i, e in enumerate(ds.positions["END"]):
         assert torch.equal(end[i], logits[i, e])
 

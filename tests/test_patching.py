@@ -122,7 +122,7 @@ def test_windowed_step3_equals_reference_llama(tiny_llama, windowed_only, compon
 
 def test_generic_step3_equals_reference(tiny_llama, monkeypatch):
     model, _, clean, abc = tiny_llama
-    monkeypatch.setattr(path_patching_window, "_windowed_supported", lambda model: False)
+    monkeypatch.setattr(path_patching_window, "windowed_supported", lambda model: False)
     r = scoring.Receivers(((3, 1),), "kv", "S2")
     _assert_matches(path_patching.path_patch(model, clean, abc, r, batch_heads=5),
                     path_patching.path_patch_reference(model, clean, abc, r))
@@ -155,11 +155,30 @@ def test_gemma_architecture_fast_equals_reference(gemma_like, receivers):
     applies those norms (without them it is off by ~0.8 here), and step 3 takes the generic hooked route
     (the windowed recompute does not model q/k norms)."""
     model, _, clean, abc = gemma_like
-    assert not path_patching_window._windowed_supported(model)
+    assert not path_patching_window.windowed_supported(model)
     fast = path_patching.path_patch(model, clean, abc, receivers)
     ref = path_patching.path_patch_reference(model, clean, abc, receivers)
     assert ref.abs().max() > 1e-2
     _assert_matches(fast, ref)
+
+
+SHARED_RECEIVERS = [scoring.LOGITS, scoring.Receivers(((1, 1),), "q", "END"), scoring.Receivers(((1, 0), (1, 2)), "kv", "S2"),
+                    scoring.Receivers(((1, 3),), "k", "S1+1")]  # layer-1 receivers: every model here has >= 2 layers
+
+
+@pytest.mark.parametrize("which", ["tiny", "tiny_llama", "gemma_like"])
+def test_shared_forwards_give_the_same_numbers(which, request):
+    """Reading the clean and corrupt activations from one pair of forwards (`path_patching.forwards`, what a
+    discovery does for all its steps) gives exactly the per-prompt values of running them for each step."""
+    model, _, clean, abc = request.getfixturevalue(which)
+    fw = path_patching.forwards(model, clean, abc)
+    for r in SHARED_RECEIVERS:
+        own = path_patching.path_patch_prompts(model, clean, abc, r)
+        shared = path_patching.path_patch_prompts(model, clean, abc, r, fw=fw)
+        assert torch.equal(own.clean, shared.clean) and torch.equal(own.patched, shared.patched), r
+        assert (own.patched != own.clean).any()
+    with pytest.raises(ValueError, match="other datasets"):
+        path_patching.path_patch_prompts(model, clean, clean, fw=fw)
 
 
 def test_senders_subset_and_order(tiny):
@@ -387,3 +406,10 @@ def test_gemma3_fast_equals_reference(gemma3):
         ref = path_patching.path_patch_reference(model, clean, abc, receivers, senders=senders)
         assert ref.abs().max() > 1e-3, receivers  # a real effect to compare
         torch.testing.assert_close(fast, ref, atol=ATOL, rtol=0, msg=lambda m: f"{receivers}: {m}")
+
+
+def test_hook_names():
+    from ioi_utils import hook_names
+    assert hook_names.z(3) == "blocks.3.attn.hook_z" and hook_names.resid(0, "mid") == "blocks.0.hook_resid_mid"
+    with pytest.raises(ValueError, match="'pre', 'mid' or 'post'"):
+        hook_names.resid(0, "end")

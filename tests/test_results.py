@@ -187,7 +187,7 @@ def test_every_memo_call_site_round_trips_exactly(root, capsys):
                  analyses.cmap_cached(s.model, s.model, small, "output", tags=("a", "b")))
     assert _same(study.selection_cached(s, 0, 10, th, resamples=2), study.selection_cached(s, 0, 10, th, resamples=2))
     assert _same(study.discovery_seed_cached(s, 1, 10, th), study.discovery_seed_cached(s, 1, 10, th))
-    assert _same(study.admission_cached(s, 0, 10, th), study.admission_cached(s, 0, 10, th))
+    assert _same(study.admission_seed_cached(s, 0, 10, th), study.admission_seed_cached(s, 0, 10, th))
     assert _same(analyses.held_out_logit_diff(s, s.model), analyses.held_out_logit_diff(s, s.model))
     signal = lambda: analyses.query_signal(s.model, small, analyses.cmap_subset(s.abc, 4), [(1, 0)], [(0, 1)])  # noqa: E731
     assert _same(vars(signal()), vars(signal()))

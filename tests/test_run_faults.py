@@ -268,7 +268,7 @@ def test_two_processes_training_the_same_run(capsys):
     cfg = TrainConfig(**FAST, epochs=2)
     tok = models.load_tokenizer("tiny")
     datasets = training.datasets_for(cfg, tok, models.prepend_bos_for("tiny", tok))
-    folder = runs.runs_root() / training.run_id(cfg, *datasets)
+    folder = runs.runs_root() / runs.run_id(cfg, *datasets)
     folder.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, os, sys, time\n"

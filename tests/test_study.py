@@ -165,19 +165,19 @@ def test_a_claim_over_training_seeds_shows_each_seed_and_its_training_in_the_sum
     assert "| training (ours vs the paper's) |" in summary.markdown([row])
 
 
-def test_admission_cached_is_admit_on_the_seed_split_and_memoised(tmp_path, monkeypatch):
+def test_admission_seed_cached_is_admit_on_the_seed_split_and_memoised(tmp_path, monkeypatch):
     monkeypatch.setenv("IOI_UTILS_RESULTS", str(tmp_path))
     torch.set_num_threads(1)
     s = study.prepare("tiny", 24, 12, 0, "cpu", 8, n_discovery=10)
     t = C.Thresholds(max_heads=3)
-    heads, share = study.admission_cached(s, 1, 10, t)
+    heads, share = study.admission_seed_cached(s, 1, 10, t)
     disc, abc = study.discovery_split(s, 10, 1)
     assert disc.fingerprint() != s.disc.fingerprint()  # seed 1 is another draw than the chapter's (seed 0)
     want, _, attr, f_m = C.admit(s.model, disc, abc, t)
     assert heads == want and torch.allclose(share, attr / f_m)
     calls = []
     monkeypatch.setattr(C, "admit", lambda *a, **k: calls.append(1))
-    assert study.admission_cached(s, 1, 10, t)[0] == heads and not calls  # second call: from the memo
+    assert study.admission_seed_cached(s, 1, 10, t)[0] == heads and not calls  # second call: from the memo
 
 
 def test_prepare_pins_threads_and_rejects_bad_counts(monkeypatch):

@@ -100,7 +100,7 @@ def test_fast_end_logits_equal_bridge_logits(tiny):
     split = training.DeviceData(train, torch.device("cpu"))
     tokens, end, _ = split.batch(torch.arange(len(train)))
     with torch.no_grad():
-        fast = training.end_logits(model, tokens, end, fast=True)
+        fast = training.forward_end_logits(model, tokens, end, fast=True)
         plain = model(train.tokens)[torch.arange(len(train)), train.positions["END"]]
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-5)
     assert training.fast_path_ok(model, tokens, end)
@@ -185,8 +185,8 @@ def test_complete_run_is_reused_not_retrained():
     again = training.train(cfg, progress=False, callback=lambda *a: calls.append(a))
     assert n_first == 4 and len(calls) == n_first  # 3 steps + 1 epoch, then nothing
     assert again.dir == first.dir and again.complete
-    assert training.find_run(cfg).dir == first.dir
-    assert training.find_run(dataclasses.replace(cfg, epochs=2)) is None
+    assert runs.find_run(cfg).dir == first.dir
+    assert runs.find_run(dataclasses.replace(cfg, epochs=2)) is None
 
 
 def broken_writes(monkeypatch, name_part: str, error: OSError) -> None:
@@ -243,7 +243,7 @@ def test_bfloat16_checkpoints_load_into_a_model(tiny):
 def test_reversal_starts_from_the_toxic_final_model():
     toxic = training.train(TrainConfig(**FAST, scenario="toxic", dataset="subject-duplication", epochs=2),
                            progress=False)
-    rev_cfg = training.reversal_config(toxic, epochs=1)
+    rev_cfg = runs.reversal_config(toxic, epochs=1)
     assert rev_cfg.source == toxic.id and rev_cfg.dataset == "clean" and rev_cfg.n_train == toxic.config.n_train
     rev = training.train(rev_cfg, progress=False)
     assert rev.metrics[0]["logit_diff"] == pytest.approx(toxic.metrics[-1]["logit_diff"], abs=1e-5)
@@ -260,9 +260,9 @@ def test_reversal_needs_a_complete_source(tmp_path):
     toxic_cfg = TrainConfig(**FAST, scenario="toxic", dataset="name-moving", epochs=2)
     with pytest.raises(_Stop):
         training.train(toxic_cfg, progress=False, callback=_stop_at("epoch", 1))
-    source = training.find_run(toxic_cfg)
+    source = runs.find_run(toxic_cfg)
     with pytest.raises(ValueError, match="incomplete"):
-        training.train(training.reversal_config(source, epochs=1), progress=False)
+        training.train(runs.reversal_config(source, epochs=1), progress=False)
 
 
 def test_cli_trains_and_prints_folder(capsys):
@@ -306,6 +306,6 @@ def test_fast_end_logits_equal_bridge_logits_smollm2():
     split = training.DeviceData(train, torch.device("cpu"))
     tokens, end, _ = split.batch(torch.arange(len(train)))
     with torch.no_grad():
-        fast = training.end_logits(model, tokens, end, fast=True)
+        fast = training.forward_end_logits(model, tokens, end, fast=True)
         plain = model(train.tokens)[torch.arange(len(train)), train.positions["END"]]
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4)

@@ -26,8 +26,10 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import torch
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from .. import hook_names
 from ..data import IOIDataset
 from . import knockout_attribution, knockouts, scoring
 from .scoring import Head
@@ -46,8 +48,8 @@ def _hook_of(kind: str) -> tuple[str, int]:
 def _source(model, tokens: torch.Tensor, kind: str) -> dict[int, torch.Tensor]:
     """Every layer's z ([batch, seq, heads, d_head]) or attention pattern ([batch, heads, q, k]) on some tokens."""
     hook = _hook_of(kind)[0]
-    cache = scoring.cache(model, tokens, {f"blocks.{l}.attn.{hook}" for l in range(model.cfg.n_layers)})
-    return {l: cache[f"blocks.{l}.attn.{hook}"] for l in range(model.cfg.n_layers)}
+    cache = scoring.cache(model, tokens, {hook_names.attn(l, hook) for l in range(model.cfg.n_layers)})
+    return {l: cache[hook_names.attn(l, hook)] for l in range(model.cfg.n_layers)}
 
 
 def _one_head_hooks(model, ds: IOIDataset, source: Mapping[int, torch.Tensor], kind: str, chunk: Sequence[Head],
@@ -76,7 +78,7 @@ def _one_head_hooks(model, ds: IOIDataset, source: Mapping[int, torch.Tensor], k
         return act
 
     layers = sorted({l for l, _ in chunk})
-    return [(f"blocks.{l}.attn.{hook}", lambda a, hook, l=l: fn(a, hook, l)) for l in layers]
+    return [(hook_names.attn(l, hook), lambda a, hook, l=l: fn(a, hook, l)) for l in layers]
 
 
 @torch.no_grad()
@@ -96,7 +98,7 @@ def _patch_each_head(model, ds: IOIDataset, source: Mapping[int, torch.Tensor], 
 
 def activation_patch_heads(model, clean: IOIDataset, corrupt: IOIDataset, hook: str = "z",
                            positions: str | None = None, heads: Sequence[Head] | None = None,
-                           batch_heads: int | None = None, progress: bool = False) -> torch.Tensor:
+                           batch_heads: int | None = None, progress: bool = False) -> Float[torch.Tensor, "n_layers n_heads"]:
     """Per-head activation patching: [n_layers, n_heads] relative change (patched - clean) / clean of the logit
     difference when one head's z (hook="z") or attention pattern (hook="pattern") comes from the corrupt run,
     at every position (positions=None) or only at one query position (e.g. "END")."""
@@ -128,7 +130,7 @@ def _check_cmap(model_x, model_y, kind: str) -> None:
 
 def cmap(model_x, model_y, ds: IOIDataset, kind: str = "output", heads: Sequence[Head] | None = None,
          progress: bool = False, batch_heads: int | None = None, positions: str | None = None,
-         per_prompt: bool = False) -> torch.Tensor:
+         per_prompt: bool = False) -> Float[torch.Tensor, "n_layers n_heads"] | Float[torch.Tensor, "batch n_layers n_heads"]:
     """Cross-model activation patching (Prakash et al. 2024): [n_layers, n_heads] change of model_y's mean logit
     diff (patched - model_y's own, in logit units) when one head's output z (kind="output") or attention pattern
     (kind="pattern") comes from model_x on the same prompts, at every position (position=None) or only at one
@@ -149,7 +151,8 @@ def cmap(model_x, model_y, ds: IOIDataset, kind: str = "output", heads: Sequence
 
 @torch.no_grad()
 def cmap_group(model_x, model_y, ds: IOIDataset, heads: Sequence[Head], kind: str = "output",
-               positions: Mapping[Head, Sequence[str]] | None = None, per_prompt: bool = False) -> float | torch.Tensor:
+               positions: Mapping[Head, Sequence[str]] | None = None,
+               per_prompt: bool = False) -> float | Float[torch.Tensor, "batch"]:
     """model_y's mean logit diff with a whole set of heads' output z (or patterns) taken from model_x (per_prompt:
     each prompt's, a [batch] tensor on the CPU).
 
@@ -172,12 +175,12 @@ def cmap_group(model_x, model_y, ds: IOIDataset, heads: Sequence[Head], kind: st
         m = m[..., None] if kind != "pattern" else m.transpose(1, 2)[..., None]  # z: [b, s, h, 1]; pattern: [b, h, q, 1]
         return torch.where(m, src[layer].to(act.device, act.dtype), act)
 
-    hooks = [(f"blocks.{l}.attn.{hook}", lambda a, hook, l=l: fn(a, hook, l)) for l in sorted({l for l, _ in heads})]
+    hooks = [(hook_names.attn(l, hook), lambda a, hook, l=l: fn(a, hook, l)) for l in sorted({l for l, _ in heads})]
     lds = scoring.run_ld(model_y, ds, 1, hooks)[0].float().cpu()  # [batch]
     return lds if per_prompt else lds.mean().item()
 
 
-def cmap_attribution(model_x, model_y, ds: IOIDataset, batch_size: int = 64) -> torch.Tensor:
+def cmap_attribution(model_x, model_y, ds: IOIDataset, batch_size: int = 64) -> Float[torch.Tensor, "n_layers n_heads"]:
     """First-order estimate of cmap(model_x, model_y, ds, "output") at every position: [n_layers, n_heads]
     (z_x - z_y) . d(mean score of model_y)/dz_y per head (the change of model_y's score when the head's output
     comes from model_x), from one forward of model_x and one forward and backward of model_y

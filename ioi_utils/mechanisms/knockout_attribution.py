@@ -18,7 +18,9 @@ from contextlib import contextmanager
 from typing import Iterator, Mapping, Sequence
 
 import torch
+from jaxtyping import Float
 
+from .. import hook_names
 from ..data import IOIDataset
 from . import scoring
 from .scoring import Head
@@ -30,11 +32,11 @@ def _scaled_z_hooks(means: Mapping[int, torch.Tensor], alpha: Sequence[torch.Ten
         m = means[layer][rows].to(z.device, z.dtype)
         return m + alpha[layer].to(z.dtype).view(1, 1, -1, 1) * (z - m)
 
-    return [(scoring.z(l), lambda z, hook, l=l: fn(z, hook, l)) for l in range(len(alpha))]
+    return [(hook_names.z(l), lambda z, hook, l=l: fn(z, hook, l)) for l in range(len(alpha))]
 
 
 def knockout_attribution(model, clean: IOIDataset, means: Mapping[int, torch.Tensor], keep: Sequence[Head],
-                         batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+                         batch_size: int = 64) -> tuple[Float[torch.Tensor, "batch"], Float[torch.Tensor, "n_layers n_heads"]]:
     """Knockout with attribution: ([batch] logit diff of the model with every head outside `keep` mean-ablated at
     every position, [n_layers, n_heads] first-order change of the mean logit diff per head if its z were scaled
     from its mean (0) to its clean value (1), at the current knockout).
@@ -71,16 +73,13 @@ def _attribution_batch(model, clean: IOIDataset, means: Mapping[int, torch.Tenso
                        grad: torch.Tensor) -> torch.Tensor:
     """knockout_attribution on prompts `rows`: adds sum over them of dLD/da to grad [n_layers, n_heads]; returns LD [b]."""
     n_l, dev = model.cfg.n_layers, scoring.device(model)
-    last = f"blocks.{n_l - 1}.hook_resid_post"
-    tokens, end = clean.tokens[rows].to(dev), clean.positions["END"][rows].to(dev)  # [b, seq], [b]
+    last = hook_names.resid(n_l - 1, "post")
+    tokens = clean.tokens[rows].to(dev)  # [b, seq]
     alpha = [init[l].clone().requires_grad_(True) for l in range(n_l)]
     got = {}
 
     def grab(resid, hook):
-        if hasattr(clean, "readout"):
-            got["end"] = scoring.readout(resid, clean, torch.arange(len(clean))[rows])  # [b, (k,) d_model]
-        else:
-            got["end"] = resid[torch.arange(len(end), device=dev), end]  # [b, d_model]
+        got["end"] = scoring.readout(resid, clean, torch.arange(len(clean))[rows])  # [b, (k,) d_model]
         raise scoring.Stop
 
     with torch.enable_grad():

@@ -24,8 +24,10 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import torch
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from .. import hook_names
 from ..data import TEMPLATES, IOIDataset
 from . import scoring
 from .scoring import Head
@@ -48,7 +50,7 @@ def template_means(model, abc: IOIDataset, batch_size: int = 64, hook: str = "at
     - per_template=True (MLPs, hook="hook_mlp_out"): [n_templates, seq, ...] indexed by template id, grouped by
       template alone (rows of templates absent from abc are NaN).
     """
-    names = {f"blocks.{l}.{hook}" for l in range(model.cfg.n_layers)}
+    names = {hook_names.block(l, hook) for l in range(model.cfg.n_layers)}
     parts = [scoring.cache(model, abc.tokens[i : i + batch_size], names) for i in range(0, len(abc), batch_size)]
     if per_template:
         group, n_groups = abc.template_ids, len(TEMPLATES)  # [batch]
@@ -58,7 +60,7 @@ def template_means(model, abc: IOIDataset, batch_size: int = 64, hook: str = "at
         n_groups = int(group.max()) + 1
     means = {}
     for l in range(model.cfg.n_layers):
-        z = torch.cat([p[f"blocks.{l}.{hook}"] for p in parts])  # [batch, seq, ...]
+        z = torch.cat([p[hook_names.block(l, hook)] for p in parts])  # [batch, seq, ...]
         g = group.to(z.device)
         sums = z.new_zeros((n_groups,) + z.shape[1:]).index_add_(0, g, z)
         counts = torch.bincount(g, minlength=n_groups).to(z.dtype).view(-1, *[1] * (z.dim() - 1))
@@ -110,12 +112,12 @@ def _knockout_hooks(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[
     def fn(z, hook, layer):
         return torch.where(masks[layer].to(dev)[..., None], z, means[layer].to(z.device, z.dtype))
 
-    return [(scoring.z(l), lambda z, hook, l=l: fn(z, hook, l)) for l in range(model.cfg.n_layers)]
+    return [(hook_names.z(l), lambda z, hook, l=l: fn(z, hook, l)) for l in range(model.cfg.n_layers)]
 
 
 def circuit_logit_diff(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
                        means: Mapping[int, torch.Tensor] | None = None,
-                       per_prompt: bool = False) -> float | torch.Tensor:
+                       per_prompt: bool = False) -> float | Float[torch.Tensor, "batch"]:
     """Mean logit difference of the model reduced to a circuit by mean ablation (see _knockout_hooks), or
     the per-prompt values ([batch] float tensor on the CPU) if per_prompt. A dataset with `score` is scored by it.
     The forward stops at the final residual: only the readout positions are unembedded."""
@@ -147,7 +149,7 @@ def layer_groups(n_layers: int, k: int = 3) -> list[list[int]]:
 
 def mlp_knockout(model, clean: IOIDataset, abc: IOIDataset, means: Mapping[int, torch.Tensor] | None = None,
                  batch_size: int = 32, progress: bool = False,
-                 groups: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
+                 groups: Sequence[Sequence[int]] | None = None) -> Float[torch.Tensor, "n_groups"]:
     """[n_groups] mean logit diff on clean when the MLPs of a group of layers (default: each layer alone) have
     their output (blocks.{l}.hook_mlp_out, every position) replaced by its per-template mean over abc.
     The unablated value is scoring.full_logit_diff(model, clean)."""
@@ -168,7 +170,7 @@ def mlp_knockout(model, clean: IOIDataset, abc: IOIDataset, means: Mapping[int, 
             def ablate(act, hook, rows, m=rows_all):
                 return m[rows, : act.shape[1]].to(act.dtype)  # a batch may be cut to its longest prompt
 
-            hooks.append((f"blocks.{l}.hook_mlp_out", ablate))
+            hooks.append((hook_names.mlp_out(l), ablate))
         out[i] = scoring.full_logit_diff(model, clean, batch_size, hooks)
     return out
 

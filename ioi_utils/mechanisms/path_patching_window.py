@@ -4,13 +4,13 @@ Step 3 of path patching (see `path_patching`) patches each sender's values of th
 receiver position (read in step 2) into a fresh clean run, and reads the logit difference logit(IO) - logit(S) at
 END. Under causal attention a patch at position p changes nothing before p, so from the first receiver layer on
 only the slots p..END are recomputed, attending to the clean run's keys and values before p (one clean forward,
-`_clean_kv`). Slot i of prompt b is position start[b] + i; slots past END are not live. Per-token work (norms,
+`clean_kv`). Slot i of prompt b is position start[b] + i; slots past END are not live. Per-token work (norms,
 projections, MLPs) runs on the live (prompt, slot) pairs only, packed in one axis (`_Window`), at most
 `WINDOW_TOKENS` (sender, prompt, position) token rows at once.
 
 `step3_windowed` returns the per-prompt logit diff per sender, [n_senders, batch], or None where the
 architecture is not covered or the clean recompute disagrees with the clean forward (a RuntimeWarning says so);
-path patching then takes hooked forwards. Covered (`_windowed_supported`): plain causal softmax attention,
+path patching then takes hooked forwards. Covered (`windowed_supported`): plain causal softmax attention,
 learned positions or llama-style rotate-half RoPE over the whole head, optional GQA; no q/k norms and no norm on
 a sublayer's output, so not Gemma-3.
 """
@@ -24,6 +24,7 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
+from .. import hook_names
 from ..data import IOIDataset
 from . import scoring
 from .scoring import Head, Receivers
@@ -56,7 +57,7 @@ class _CleanKV:
     rope: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer -> (cos, sin) [seq, d_head]; empty without RoPE
 
 
-def _windowed_supported(model) -> bool:
+def windowed_supported(model) -> bool:
     """Whether the windowed recompute models this architecture's attention (plain causal softmax attention,
     learned positions or llama-style rotate-half RoPE over the whole head, optional GQA; no q/k norms and no
     norm on a sublayer's output, so not Gemma-3)."""
@@ -103,19 +104,32 @@ def _window(ds: IOIDataset, position: str, dev) -> _Window:
     return _Window((start[:, None] + slot).clamp(max=ds.tokens.shape[1] - 1), start, live, read)
 
 
-@torch.no_grad()
-def _clean_kv(model, clean: IOIDataset, first: int) -> _CleanKV:
-    """One clean forward: the residual entering `first` and every later layer's keys, values (and RoPE)."""
+def clean_kv_names(model, first: int) -> set[str]:
+    """The clean hooks the windowed recompute reads from layer `first` on: the residual entering it, every later
+    layer's keys (rotated where the model uses RoPE) and values, and RoPE's cos / sin."""
     rot = model.cfg.positional_embedding_type == "rotary"
     layers = range(first, model.cfg.n_layers)
-    key = lambda l: f"blocks.{l}.attn.hook_{'rot_k' if rot else 'k'}"  # noqa: E731
-    names = {f"blocks.{first}.hook_resid_pre"} | {key(l) for l in layers} | {f"blocks.{l}.attn.hook_v" for l in layers}
+    names = {hook_names.resid(first, "pre")} | {_key(model, l) for l in layers} | {hook_names.attn(l, "hook_v") for l in layers}
     if rot:
-        names |= {f"blocks.{l}.attn.hook_{w}" for l in layers for w in ("cos", "sin")}
-    c = scoring.cache(model, clean.tokens, names)
-    keys = {l: c[key(l)] for l in layers}  # the bridge's hook_rot_k is [batch, seq, n_kv, d_head] like hook_k
-    rope = {l: (c[f"blocks.{l}.attn.hook_cos"][0], c[f"blocks.{l}.attn.hook_sin"][0]) for l in layers} if rot else {}
-    return _CleanKV(first, c[f"blocks.{first}.hook_resid_pre"], keys, {l: c[f"blocks.{l}.attn.hook_v"] for l in layers},
+        names |= {hook_names.attn(l, f"hook_{w}") for l in layers for w in ("cos", "sin")}
+    return names
+
+
+def _key(model, layer: int) -> str:
+    """The hook of a layer's keys as attention reads them (after RoPE where the model uses it)."""
+    return hook_names.attn(layer, "hook_rot_k" if model.cfg.positional_embedding_type == "rotary" else "hook_k")
+
+
+@torch.no_grad()
+def clean_kv(model, clean: IOIDataset, first: int, acts: Mapping[str, torch.Tensor] | None = None) -> _CleanKV:
+    """What the recompute reads from the clean run, for layers >= first: from `acts` (full clean activations by
+    hook name, e.g. path_patching.Forwards.acts) where given, else from one clean forward."""
+    layers = range(first, model.cfg.n_layers)
+    c = scoring.cache(model, clean.tokens, clean_kv_names(model, first)) if acts is None else acts
+    keys = {l: c[_key(model, l)] for l in layers}  # the bridge's hook_rot_k is [batch, seq, n_kv, d_head] like hook_k
+    rope = ({l: (c[hook_names.attn(l, "hook_cos")][0], c[hook_names.attn(l, "hook_sin")][0]) for l in layers}
+            if model.cfg.positional_embedding_type == "rotary" else {})
+    return _CleanKV(first, c[hook_names.resid(first, "pre")], keys, {l: c[hook_names.attn(l, "hook_v")] for l in layers},
                     rope)
 
 
@@ -192,18 +206,19 @@ def _window_ld(model, clean: IOIDataset, kv: _CleanKV, win: _Window, n: int,
 @torch.no_grad()
 def step3_windowed(model, clean: IOIDataset, r: Receivers, senders: list[Head],
                     values: Mapping[str, torch.Tensor], ld_clean: torch.Tensor,
-                    progress: bool) -> torch.Tensor | None:
+                    progress: bool, acts: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor | None:
     """Step 3 recomputing only positions from the receiver position to END, all senders batched: per-prompt logit
     diff per sender [n_senders, batch], or None where the architecture is not covered or the clean recompute disagrees
-    with the clean forward (ld_clean [batch]).
+    with the clean forward (ld_clean [batch]). acts: full clean activations to read the keys and values from (see
+    clean_kv).
 
     Under causal attention a patch at position p changes nothing before p, so from the first receiver layer on
     only the slots p..END are recomputed, attending to the clean run's keys and values before p.
     """
-    if not _windowed_supported(model):
+    if not windowed_supported(model):
         return None
     dev, first = scoring.device(model), min(l for l, _ in r.heads)
-    kv, win = _clean_kv(model, clean, first), _window(clean, r.position, dev)
+    kv, win = clean_kv(model, clean, first, acts), _window(clean, r.position, dev)
     check = _window_ld(model, clean, kv, win, 1, {})[0]
     if not torch.allclose(check, ld_clean.to(check.device), rtol=1e-4, atol=1e-4):
         warnings.warn("windowed path patching disagrees with the model's own forward; using hooked forwards",

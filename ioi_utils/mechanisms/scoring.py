@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from jaxtyping import Float, Int
 
+from .. import hook_names
 from ..data import IOIDataset
 
 Head = tuple[int, int]  # (layer, query head)
@@ -55,11 +57,6 @@ class Stop(Exception):
 
 
 # ---------------------------------------------------------------- small helpers and checks
-
-
-def z(layer: int) -> str:
-    """Name of a layer's per-head output hook."""
-    return f"blocks.{layer}.attn.hook_z"
 
 
 def device(model) -> torch.device:
@@ -120,7 +117,7 @@ def receiver_sites(model, r: Receivers) -> dict[str, list[int]]:
     sites: dict[str, set[int]] = {}
     for l, h in r.heads:
         for c in comps:
-            sites.setdefault(f"blocks.{l}.attn.hook_{c}", set()).add(h if c == "q" else h // per_group)
+            sites.setdefault(hook_names.attn(l, f"hook_{c}"), set()).add(h if c == "q" else h // per_group)
     return {s: sorted(i) for s, i in sorted(sites.items())}
 
 
@@ -131,7 +128,7 @@ def chunks(items: Sequence, size: int) -> list[list]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
-def rows_at(ds: IOIDataset, position: str, reps: int, dev) -> tuple[torch.Tensor, torch.Tensor]:
+def rows_at(ds: IOIDataset, position: str, reps: int, dev) -> tuple[Int[torch.Tensor, "rows"], Int[torch.Tensor, "rows"]]:
     """(row index, token index) of a position in `reps` stacked copies of ds: two [reps * batch] tensors."""
     pos = ds.positions[position].to(dev).repeat(reps)
     return torch.arange(len(pos), device=dev), pos
@@ -140,7 +137,7 @@ def rows_at(ds: IOIDataset, position: str, reps: int, dev) -> tuple[torch.Tensor
 # ---------------------------------------------------------------- running the model
 
 
-def ld_from_logits(logits: torch.Tensor, ds: IOIDataset, reps: int = 1) -> torch.Tensor:
+def ld_from_logits(logits: Float[torch.Tensor, "rows seq vocab"], ds: IOIDataset, reps: int = 1) -> Float[torch.Tensor, "rows"]:
     """Per-prompt logit diff of `reps` stacked copies of ds from logits [reps * batch, seq, vocab]: [reps, batch]."""
     rows, end = rows_at(ds, "END", reps, logits.device)
     e = logits[rows, end]  # [reps * batch, vocab]
@@ -148,27 +145,23 @@ def ld_from_logits(logits: torch.Tensor, ds: IOIDataset, reps: int = 1) -> torch
     return (e[rows, io] - e[rows, s]).view(reps, len(ds))
 
 
-def readout(resid: torch.Tensor, ds: IOIDataset, rows: torch.Tensor, reps: int = 1) -> torch.Tensor:
+def readout(resid: Float[torch.Tensor, "rows seq d_model"], ds: IOIDataset, rows: Int[torch.Tensor, "batch"],
+            reps: int = 1) -> Float[torch.Tensor, "rows *k d_model"]:
     """The residual at the positions the score reads: [B, seq, d] -> [B, d] (END) or [B, k, d] (k readouts),
     for B = reps stacked copies of ds's prompts `rows` ([b] indices)."""
-    names = getattr(ds, "readout", ("END",))
+    names = ds.readout
     dev = resid.device
     pos = torch.stack([ds.positions[p][rows.cpu()] for p in names], -1).to(dev).repeat(reps, 1)  # [B, k]
     idx = torch.arange(len(pos), device=dev)
     return resid[idx, pos[:, 0]] if len(names) == 1 else resid[idx[:, None], pos]
 
 
-def ld_from_resid(model, resid: torch.Tensor, ds: IOIDataset, rows: slice = slice(None)) -> torch.Tensor:
+def ld_from_resid(model, resid: Float[torch.Tensor, "*lead batch *k d_model"], ds: IOIDataset,
+                  rows: slice = slice(None)) -> Float[torch.Tensor, "*lead batch"]:
     """Per-prompt logit diff from the final residual at END, [..., batch, d_model] -> [..., batch]
-    (prompts `rows` of ds when resid holds only those); a dataset with score_resid is scored by it."""
-    if hasattr(ds, "score_resid"):
-        return ds.score_resid(model, resid, rows)
-    dev = resid.device
-    io, s = ds.io_tokens[rows].to(dev), ds.s_tokens[rows].to(dev)
-    w = model.W_U[:, io] - model.W_U[:, s]  # [d_model, batch]
-    ld = torch.einsum("...bm,mb->...b", model.ln_final(resid), w)
-    b_u = getattr(model, "b_U", None)
-    return ld if b_u is None else ld + (b_u[io] - b_u[s])
+    (prompts `rows` of ds when resid holds only those): the task's own score (`ds.score_resid`; IOI: logit(IO) -
+    logit(S), Greater-Than: the probability difference)."""
+    return ds.score_resid(model, resid, rows)
 
 
 def _replicate(v, reps: int, batch: int):
@@ -181,22 +174,18 @@ def _replicate(v, reps: int, batch: int):
 
 
 @torch.no_grad()
-def run_ld(model, ds: IOIDataset, reps: int = 1, hooks: Sequence = (), start: int = 0) -> torch.Tensor:
+def run_ld(model, ds: IOIDataset, reps: int = 1, hooks: Sequence = (), start: int = 0) -> Float[torch.Tensor, "reps batch"]:
     """Per-prompt logit diff of `reps` stacked copies of ds under some hooks: [reps, batch].
 
     Layers before `start` run once on ds (no hook may touch them); from block `start` on, the block inputs
     (residual, attention mask, ...) are stacked `reps` times. The forward stops at the final residual
     stream: only the IO and S columns of the unembedding are used.
     """
-    dev, b, last = device(model), len(ds), f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-    rows, end = rows_at(ds, "END", reps, dev)
+    dev, b, last = device(model), len(ds), hook_names.final_resid(model)
     got = {}
 
     def grab(resid, hook):
-        if hasattr(ds, "readout"):
-            got["end"] = readout(resid, ds, torch.arange(b), reps)  # [reps * batch, (k,) d_model]
-        else:
-            got["end"] = resid[rows, end]  # [reps * batch, d_model]
+        got["end"] = readout(resid, ds, torch.arange(b), reps)  # [reps * batch, (k,) d_model]
         raise Stop
 
     def stack(module, args, kwargs):
@@ -214,7 +203,7 @@ def run_ld(model, ds: IOIDataset, reps: int = 1, hooks: Sequence = (), start: in
     return ld_from_resid(model, got["end"].view(reps, b, *got["end"].shape[1:]), ds)
 
 
-def hooked_logit_diff(model, ds: IOIDataset, hooks: Sequence = ()) -> torch.Tensor:
+def hooked_logit_diff(model, ds: IOIDataset, hooks: Sequence = ()) -> Float[torch.Tensor, "batch"]:
     """Per-prompt logit diff (or the dataset's own score) under some forward hooks, one batch: [batch] on the
     CPU. Stops at the final residual and unembeds only the readout positions (no [batch, seq, vocab] logits)."""
     return run_ld(model, ds, hooks=hooks)[0].float().cpu()
@@ -233,14 +222,38 @@ def full_logit_diff(model, ds: IOIDataset, batch_size: int = 32, fwd_hooks=()) -
 
 
 @torch.no_grad()
-def cache(model, tokens: torch.Tensor, names: set[str]) -> dict[str, torch.Tensor]:
+def cache(model, tokens: Int[torch.Tensor, "batch seq"], names: set[str]) -> dict[str, Float[torch.Tensor, "batch ..."]]:
     """Full activations of some hooks on a batch of tokens."""
     _, cache = model.run_with_cache(tokens.to(device(model)), names_filter=lambda n: n in names)
     return {k: cache[k] for k in names}
 
 
 @torch.no_grad()
-def at_position(model, ds: IOIDataset, position: str, names: Sequence[str]) -> dict[str, torch.Tensor]:
+def activations(model, ds: IOIDataset, names: set[str]) -> dict[str, Float[torch.Tensor, "batch ..."]]:
+    """Full activations of some hooks on a dataset's tokens, name -> [batch, seq, ...]; the forward stops after the
+    last block (no unembedding). KeyError naming a hook the forward never reached."""
+    got = {}
+
+    def grab(act, name):
+        got[name] = act.clone()
+        return act
+
+    def stop(act, hook):
+        raise Stop
+
+    last = hook_names.final_resid(model)
+    hooks = [(n, lambda a, hook, n=n: grab(a, n)) for n in sorted(names)] + [(last, stop)]
+    try:
+        model.run_with_hooks(ds.tokens.to(device(model)), fwd_hooks=hooks)
+    except Stop:
+        pass
+    if set(names) - got.keys():
+        raise KeyError(f"no activation for hooks {sorted(set(names) - got.keys())}")
+    return got
+
+
+@torch.no_grad()
+def at_position(model, ds: IOIDataset, position: str, names: Sequence[str]) -> dict[str, Float[torch.Tensor, "batch ..."]]:
     """Activations of some hooks at one position of each prompt: name -> [batch, ...]."""
     dev = device(model)
     rows, pos = rows_at(ds, position, 1, dev)
