@@ -157,8 +157,8 @@ class Forwards:
         return {n: self.acts[n][rows, pos] for n in names}
 
     def ld_clean(self, model) -> torch.Tensor:
-        """The clean per-prompt logit difference [batch] (as scoring.run_ld)."""
-        resid = self.at("END", [hook_names.final_resid(model)]).popitem()[1]
+        """The clean per-prompt score [batch] at the task's readout positions (as scoring.run_ld)."""
+        resid = scoring.readout(self.acts[hook_names.final_resid(model)], self.clean, torch.arange(len(self.clean)))
         return scoring.ld_from_resid(model, resid.view(1, *resid.shape), self.clean)[0]
 
 
