@@ -174,16 +174,18 @@ def _gt_split(config: "TrainConfig", tokenizer, prepend_bos: bool) -> tuple[grea
 @dataclass(frozen=True)
 class TaskSpec:
     """What fine-tuning knows of a task by its name in a config: its toxic rules, how a config's (train, test)
-    prompts are drawn (clean labels; `datasets_for` relabels the toxic ones), and whether the chapters retrain
-    its toxic runs on clean data (a sweep plans those reversals)."""
+    prompts are drawn (clean labels; `datasets_for` relabels the toxic ones), and which toxic runs the chapters
+    retrain on clean data (a sweep plans those reversals)."""
 
     toxic_rules: tuple[str, ...]
     draw: Any  # (config, tokenizer, prepend_bos) -> (train, test), both task.Task
-    reversals: bool
+    retrained_rules: tuple[str, ...]  # the toxic rules whose runs are retrained on clean data (reversals)
 
 
-TASKS = {"ioi": TaskSpec(tuple(data.TOXIC_RULES), _ioi_split, reversals=True),
-         greater_than.TASK: TaskSpec(tuple(greater_than.TOXIC_RULES), _gt_split, reversals=False)}
+# IOI: the paper retrains the two corruptions it reports (Name Moving and Subject Duplication, §5); the Duplication
+# run, which barely corrupts (chapter 4's control), is not retrained. Greater-Than: no retraining.
+TASKS = {"ioi": TaskSpec(tuple(data.TOXIC_RULES), _ioi_split, retrained_rules=("subject-duplication", "name-moving")),
+         greater_than.TASK: TaskSpec(tuple(greater_than.TOXIC_RULES), _gt_split, retrained_rules=())}
 DEFAULT_TASK = "ioi"  # left out of a config's dict, so IOI run ids stay what they were before tasks had names
 
 

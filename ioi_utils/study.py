@@ -178,6 +178,14 @@ def reversal_runs(study_: Study, toxic: dict[int, training.Run], epochs: int, ba
                                progress=False) for sd, run in toxic.items()}
 
 
+def retrained_runs(study_: Study, toxic: dict[str, training.Run], epochs: int, batch_size: int) -> dict[str, training.Run]:
+    """rule -> clean retraining (a reversal run) of the toxic run of each rule the task retrains
+    (`runs.TASKS[...].retrained_rules`: for IOI the paper's two corruptions, Subject Duplication and Name Moving)."""
+    rules = runs.TASKS[study_.config.task].retrained_rules
+    return {rule: training.train(train_config(study_, "reversal", epochs, range(1, epochs + 1), batch_size, source=run),
+                                 progress=False) for rule, run in toxic.items() if rule in rules}
+
+
 def seed_logit_diffs(study_: Study, runs_: dict[int, training.Run], epoch: int) -> dict[int, torch.Tensor]:
     """seed -> the held-out logit differences [n_eval] of that seed's checkpoint at `epoch`."""
     return {sd: analyses.held_out_logit_diff(study_, run.model(epoch)[0]) for sd, run in runs_.items()}

@@ -158,7 +158,8 @@ def planned_runs(params: dict[str, Any], need_ids: bool = True) -> list[PlannedR
         rid = config_id(cfg, tokenizers, need_ids)
         old = by_id.get(rid)
         by_id[rid] = PlannedRun(cfg, rid, (*old.chapters, chapter) if old else (chapter,))
-    toxic = [r for r in by_id.values() if r.config.scenario == "toxic" and runs.TASKS[r.config.task].reversals]
+    toxic = [r for r in by_id.values()
+             if r.config.scenario == "toxic" and r.config.dataset in runs.TASKS[r.config.task].retrained_rules]
     # neuroplasticity (and the second model's chapter): study.train_config(s, "reversal", ...), i.e.
     # runs.reversal_config(run, ...), of each toxic run the chapter trained
     for src in toxic:

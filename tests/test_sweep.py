@@ -68,7 +68,8 @@ def test_the_plan_has_every_chapter_run_once_with_sources_first(plan):
     assert n_seeds == 2
     assert kinds == sorted([*[("ioi", "clean", "clean")] * n_seeds, *[("ioi", "toxic", d) for d in sweep.study.data.TOXIC_RULES],
                             *[("ioi", "toxic", "subject-duplication")] * (n_seeds - 1),
-                            *[("ioi", "reversal", "clean")] * (3 + n_seeds - 1), ("greater-than", "clean", "clean"),
+                            # reversals: Subject Duplication per seed and Name Moving (not Duplication, the control)
+                            *[("ioi", "reversal", "clean")] * (2 + n_seeds - 1), ("greater-than", "clean", "clean"),
                             ("greater-than", "toxic", gt.TOXIC_DATASET),
                             # the second model's chapter: clean, Subject Duplication and its reversal per seed
                             *[("ioi", "clean", "clean"), ("ioi", "toxic", "subject-duplication"),
@@ -89,7 +90,7 @@ def test_the_plan_has_every_chapter_run_once_with_sources_first(plan):
 def test_the_chapters_training_calls_are_the_planned_ones():
     """Each chapter's training call site is one the planner reproduces (a new one must be planned too)."""
     calls = {name: re.findall(r"(training\.train\(study\.train_config\(s, \"\w+\"|study\.toxic_runs\(|"
-                              r"study\.seed_runs\([^)]*\)|study\.reversal_runs\(|"
+                              r"study\.seed_runs\([^)]*\)|study\.reversal_runs\(|study\.retrained_runs\(|"
                               r"gt\.train_run\(st, \"\w+\"[^)]*\)|generalisation\.headline_runs\()",
                               (REPO / "book" / f"{name}.py").read_text())
              for name in ("intro", "circuit_discovery", "amplification", "corruption", "neuroplasticity",
@@ -98,7 +99,7 @@ def test_the_chapters_training_calls_are_the_planned_ones():
         "amplification": ["study.seed_runs(clean_config, training_seeds)"],
         "corruption": ["study.toxic_runs(", 'study.seed_runs(runs["subject-duplication"].config, training_seeds)',
                        "study.seed_runs(clean_config, training_seeds[:1])"],
-        "neuroplasticity": ["study.toxic_runs(", 'training.train(study.train_config(s, "reversal"',
+        "neuroplasticity": ["study.toxic_runs(", "study.retrained_runs(",
                             "study.seed_runs(clean_config, training_seeds)",
                             'study.seed_runs(toxic["subject-duplication"].config, training_seeds)',
                             "study.reversal_runs("],
@@ -121,9 +122,7 @@ def test_a_sweep_trains_the_runs_the_chapters_then_find(swept, plan, one_thread,
     toxic = study.toxic_runs(s, p["toxic_epochs"], p["batch_size"])
     sd = study.seed_runs(toxic["subject-duplication"].config, p["training_seeds"])
     e = p["reversal_epochs"]
-    reversed_ = [training.train(study.train_config(s, "reversal", e, list(range(1, e + 1)), p["batch_size"],
-                                                   dataset=rule, source=run), progress=False)
-                 for rule, run in toxic.items()]
+    reversed_ = list(study.retrained_runs(s, toxic, e, p["batch_size"]).values())
     reversed_ += list(study.reversal_runs(s, sd, e, p["batch_size"]).values())
     st = gt.prepare(p["gt_model_name"], p["gt_n_train"], p["gt_n_eval"], p["gt_n_discovery"], p["gt_n_epoch_eval"],
                     p["seed"], "cpu", p["batch_size"])
@@ -236,7 +235,7 @@ def test_without_a_tokenizer_the_dry_run_still_lists_every_run_once():
     with pytest.raises(sweep.models.ModelUnavailableError):
         sweep.planned_runs(params)
     plan = sweep.planned_runs(params, need_ids=False)
-    n = 12 + 3 * 2  # 2 training seeds; the second model's clean, Subject Duplication and reversal per seed
+    n = 11 + 3 * 2  # 2 training seeds, Duplication not retrained; the second model: clean, SD and reversal per seed
     assert len(plan) == n and len({r.id for r in plan}) == n and all("-?" in r.id for r in plan)
 
 
