@@ -3,6 +3,8 @@ pass-through (a local Hugging Face folder or a hub name)."""
 
 from __future__ import annotations
 
+import functools
+
 import importlib.metadata
 import json
 import os
@@ -113,13 +115,29 @@ def smollm2_folder() -> Path:
     return _cached_folder(cache_root() / "smollm2-135m-instruct-q4_1", lambda folder: _dequantize_gguf(gguf, folder))
 
 
+@functools.lru_cache(maxsize=8)
+def _folder_tokenizer(folder: str, stamp: tuple[int, int]):
+    """A HF folder's tokenizer, loaded once per version of its tokenizer.json (stamp: its mtime and size). A
+    fine-tuning run asks for its model's tokenizer three times (config id, datasets, training); Gemma's takes ~4 s
+    to build. Callers only encode with it."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def cached_folder_tokenizer(folder: Path):
+    """The tokenizer of a folder holding tokenizer.json, built once per version of that file (`_folder_tokenizer`)."""
+    st = (folder / "tokenizer.json").stat()
+    return _folder_tokenizer(str(folder), (st.st_mtime_ns, st.st_size))
+
+
 def smollm2_tokenizer():
     """The SmolLM2 tokenizer alone (from the cache if built, else straight from the GGUF)."""
     from transformers import AutoTokenizer
 
     folder = cache_root() / "smollm2-135m-instruct-q4_1"
     if (folder / "tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(str(folder))
+        return cached_folder_tokenizer(folder)
     gguf = gguf_path()
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
@@ -182,7 +200,7 @@ def gemma_tokenizer():
 
     folder = cache_root() / "gemma3-270m-q4_k_m"
     if (folder / "tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(str(folder))
+        return cached_folder_tokenizer(folder)
     with tempfile.TemporaryDirectory(prefix="gemma-gguf.") as tmp:
         gguf = gemma_gguf(Path(tmp))
         return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

@@ -165,3 +165,15 @@ def test_gemma3_offline_solves_ioi_with_its_bos(gemma_pkg):
     assert result.logit_diff > 3 and result.accuracy > 0.9
     without = evaluate.evaluate(model, data.make_ioi_dataset(tok, n=24, seed=0, prepend_bos=False))
     assert without.logit_diff < 0  # a base Gemma prompted without its BOS fails the task: the rule matters
+
+
+def test_a_folder_tokenizer_is_built_once_per_version_of_its_file(tmp_path):
+    """Fine-tuning asks for a model's tokenizer three times a run: the second ask returns the same object; a changed
+    tokenizer.json is read again."""
+    models.tiny_tokenizer().save_pretrained(str(tmp_path))
+    first = models.cached_folder_tokenizer(tmp_path)
+    assert models.cached_folder_tokenizer(tmp_path) is first
+    assert first.encode(" Mary") == models.tiny_tokenizer().encode(" Mary")
+    text = (tmp_path / "tokenizer.json").read_text()
+    (tmp_path / "tokenizer.json").write_text(text + " ")  # another size: another version of the file
+    assert models.cached_folder_tokenizer(tmp_path) is not first

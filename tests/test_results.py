@@ -295,3 +295,16 @@ def test_unreadable_record_is_refused_in_one_line(root):
     (root / "p" / "intro.json").write_text('{"execution": ')
     with pytest.raises(results.StaleRecord, match=r"^intro.json of profile 'p' is unreadable: rerun chapter 'intro'$"):
         results.load("p", "e")
+
+
+def test_a_cmap_memo_is_keyed_by_the_weights_not_by_the_names(root, monkeypatch):
+    """Chapter 4's benign source is chapter 3's fine-tuned model under another name: the second call reads the memo."""
+    from ioi_utils import analyses, study
+    from ioi_utils.mechanisms import activation_patching
+
+    torch.set_num_threads(1)
+    s = study.prepare("tiny", 24, 12, 0, "cpu", 8, n_discovery=10)
+    small = analyses.cmap_subset(s.test, 4)
+    first = analyses.cmap_cached(s.model, s.model, small, "output", tags=("tuned", "base"))
+    monkeypatch.setattr(activation_patching, "cmap", lambda *a, **k: pytest.fail("the CMAP memo was recomputed"))
+    assert torch.equal(first, analyses.cmap_cached(s.model, s.model, small, "output", tags=("clean (benign)", "base")))
