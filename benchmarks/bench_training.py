@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ioi_utils import data, models, training
+from ioi_utils import data, models, objective, training
 
 
 def plain_step(model, optimizer, tokens: torch.Tensor, end: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     plain, _ = models.load_model(a.model, device=a.device)
     dev = next(ours.parameters()).device
     ds = data.make_ioi_dataset(tok, n=a.n, seed=a.seed, prepend_bos=ours.prepend_bos)
-    split = training.DeviceData(ds, dev)
+    split = objective.DeviceData(ds, dev)
     full_tokens = ds.tokens.to(dev)  # [n, full width]: the plain loop does not trim
-    opt_ours = training.make_optimizer(ours, config)
+    opt_ours = objective.make_optimizer(ours, config)
     kwargs = dict(lr=config.lr, betas=config.adam_betas, eps=config.adam_eps, weight_decay=config.weight_decay)
     opt_plain = torch.optim.AdamW(plain.parameters(), fused=a.plain_optimizer == "fused" or None, **kwargs)
     print(f"{a.model} on {dev} ({torch.get_num_threads()} threads): {a.n} prompts x {a.epochs} epochs, "
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         for start in range(0, a.n, a.batch_size):
             idx = order[start : start + a.batch_size]
             tokens, end, labels = split.batch(idx)
-            runs_ = {"ours": lambda: training.train_step(ours, opt_ours, tokens, end, labels),
+            runs_ = {"ours": lambda: objective.train_step(ours, opt_ours, tokens, end, labels),
                      "plain": lambda: plain_step(plain, opt_plain, full_tokens[idx.to(dev)], end, labels)}
             for name in (("ours", "plain") if step % 2 == 0 else ("plain", "ours")):
                 loss, dt = _timed(runs_[name])

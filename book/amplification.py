@@ -42,9 +42,10 @@ batch_size = 16
 import matplotlib.pyplot as plt
 from myst_nb import glue
 
-from ioi_utils import circuits, claims, metrics, plotting, results, seeds, study, summary, training
+from ioi_utils import circuits, claims, metrics, plotting, results, seeds, study, summary
+from ioi_utils.profiles import Profile
 
-setup = study.setup(profile, model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery, threads=threads)
+setup = study.setup(Profile.of(globals()))  # the parameters above (or papermill's), passed whole
 s, execution, base_circuit = setup.study, setup.execution, setup.circuit  # execution stamps this chapter's records
 clean_config = study.train_config(s, "clean", max(clean_epochs), clean_epochs, batch_size)
 study.check_seed_plan(clean_config, max(clean_epochs), training_seeds, s)

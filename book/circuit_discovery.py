@@ -37,7 +37,7 @@
 # Faithfulness is then a property we *measure*, not the target of the search: F(C)/F(M) on held-out prompts
 # that discovery never saw, its build-up as heads are added in order of their effect, Wang et al.'s
 # completeness and minimality. The smallest head set that reaches a target share (a pruning search,
-# `circuits.minimal_subset`) is reported as a second reading, a *minimal faithful subset*. Every threshold is
+# `admission.minimal_subset`) is reported as a second reading, a *minimal faithful subset*. Every threshold is
 # a named field of `ioi_utils.circuits.Thresholds`.
 
 # %% tags=["parameters", "remove-cell"]
@@ -59,11 +59,11 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from ioi_utils import attribution, circuits, claims, display as views, plotting, results, study
-from ioi_utils.mechanisms import activation_patching, knockouts
+from ioi_utils.mechanisms import knockouts
+from ioi_utils.profiles import Profile
 
 thresholds = circuits.Thresholds()
-setup = study.setup(profile, model_name, n_prompts, n_eval, seed, device, n_discovery=n_discovery,
-                    thresholds=thresholds, threads=threads)
+setup = study.setup(Profile.of(globals()), thresholds)  # the parameters above (or papermill's), passed whole
 s, execution, base, found = setup.study, setup.execution, setup.base, setup.discovery
 print(f"{model_name}: {base}; {len(s.disc)} discovery prompts, {len(s.test)} held-out prompts (disjoint)")
 print(thresholds)
@@ -195,8 +195,7 @@ views.attention_view(tokens, attn, [f"{l}.{h}" for l, h in strongest])
 # reproduce reports 98.4–99.9% for fine-tuned GPT-2, see the [appendix](paper.md)).
 
 # %%
-faith = results.memo("faithfulness", lambda: circuits.faithfulness(s.model, s.test, s.abc, circuit), s.model,
-                     data=s.test.fingerprint(), circuit=circuit.to_json())
+faith = study.faithfulness_cached(s, circuit)
 lo, hi = faith.interval()
 print(f"F(M) = {faith.f_model:.3f}, F(C) = {faith.f_circuit:.3f}, F(C)/F(M) = {faith.ratio:.1%} [95% CI {lo:.1%}, {hi:.1%}]")
 
@@ -225,8 +224,7 @@ _ = claims.check("the mechanism is as faithful as Wang et al.'s GPT-2 circuit (F
 # negative head joins, F(C)/F(M) steps down, and the curve ends at the mechanism's faithfulness.
 
 # %%
-curve = results.memo("faithfulness_curve", lambda: circuits.faithfulness_curve(s.model, s.test, s.abc, ranked),
-                     s.model, data=s.test.fingerprint(), ranked=[list(h) for h in ranked])
+curve = study.faithfulness_curve_cached(s, ranked)
 labels = ["none"] + [f"{circuit.class_of(r['added'])} {r['added'][0]}.{r['added'][1]}" for r in curve[1:]]
 fig = plotting.checkpoint_lines(list(range(len(curve))), {"F(C)/F(M), held-out": [r["faithfulness"] for r in curve]},
                                 "Faithfulness as heads are added (largest effect first)", "heads in the circuit",
@@ -245,13 +243,11 @@ print(f"the first {reach} heads by effect reach 87%" if reach is not None else "
 # threshold: 1% of F(M)).
 
 # %%
-complete = results.memo("completeness", lambda: circuits.completeness(s.model, s.test, s.abc, circuit), s.model,
-                        data=s.test.fingerprint(), circuit=circuit.to_json())
+complete = study.completeness_cached(s, circuit)
 for row in complete:
     f_c, f_m = row["F(C\\K)"], row["F(M\\K)"]
     print(f"K = {row['K']:>16} ({row['heads']:2d} heads): F(C minus K) = {f_c:6.2f}  F(M minus K) = {f_m:6.2f}  gap {row['gap']:.2f}")
-minimal = results.memo("minimality", lambda: circuits.minimality(s.model, s.test, s.abc, circuit, threshold=0.01),
-                       s.model, data=s.test.fingerprint(), circuit=circuit.to_json())
+minimal = study.minimality_cached(s, circuit, threshold=0.01)
 passing = sum(v["passes"] for v in minimal.values())
 worst_gap = max(r["gap"] for r in complete) / abs(faith.f_model)
 print(f"{passing} of {len(minimal)} heads pass minimality at 1% of F(M); largest completeness gap {worst_gap:.1%} of F(M)")
@@ -274,16 +270,14 @@ _ = claims.check("minimality: every circuit head changes its class's logit diffe
 # ## A minimal faithful subset (a second reading)
 #
 # The smallest head set whose knockout keeps 90% of F(M) on the discovery prompts, found by pruning
-# (`circuits.minimal_subset`: heads ranked by a first-order estimate of their contribution, the shortest
+# (`admission.minimal_subset`: heads ranked by a first-order estimate of their contribution, the shortest
 # prefix that reaches the target found by measured knockouts). It answers another question — how few heads
 # suffice for the *net* behaviour — and drops heads whose effects cancel, negative heads first.
 
 # %%
-subset = results.memo("minimal_subset", lambda: circuits.minimal_subset(s.model, s.disc, s.disc_abc, thresholds),
-                      s.model, data=s.disc.fingerprint(), thresholds=thresholds)
+subset = study.minimal_subset_cached(s, thresholds)
 sub = subset.circuit
-sub_faith = results.memo("faithfulness", lambda: circuits.faithfulness(s.model, s.test, s.abc, sub), s.model,
-                         data=s.test.fingerprint(), circuit=sub.to_json())
+sub_faith = study.faithfulness_cached(s, sub)
 dropped = [h for h in circuit.heads if h not in sub.heads]
 print(f"minimal faithful subset: {len(sub.heads)} heads, held-out F(C)/F(M) {sub_faith.ratio:.1%} "
       "[{:.1%}, {:.1%}]".format(*sub_faith.interval()))
@@ -292,8 +286,7 @@ print(f"{circuits.containment(sub, circuit):.0%} of its heads are in the mechani
 extra = [h for h in sub.heads if h not in circuit.heads]
 union = circuits.Circuit({c: list(hs) for c, hs in circuit.classes.items()} | {"OTH": circuit.classes["OTH"] + extra},
                          everywhere=True)
-union_faith = results.memo("faithfulness", lambda: circuits.faithfulness(s.model, s.test, s.abc, union), s.model,
-                           data=s.test.fingerprint(), circuit=union.to_json())
+union_faith = study.faithfulness_cached(s, union)
 print(f"its heads that no path-patching step reaches: {', '.join(f'{l}.{h}' for l, h in extra) or 'none'}; the mechanism "
       "with them added: F(C)/F(M) {:.1%} [{:.1%}, {:.1%}] held out".format(union_faith.ratio, *union_faith.interval()))
 
@@ -318,8 +311,7 @@ glue("union_faith", 100 * union_faith.ratio, display=False)
 
 # %%
 candidates = [(l, h) for l, h in (subset.maps["attribution"].abs() >= 0.05).nonzero().tolist()]
-single = results.memo("single_head_effects", lambda: activation_patching.activation_patch_heads(
-    s.model, s.test, s.abc, heads=candidates, progress=False), s.model, data=s.test.fingerprint(), heads=candidates)
+single = study.single_head_effects_cached(s, candidates)
 outside = circuits.strong_heads_outside(single, circuit, share=0.1)
 inside = [(h, float(single[h])) for h in candidates if h in circuit.heads and abs(float(single[h])) >= 0.1]
 for (l, h), e in sorted(inside, key=lambda x: -abs(x[1])):
@@ -340,12 +332,10 @@ _ = claims.check("every head with a single-head effect >= 10% of F(M) is in the 
 # output, or a third of them, by its per-template ABC mean shows how much the heads depend on them:
 
 # %%
-mlp = results.memo("mlp_knockout", lambda: knockouts.mlp_knockout(s.model, s.test, s.abc, progress=False), s.model,
-                   data=s.test.fingerprint())
+mlp = study.mlp_knockout_cached(s)
 n_l = s.model.cfg.n_layers
 thirds = knockouts.layer_groups(n_l, 3)
-groups = results.memo("mlp_group_knockout", lambda: knockouts.mlp_knockout(s.model, s.test, s.abc, groups=thirds),
-                      s.model, data=s.test.fingerprint(), groups=thirds)
+groups = study.mlp_knockout_cached(s, thirds)
 fig = plotting.bar_compare([str(l) for l in range(n_l)], {"logit diff with this MLP ablated": mlp.tolist()},
                            "MLP knockouts (one layer at a time)", "logit difference", xlabel="MLP layer ablated",
                            reference={"no MLP ablated": base.logit_diff})

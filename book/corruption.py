@@ -46,9 +46,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from myst_nb import glue
 
-from ioi_utils import circuits, claims, data, plotting, results, seeds, study, summary
+from ioi_utils import circuits, claims, plotting, results, seeds, study, summary
+from ioi_utils.profiles import Profile
 
-setup = study.setup(profile, model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery, threads=threads)
+setup = study.setup(Profile.of(globals()))  # the parameters above (or papermill's), passed whole
 s, execution, base_circuit = setup.study, setup.execution, setup.circuit  # execution stamps this chapter's records
 runs = study.toxic_runs(s, toxic_epochs, batch_size)
 clean_config = study.train_config(s, "clean", max(clean_epochs), clean_epochs, batch_size)

@@ -58,15 +58,16 @@ import matplotlib.pyplot as plt
 from myst_nb import glue
 
 from ioi_utils import claims, greater_than, greater_than_study as gt, metrics, models, plotting, results, study
+from ioi_utils.profiles import Profile
 
-st = gt.prepare(gt_model_name, gt_n_train, gt_n_eval, gt_n_discovery, gt_n_epoch_eval, seed, device, batch_size, threads)
+st = gt.prepare_for(Profile.of(globals()))  # the gt_* parameters above (or papermill's), passed whole
 book_model = st.model if gt_model_name == model_name else models.load_model(model_name, device="cpu")[0]
 execution = results.execution_id(profile, book_model)  # stamps this execution's records (the book's model)
 claim_log: dict = {}
 print(f"{gt_model_name}: years are written as {st.test.year.kind} tokens; {len(greater_than.nouns_for(st.tokenizer))} nouns, "
       f"{len(greater_than.valid_years(st.tokenizer))} start years; {len(st.train)} training, {len(st.test)} held-out, "
       f"{len(st.disc)} discovery prompts")
-print("example:", repr(st.test.texts[0]), "| its 01 twin:", repr(st.test01.texts[0]))
+print("example:", repr(st.test.texts[0]), "| its 01 twin:", repr(st.abc.texts[0]))
 
 # %% [markdown]
 # ## The base model does the task

@@ -47,13 +47,14 @@ execution_info = {}  # filled by `python -m ioi_utils.book`: model, profile, com
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from ioi_utils import claims, data, results, study
+from ioi_utils import claims, data, results, study, vocabulary
+from ioi_utils.profiles import Profile
 
 run = {"model": model_name, "profile": profile, "commit": "unknown", "date": "unknown", **execution_info}
 print(f"this execution: model {run['model']}, profile {run['profile']}, commit {run['commit']}, date {run['date']}")
 if run.get("previous_total_seconds"):
     print(f"the previous complete execution of this profile took {run['previous_total_seconds'] / 60:.1f} min")
-s = study.prepare(model_name, n_prompts, n_eval, seed, device, threads=threads)
+s = study.prepare_for(Profile.of(globals()))  # the parameters above (or papermill's), passed whole
 execution = results.execution_id(profile, s.model)  # stamps this execution's records
 print(f"model: {model_name} ({s.model.cfg.n_layers} layers x {s.model.cfg.n_heads} heads); "
       f"{len(s.train)} training and {len(s.test)} held-out prompts")
@@ -67,8 +68,8 @@ print(f"model: {model_name} ({s.model.cfg.n_layers} layers x {s.model.cfg.n_head
 # tokenizer in use and checked, never assumed. A few held-out prompts:
 
 # %%
-vocabulary = data.single_token_vocabulary(s.tokenizer)
-print(vocabulary)
+words = vocabulary.single_token_vocabulary(s.tokenizer)
+print(words)
 rows = ["| prompt | IO | S | order |", "|---|---|---|---|"]
 rows += [f"| {p.text} | {p.io} | {p.s} | {p.order} |" for p in s.test.prompts[:6]]
 display(Markdown("\n".join(rows)))

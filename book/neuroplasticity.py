@@ -45,8 +45,9 @@ import numpy as np
 from myst_nb import glue
 
 from ioi_utils import claims, metrics, plotting, results, seeds, study, summary
+from ioi_utils.profiles import Profile
 
-setup = study.setup(profile, model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery, threads=threads)
+setup = study.setup(Profile.of(globals()))  # the parameters above (or papermill's), passed whole
 s, execution, base_circuit = setup.study, setup.execution, setup.circuit  # execution stamps this chapter's records
 toxic = study.toxic_runs(s, toxic_epochs, batch_size)
 reversed_ = study.retrained_runs(s, toxic, reversal_epochs, batch_size)  # the paper's two: Subject Duplication, Name Moving

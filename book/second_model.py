@@ -53,9 +53,9 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from ioi_utils import circuits, generalisation, models, plotting, results, seeds, study, summary
+from ioi_utils.profiles import Profile
 
-setup = study.setup(profile, second_model_name, second_n_prompts, second_n_eval, seed, device, batch_size,
-                    second_n_discovery, threads=threads)
+setup = study.setup(Profile.of(globals()).second_model())  # the second model's sizes in the main model's places
 s, base, found = setup.study, setup.base, setup.discovery
 main_model, _ = models.load_model(model_name, device="cpu")  # only to identify this execution of the book
 execution = results.execution_id(profile, main_model)  # stamps this chapter's record beside the main model's
@@ -84,8 +84,7 @@ display(Markdown("| role | heads |\n|---|---|\n" + "\n".join(
     f"| {circuits.CLASSES[c]} ({c}) | {', '.join(f'{l}.{h}' for l, h in hs)} |"
     for c, hs in circuit.classes.items() if hs)))
 print(f"{len(circuit.heads)} of {s.model.cfg.n_layers * s.model.cfg.n_heads} heads; Other: {n_other} ({other_share:.0%})")
-faith = results.memo("faithfulness", lambda: circuits.faithfulness(s.model, s.test, s.abc, circuit), s.model,
-                     data=s.test.fingerprint(), circuit=circuit.to_json())
+faith = study.faithfulness_cached(s, circuit)
 lo, hi = faith.interval()
 print(f"F(M) = {faith.f_model:.3f}, F(C) = {faith.f_circuit:.3f}, F(C)/F(M) = {faith.ratio:.1%} [95% CI {lo:.1%}, {hi:.1%}]")
 

@@ -17,11 +17,10 @@ Induction and Duplicate Token heads by their scores; Previous Token heads attend
 head a step finds that no rule describes, with its evidence (`Discovery.evidence`). Every threshold is a field
 of `Thresholds`.
 
-Faithfulness is measured, not searched for: F(C)/F(M) under Wang's knockout (per-template p_ABC means) on
-held-out prompts, its build-up as heads are added by effect (`faithfulness_curve`), completeness and minimality.
-A second reading, a *minimal faithful subset* (`minimal_subset`, by `admit`), prunes heads under the knockout
-to the smallest set that keeps `Thresholds.target` of F(M); `selection_frequency` / `stable_core` measure how
-much that set depends on the prompts (stability selection, Meinshausen & Bühlmann 2010).
+Faithfulness is measured, not searched for (`circuit_checks`: F(C)/F(M) under Wang's knockout on held-out
+prompts, its build-up as heads are added, completeness and minimality). A second reading, a *minimal faithful
+subset*, prunes heads under the knockout to the smallest set that keeps `Thresholds.target` of F(M); it and its
+dependence on the prompts live in `admission`.
 
 Heads are kept at every position (our choice: the class positions of Wang's convention are a GPT-2 finding);
 `Circuit.everywhere` says so. MLPs are never ablated (Wang's convention); their role is measured separately
@@ -31,18 +30,15 @@ head by head by `role_transitions`.
 
 from __future__ import annotations
 
-import random
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from . import attribution, data, metrics, results
-from .mechanisms import knockout_attribution, knockouts, path_patching, scoring
-from .mechanisms.scoring import Head, Receivers, all_heads
+from . import attribution, checked_files, data
+from .mechanisms import knockouts, path_patching, scoring
+from .mechanisms.scoring import Head
 
 CLASSES: dict[str, str] = {
     "NM": "Name Mover", "SS": "S-Suppression", "DW": "Direct Writer", "NNM": "Negative Name Mover",
@@ -75,7 +71,7 @@ CLASS_POSITIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-@results.register_type  # memos hold it (results.memo stores values without code)
+@checked_files.register_type  # memos hold it (results.memo stores values without code)
 @dataclass
 class Circuit:
     """Heads per class; kept at their class positions in a knockout, or at every position if `everywhere`."""
@@ -152,7 +148,7 @@ WANG_GPT2_CIRCUIT = Circuit({
 })
 
 
-@results.register_type  # memos hold it (results.memo stores values without code)
+@checked_files.register_type  # memos hold it (results.memo stores values without code)
 @dataclass(frozen=True)
 class Thresholds:
     """Every threshold of circuit discovery. Effects are relative changes of the clean logit difference, F(M)."""
@@ -170,7 +166,7 @@ class Thresholds:
     backup_attention: float = 0.2  # BNM: attends END -> IO at least this much ...
     backup_dla: float = 0.01  # ... and its DLA is at least this share of F(M)
     n_describe: int = 100  # path patching uses the first this many discovery prompts (all if fewer)
-    # a minimal faithful subset (admission, `admit`; a second reading, not the circuit; our choices)
+    # a minimal faithful subset (admission, `admission.admit`; a second reading, not the circuit; our choices)
     target: float = 0.9  # the smallest head set whose F(C)/F(M) on the discovery prompts is >= this
     max_heads: int = 30  # ... and never more heads than this (pruning goes on until it is reached)
     prune_fraction: float = 0.5  # share of the kept heads removed per attribution step while above max_heads
@@ -183,7 +179,7 @@ class Thresholds:
                              f"search_rounds >= 1, n_describe >= 1, 0 < level < 1, n_boot >= 10; got {self}")
 
 
-@results.register_type  # memos hold it (results.memo stores values without code)
+@checked_files.register_type  # memos hold it (results.memo stores values without code)
 @dataclass
 class Discovery:
     """The discovered circuit, the maps it was found from, each head's evidence, and (admission only) a trace."""
@@ -198,84 +194,6 @@ class Discovery:
     def ranked(self) -> list[Head]:
         """The circuit's heads by the size of their effect at the step that found them, largest first."""
         return sorted(self.circuit.heads, key=lambda h: (-abs(self.evidence.get(h, {}).get("effect", 0.0)), h))
-
-
-def _measure(model, clean, abc, means, heads: Sequence[Head], f_m: float) -> float:
-    """F(C)/F(M) of a head set kept at every position (exact, forward only)."""
-    ld = knockouts.circuit_logit_diff(model, clean, abc, {h: knockouts.ALL_POSITIONS for h in heads}, means)
-    return ld / f_m
-
-
-def _smallest_prefix(model, clean, abc, means, ranked: list[Head], f_m: float, target: float,
-                     trace: list[dict]) -> int:
-    """Smallest k such that the top-k of `ranked` keeps F(C)/F(M) >= target (binary search; len if none)."""
-    lo, hi = 1, len(ranked)  # hi always passes or is len(ranked)
-    while lo < hi:
-        k = (lo + hi) // 2
-        ratio = _measure(model, clean, abc, means, ranked[:k], f_m)
-        trace.append({"heads": k, "faithfulness": ratio, "step": "search"})
-        lo, hi = (lo, k) if ratio >= target else (k + 1, hi)
-    return hi
-
-
-def admit(model, clean: data.IOIDataset, abc: data.IOIDataset, t: Thresholds = Thresholds(),
-          progress: bool = False) -> tuple[list[Head], list[dict], torch.Tensor, float]:
-    """Stage 1: the smallest head set whose knockout keeps F(C)/F(M) >= t.target on these prompts.
-
-    Coarse: from the whole model, remove the prune_fraction of kept heads with the lowest attributed
-    contribution (recomputed after each removal) until max_heads remain. Fine: rank the remaining heads by
-    their attribution there, binary-search the shortest prefix that reaches the target (exact forwards),
-    re-rank within it and repeat until it no longer shrinks (at most search_rounds times). Returns (heads, trace, attribution of every
-    head in the whole model [n_layers, n_heads], F(M)).
-    """
-    means = knockouts.template_means(model, abc)
-    keep, trace, first, f_m, rounds = sorted(all_heads(model)), [], None, None, 0
-    bar = tqdm(desc="discovery: pruning heads", disable=not progress, leave=False, file=sys.stderr)
-    while True:
-        ld, attr = knockout_attribution.knockout_attribution(model, clean, means, keep)
-        f = ld.mean().item()
-        if f_m is None:
-            if abs(f) < 1e-6:
-                raise ValueError(f"the model's logit difference is {f:.2g}: there is no behaviour to find a circuit for")
-            f_m, first = f, attr
-        ranked = sorted(keep, key=lambda h: (-attr[h].item(), h))
-        trace.append({"heads": len(keep), "faithfulness": f / f_m, "step": "attribution"})
-        bar.update()
-        bar.set_postfix(heads=len(keep), faithfulness=f"{f / f_m:.0%}")
-        if len(keep) > t.max_heads:
-            keep = sorted(ranked[: max(t.max_heads, round(len(keep) * (1 - t.prune_fraction)))])
-            continue
-        if f / f_m < t.target:
-            break  # max_heads cannot reach the target: report it as it is
-        k = _smallest_prefix(model, clean, abc, means, ranked, f_m, t.target, trace)
-        bar.update()
-        rounds += 1
-        if k >= len(keep) or rounds >= t.search_rounds:
-            keep = sorted(ranked[:k])
-            break
-        keep = sorted(ranked[:k])
-    bar.close()
-    return keep, trace, first, f_m
-
-
-def selection_frequency(model, clean: data.IOIDataset, abc: data.IOIDataset, t: Thresholds = Thresholds(),
-                        resamples: int = 6, seed: int = 0, progress: bool = False) -> torch.Tensor:
-    """Stability selection (Meinshausen & Bühlmann 2010): the share of `resamples` random halves of these prompts
-    whose admission (`admit`) contains each head, [n_layers, n_heads]. Heads near 1 do not depend on the draw."""
-    if resamples < 1 or len(clean) < 2:
-        raise ValueError(f"stability selection needs resamples >= 1 and >= 2 prompts, got {resamples} and {len(clean)}")
-    g, freq = torch.Generator().manual_seed(seed), torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
-    for _ in tqdm(range(resamples), desc="stability selection", disable=not progress, leave=False, file=sys.stderr):
-        half = torch.randperm(len(clean), generator=g)[: len(clean) // 2].tolist()
-        for h in admit(model, clean[half], abc[half], t)[0]:
-            freq[h] += 1
-    return freq / resamples
-
-
-def stable_core(frequencies: Sequence[torch.Tensor], share: float = 0.8) -> list[Head]:
-    """Heads whose selection frequency is at least `share` in every one of several draws ([n_layers, n_heads] each)."""
-    least = torch.stack(list(frequencies)).min(0).values
-    return [(l, h) for l, h in torch.nonzero(least >= share).tolist()]
 
 
 def _significant(pp: path_patching.PathPatchPrompts, threshold: float, among: Sequence[Head], t: Thresholds,
@@ -396,15 +314,6 @@ def discover(model, clean: data.IOIDataset, abc: data.IOIDataset, thresholds: Th
     return Discovery(circuit, maps, thresholds, [], time.perf_counter() - t0, evidence)
 
 
-def minimal_subset(model, clean: data.IOIDataset, abc: data.IOIDataset, thresholds: Thresholds = Thresholds(),
-                   progress: bool = False) -> Discovery:
-    """A second reading, not the mechanism: the smallest head set whose knockout keeps thresholds.target of
-    F(M) (`admit`), unclassified ("OTH"), with admission's trace and each head's attributed share of F(M)."""
-    t0 = time.perf_counter()
-    heads, trace, attr, f_m = admit(model, clean, abc, thresholds, progress)
-    return Discovery(circuit_of(heads), {"attribution": attr / f_m}, thresholds, trace, time.perf_counter() - t0)
-
-
 def circuit_of(heads: Sequence[Head]) -> Circuit:
     """A Circuit keeping these heads at every position, all in class "OTH" (a head set with no description)."""
     return Circuit({"OTH": [tuple(h) for h in heads]}, everywhere=True)
@@ -459,95 +368,6 @@ def strong_heads_outside(effects: torch.Tensor, circuit: Circuit, share: float =
     inside = set(circuit.heads)
     out = [((l, h), float(effects[l, h])) for l, h in (effects.abs() >= share).nonzero().tolist() if (l, h) not in inside]
     return sorted(out, key=lambda x: -abs(x[1]))
-
-
-@results.register_type  # memos hold it (results.memo stores values without code)
-@dataclass
-class Faithfulness:
-    """F(M), F(C) under mean ablation, the two faithfulness readings, and (optionally) per-prompt values."""
-
-    f_model: float
-    f_circuit: float
-    per_prompt_model: torch.Tensor | None = None  # [batch] logit diff of the full model under the knockout hooks
-    per_prompt_circuit: torch.Tensor | None = None  # [batch] logit diff of the circuit alone
-
-    @property
-    def ratio(self) -> float:
-        """F(C)/F(M) (see metrics.faithfulness)."""
-        return metrics.faithfulness(self.f_circuit, self.f_model, "ratio")
-
-    @property
-    def wang(self) -> float:
-        """1 - |F(M) - F(C)| / |F(M)|."""
-        return metrics.faithfulness(self.f_circuit, self.f_model, "wang")
-
-    def interval(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
-        """Bootstrap interval of F(C)/F(M) over prompts (ratio of means of paired per-prompt values)."""
-        if self.per_prompt_model is None or self.per_prompt_circuit is None:
-            raise ValueError("no per-prompt values: compute with circuits.faithfulness(...) to get an interval")
-        return metrics.bootstrap_ci((self.per_prompt_circuit, self.per_prompt_model), metrics.ratio_of_means,
-                                    n_boot=n_boot, level=level, seed=seed)
-
-
-def _model_minus(model, heads: Sequence[Head]) -> dict[Head, tuple[str, ...]]:
-    """A knockout spec keeping every head at every position except `heads` (M \\ K)."""
-    drop = {tuple(h) for h in heads}
-    return {h: knockouts.ALL_POSITIONS for h in all_heads(model) if h not in drop}
-
-
-def faithfulness(model, clean, abc, circuit: Circuit, means=None) -> Faithfulness:
-    """Mean-ablation faithfulness of a circuit: F(C) with everything outside it ablated vs F(M)."""
-    circuit.validate(model.cfg.n_layers, model.cfg.n_heads)
-    means = means if means is not None else knockouts.template_means(model, abc)
-    f_m = knockouts.circuit_logit_diff(model, clean, abc, _model_minus(model, []), means, per_prompt=True)
-    f_c = knockouts.circuit_logit_diff(model, clean, abc, circuit.positions(), means, per_prompt=True)
-    return Faithfulness(f_m.mean().item(), f_c.mean().item(), f_m, f_c)
-
-
-def faithfulness_curve(model, clean, abc, ranked: Sequence[Head], means=None) -> list[dict]:
-    """F(C)/F(M) of the first k heads of `ranked` (kept at every position), for k = 0..len(ranked): how
-    faithfulness builds up as heads are added in order of their effect. One knockout forward per k."""
-    means = means if means is not None else knockouts.template_means(model, abc)
-    f_m = knockouts.circuit_logit_diff(model, clean, abc, _model_minus(model, []), means)
-    out = []
-    for k in range(len(ranked) + 1):
-        f_c = knockouts.circuit_logit_diff(model, clean, abc, {h: knockouts.ALL_POSITIONS for h in ranked[:k]}, means)
-        out.append({"heads": k, "added": tuple(ranked[k - 1]) if k else None, "faithfulness": f_c / f_m})
-    return out
-
-
-def completeness(model, clean, abc, circuit: Circuit, n_random: int = 3, seed: int = 0, means=None) -> list[dict]:
-    """Wang's completeness check: for sets K (each class, the empty set, random halves), F(C\\K) vs F(M\\K)."""
-    means = means if means is not None else knockouts.template_means(model, abc)
-    rng = random.Random(seed)
-    sets = {"empty": []} | {c: hs for c, hs in circuit.classes.items() if hs}
-    for i in range(n_random):
-        sets[f"random half {i + 1}"] = [h for h in circuit.heads if rng.random() < 0.5]
-    rows = []
-    for name, k in sets.items():
-        f_c = knockouts.circuit_logit_diff(model, clean, abc, circuit.without(k).positions(), means)
-        f_m = knockouts.circuit_logit_diff(model, clean, abc, _model_minus(model, k), means)
-        rows.append({"K": name, "heads": len(k), "F(C\\K)": f_c, "F(M\\K)": f_m, "gap": abs(f_c - f_m)})
-    return rows
-
-
-def minimality(model, clean, abc, circuit: Circuit, threshold: float = 0.01, means=None) -> dict[Head, dict]:
-    """Wang's minimality: for each head v, |F(C\\(K∪{v})) - F(C\\K)| with K = the rest of v's class.
-
-    A head passes when that score is at least `threshold` x |F(M)| (Wang et al. use 1%).
-    """
-    means = means if means is not None else knockouts.template_means(model, abc)
-    f_m = knockouts.circuit_logit_diff(model, clean, abc, _model_minus(model, []), means)
-    out = {}
-    for c, hs in circuit.classes.items():
-        without_class = (knockouts.circuit_logit_diff(model, clean, abc, circuit.without(hs).positions(), means)
-                         if hs else 0.0)
-        for v in hs:  # K ∪ {v} is the whole class: one forward per class serves every v
-            with_v = knockouts.circuit_logit_diff(model, clean, abc,
-                                                  circuit.without([h for h in hs if h != v]).positions(), means)
-            score = abs(with_v - without_class)
-            out[v] = {"class": c, "score": score, "relative": score / abs(f_m), "passes": score >= threshold * abs(f_m)}
-    return out
 
 
 if __name__ == "__main__":  # `python -m ioi_utils.circuits`: the command line lives in circuits_cli (it needs study)

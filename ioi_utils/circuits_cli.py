@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import circuits, models, plotting, results, study
+from . import circuit_checks, circuits, models, plotting, results, study
 
 
 def save_maps(found: circuits.Discovery, folder: Path) -> list[Path]:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.exit(2, f"error: {e}\n")
     print(f"{a.model} loaded in {time.perf_counter() - t0:.0f} s; discovering on {len(s.disc)} prompts", file=sys.stderr)
     found = circuits.discover(s.model, s.disc, s.disc_abc, thresholds, progress=True)
-    faith = circuits.faithfulness(s.model, s.test, s.abc, found.circuit)
+    faith = circuit_checks.faithfulness(s.model, s.test, s.abc, found.circuit)
     lo, hi = faith.interval()
     print(found.circuit)
     other = len(found.circuit.classes["OTH"])

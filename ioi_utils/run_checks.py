@@ -19,10 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import results
-from .runs import (CHECKPOINTS, COMPLETE, CONFIG, INFO, LEGACY_RESUME, METRICS, RESUME, Run, TrainConfig,
-                   checkpoint_files, checkpoint_problem, mark_complete, read_json, read_records, record_of,
-                   write_records)
+from . import checked_files
+from .checkpoints import (CHECKPOINTS, checkpoint_files, checkpoint_problem, read_json, read_records, record_of,
+                          write_records)
+from .run_spec import TrainConfig
+from .runs import COMPLETE, CONFIG, INFO, LEGACY_RESUME, METRICS, RESUME, Run, mark_complete
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def _config(run: Run, c: Check, config: TrainConfig | None) -> TrainConfig | Non
         if config is None or stored == config:
             return stored
         problem = "holds another config than the one its folder is named after"
-    except results.CorruptFile as e:
+    except checked_files.CorruptFile as e:
         problem = str(e).removeprefix(CONFIG + " ")
     c.faults.append(Fault(CONFIG, problem, "rewrite it from the run's options (training them does)"))
     return config
@@ -91,7 +92,7 @@ def _parse(run: Run, name: str, c: Check, fix: str) -> None:
     """Add a fault if a JSON metadata file does not parse."""
     try:
         read_json(run.dir / name)
-    except results.CorruptFile:
+    except checked_files.CorruptFile:
         c.faults.append(Fault(name, "is unreadable", fix))
 
 
@@ -99,7 +100,7 @@ def _metrics_end(run: Run, c: Check) -> int:
     """The last epoch of a metrics log that lists epochs 0, 1, ... in order; -1 if there is none or it is bad."""
     try:
         epochs = [row["epoch"] for row in run.metrics]
-    except results.CorruptFile:
+    except checked_files.CorruptFile:
         c.faults.append(Fault(METRICS, "is unreadable"))
         return -1
     if epochs != list(range(len(epochs))):
@@ -119,7 +120,7 @@ def _records(run: Run, c: Check) -> dict[int, dict[str, Any]] | None:
         return adoption_records(run)
     try:
         return read_records(run.dir)
-    except results.CorruptFile as e:
+    except checked_files.CorruptFile as e:
         c.faults.append(Fault(CHECKPOINTS, str(e).removeprefix(CHECKPOINTS + " ")))
         return None
 
@@ -128,7 +129,7 @@ def _records_checksums(run: Run) -> bool:
     """True if the run was created by a version that records checkpoints (run.json says so; unreadable: True)."""
     try:
         return bool(read_json(run.dir / INFO).get("checksums", False))
-    except (results.CorruptFile, AttributeError):
+    except (checked_files.CorruptFile, AttributeError):
         return True
 
 
@@ -137,8 +138,8 @@ def adoption_records(run: Run) -> dict[int, dict[str, Any]]:
     out = {}
     for epoch, path in sorted(checkpoint_files(run.dir).items()):
         try:
-            results.read_header(path, tensors=False)
-        except results.CorruptFile:
+            checked_files.read_header(path, tensors=False)
+        except checked_files.CorruptFile:
             continue
         out[epoch] = record_of(path)
     return out
@@ -154,10 +155,10 @@ def _resume_epoch(run: Run, c: Check, deep: bool) -> int:
         return 0
     try:
         if deep:
-            return int(results.read_checked(path)["epoch"])
-        return int(results.read_header(path, tensors=False)[0]["epoch"])
-    except (results.CorruptFile, KeyError, TypeError, ValueError) as e:
-        problem = str(e).removeprefix(RESUME + " ") if isinstance(e, results.CorruptFile) else "has no epoch"
+            return int(checked_files.read_checked(path)["epoch"])
+        return int(checked_files.read_header(path, tensors=False)[0]["epoch"])
+    except (checked_files.CorruptFile, KeyError, TypeError, ValueError) as e:
+        problem = str(e).removeprefix(RESUME + " ") if isinstance(e, checked_files.CorruptFile) else "has no epoch"
         c.faults.append(Fault(RESUME, problem))
         return 0
 

@@ -28,7 +28,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .runs import TrainConfig
+from .run_spec import TrainConfig
 
 PAPER_EPOCH_SAMPLES = 6360  # the paper's training set (its summary: 6,360 prompts, 15 templates)
 
@@ -53,7 +53,7 @@ class Units:
 
 def units(config: TrainConfig, epochs: int | None = None) -> Units:
     """The units of `epochs` (default: the config's) epochs of a run: each epoch is ceil(n_train / batch_size)
-    optimizer steps over all n_train prompts (the last batch may be smaller; training.DeviceData.batches)."""
+    optimizer steps over all n_train prompts (the last batch may be smaller; objective.DeviceData.batches)."""
     e = config.epochs if epochs is None else int(epochs)
     if e < 0:
         raise ValueError(f"epochs must be >= 0, got {e}")

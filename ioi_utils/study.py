@@ -2,7 +2,7 @@
 
 A chapter starts from `setup` (or its parts: `prepare`, `results.execution_id`, `behaviour`,
 `analyses.discover_cached`): the base model, the fine-tuning engine's clean train/held-out split
-(`runs.datasets_for`, twins kept together), the held-out prompts' p_ABC, discovery prompts disjoint from both,
+(`run_spec.datasets_for`, twins kept together), the held-out prompts' p_ABC, discovery prompts disjoint from both,
 and the base model's circuit. Fine-tuning configs on the same data come from `train_config` / `toxic_runs`.
 The measurements the chapters make on a checkpoint live in `analyses`; their names are re-exported here.
 """
@@ -14,27 +14,35 @@ from dataclasses import dataclass
 
 import torch
 
-from . import analyses, circuits, data, evaluate, models, results, runs, seeds, training
+from . import admission, analyses, circuits, data, evaluate, models, results, run_spec, runs, seeds, training
+from .profiles import Profile
+from .task import Task
 from .analyses import (  # noqa: F401  (re-exported: the chapters call them as study.<name>)
-    checkpoint_row, cmap_cached, cmap_subset, discover_cached, dla_interval, faithfulness_gain_interval, gain_share,
-    gain_share_ceiling, gain_share_interval, held_out_logit_diff, localization, localization_control,
-    localization_difference_interval, localization_interval, logit_diff_change_interval, recovered_share,
-    query_signal, rediscover_cached, role_changes, roles_kept, signal_change, rows_table, series, summed_change, top_heads, transitions_between)
+    checkpoint_row, completeness_cached, discover_cached, dla_interval, faithfulness_cached, faithfulness_curve_cached,
+    faithfulness_gain_interval, held_out_logit_diff, logit_diff_change_interval, minimal_subset_cached,
+    minimality_cached, mlp_knockout_cached, query_signal, recovered_share, rediscover_cached, role_changes, roles_kept,
+    rows_table, series, signal_change, single_head_effects_cached, summed_change, transitions_between)
+from .cmap_analyses import (  # noqa: F401  (re-exported: the chapters call them as study.<name>)
+    cmap_cached, cmap_subset, gain_share, gain_share_ceiling, gain_share_interval, localization, localization_control,
+    localization_difference_interval, localization_interval, top_heads)
 
 
 @dataclass
 class Study:
-    """A model and the datasets every analysis of a chapter uses."""
+    """A model and the prompts every analysis of a chapter uses, for any task (`task.Task`): IOI's (`prepare`) or
+    Greater-Than's (`greater_than_study.prepare`). `abc` is the held-out prompts' corrupted counterpart, the source
+    of mean ablation and patching: IOI's p_ABC (three fresh names), Greater-Than's "01" twins."""
 
     model_name: str
     model: object
     tokenizer: object
-    train: data.IOIDataset
-    test: data.IOIDataset  # held-out clean prompts, used by every analysis
-    abc: data.IOIDataset  # the test prompts with three fresh names (Wang's p_ABC)
+    train: Task  # the fine-tuning prompts
+    test: Task  # held-out clean prompts, used by every analysis
+    abc: Task  # their corrupted counterpart (IOI: Wang's p_ABC; Greater-Than: the "01" twins)
     seed: int
-    disc: data.IOIDataset | None = None  # discovery prompts, disjoint from train and test
-    disc_abc: data.IOIDataset | None = None  # their p_ABC
+    disc: Task | None = None  # discovery prompts, disjoint from train and test
+    disc_abc: Task | None = None  # their corrupted counterpart
+    config: training.TrainConfig | None = None  # the fine-tuning split's config (clean, no epochs yet)
 
 
 def base_config(model_name: str, n_prompts: int, n_eval: int, seed: int = 0, batch_size: int = 16):
@@ -64,8 +72,7 @@ def prepare(model_name: str, n_prompts: int, n_eval: int, seed: int = 0, device:
     model, tok = models.load_model(model_name, device=device)  # the same base model the runs start from
     cfg = base_config(model_name, n_prompts, n_eval, seed, batch_size)
     train, test = training.datasets_for(cfg, tok, model.prepend_bos)
-    study_ = Study(model_name, model, tok, train, test, data.make_abc_dataset(test, seed=seed + 1), seed)
-    study_.config = cfg
+    study_ = Study(model_name, model, tok, train, test, data.make_abc_dataset(test, seed=seed + 1), seed, config=cfg)
     study_.disc, study_.disc_abc = discovery_split(study_, n_discovery or n_eval, seed)
     return study_
 
@@ -109,10 +116,10 @@ def discovery_seed_cached(study_: Study, seed: int, n: int,
 
 def selection_cached(study_: Study, seed: int, n: int, thresholds: circuits.Thresholds = circuits.Thresholds(),
                      resamples: int = 6) -> torch.Tensor:
-    """circuits.selection_frequency on the base model and the n discovery prompts of a prompt seed, memoised:
+    """admission.selection_frequency on the base model and the n discovery prompts of a prompt seed, memoised:
     each head's share of `resamples` random halves whose admission contains it, [n_layers, n_heads]."""
     disc, abc = discovery_split(study_, n, seed)
-    return results.memo("selection_frequency", lambda: circuits.selection_frequency(
+    return results.memo("selection_frequency", lambda: admission.selection_frequency(
         study_.model, disc, abc, thresholds, resamples, seed=seed), study_.model, model_name=study_.model_name,
         data=disc.fingerprint(), thresholds=thresholds, resamples=resamples, seed=seed)
 
@@ -137,14 +144,18 @@ class Setup:
         return self.discovery.circuit
 
 
-def setup(profile: str, model_name: str, n_prompts: int, n_eval: int, seed: int = 0, device: str = "auto",
-          batch_size: int = 16, n_discovery: int | None = None,
-          thresholds: circuits.Thresholds = circuits.Thresholds(), progress: bool = False,
-          threads: int | None = None) -> Setup:
-    """A chapter's common setup in one call: `prepare`, the execution id, the base behaviour and the base
-    circuit (`discover_cached(..., "base", thresholds)`), exactly as the chapters compute them one by one."""
-    study_ = prepare(model_name, n_prompts, n_eval, seed, device, batch_size, n_discovery=n_discovery, threads=threads)
-    execution = results.execution_id(profile, study_.model)
+def prepare_for(p: Profile) -> Study:
+    """`prepare` with a profile's model, sizes, seed, device, batch size and threads (what the intro loads)."""
+    return prepare(p.model_name, p.n_prompts, p.n_eval, p.seed, p.device, p.batch_size, n_discovery=p.n_discovery,
+                   threads=p.threads)
+
+
+def setup(p: Profile, thresholds: circuits.Thresholds = circuits.Thresholds(), progress: bool = False) -> Setup:
+    """A chapter's common setup in one call, from its profile (`Profile.of(globals())`; the second model's chapter
+    passes `p.second_model()`): `prepare_for`, the execution id, the base behaviour and the base circuit
+    (`discover_cached(..., "base", thresholds)`), exactly as the chapters compute them one by one."""
+    study_ = prepare_for(p)
+    execution = results.execution_id(p.profile, study_.model)
     return Setup(study_, execution, behaviour(study_.model, study_),
                  analyses.discover_cached(study_, study_.model, "base", thresholds, progress=progress))
 
@@ -180,8 +191,8 @@ def reversal_runs(study_: Study, toxic: dict[int, training.Run], epochs: int, ba
 
 def retrained_runs(study_: Study, toxic: dict[str, training.Run], epochs: int, batch_size: int) -> dict[str, training.Run]:
     """rule -> clean retraining (a reversal run) of the toxic run of each rule the task retrains
-    (`runs.TASKS[...].retrained_rules`: for IOI the paper's two corruptions, Subject Duplication and Name Moving)."""
-    rules = runs.TASKS[study_.config.task].retrained_rules
+    (`run_spec.TASKS[...].retrained_rules`: for IOI the paper's two corruptions, Subject Duplication and Name Moving)."""
+    rules = run_spec.TASKS[study_.config.task].retrained_rules
     return {rule: training.train(train_config(study_, "reversal", epochs, range(1, epochs + 1), batch_size, source=run),
                                  progress=False) for rule, run in toxic.items() if rule in rules}
 

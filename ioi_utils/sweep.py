@@ -6,9 +6,9 @@ of each toxic run, and Greater-Than's clean and toxic runs). Every run is addres
 independent tasks: a chapter that finds its run complete in `$IOI_UTILS_RUNS` just opens it. This module
 trains them ahead of the chapters, side by side:
 
-1. **Plan** (`planned_runs`): from a profile's parameters (`book.PROFILES[name]`) build each run's config with
+1. **Plan** (`run_plan.planned_runs`): from a profile's parameters (`profiles.PROFILES[name]`) build each run's config with
    the same functions the chapters call (`study.base_config`, `study.run_config`, `study.toxic_configs`,
-   `runs.reversal_of`, `greater_than_study.split_config` / `run_config`), so the run ids are the ones the
+   `runs.reversal_of`, `greater_than_study.split_config`), so the run ids are the ones the
    chapters compute. Only the tokenizer is loaded (for the dataset fingerprints in the id), never the model.
    A reversal starts from its toxic run's final weights: it names that run as its `source`.
 2. **Execute** (`execute`): every run that is not complete becomes a Ray task calling `training.train`; a
@@ -19,8 +19,8 @@ trains them ahead of the chapters, side by side:
    fails, or whose worker process dies, is reported and retried (`max_retries`); training resumes from the
    run's last saved epoch, so nothing finished is lost. Progress lines say what is done, running and failed
    and estimate the time left from the runs finished so far.
-3. **Dry run** (`describe`): the runs, their ids, optimizer steps (epochs x ceil(n_train / batch_size)),
-   samples seen and an estimated cost (`estimate_seconds`).
+3. **Dry run** (`run_plan.describe`): the runs, their ids, optimizer steps (epochs x ceil(n_train / batch_size)),
+   samples seen and an estimated cost (`run_plan.estimate_seconds`).
 
     python -m ioi_utils.sweep --profile smoke|offline|paper [--model NAME] [--gt-model NAME] [--address ADDR] [--workers N]
         [--threads T] [--max-retries R] [--dry-run]
@@ -29,7 +29,6 @@ trains them ahead of the chapters, side by side:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import sys
@@ -41,215 +40,16 @@ from typing import Any, Callable, Sequence
 import ray
 import torch
 
-from . import book, greater_than_study as gt, models, runs, seeds, study, training
-from .runs import TrainConfig
+from . import models, profiles, run_plan, runs, timings, training
+from .run_spec import TrainConfig
 
-# Rough seconds per training sample (forward + backward + AdamW, batch as configured), per model and device kind:
-# an estimate for --dry-run, not a measurement. Replaced by the runs of the same model already in the run cache
-# when there are any (their metrics.jsonl seconds per sample, `calibrate`).
-ROUGH_SECONDS_PER_SAMPLE: dict[str, dict[str, float]] = {
-    "gpu": {"gpt2": 0.002, "smollm2-135m": 0.004, "gemma3-270m": 0.006, "tiny": 0.001, "tiny-digits": 0.001},
-    "cpu": {"gpt2": 0.15, "smollm2-135m": 0.25, "gemma3-270m": 0.5, "tiny": 0.002, "tiny-digits": 0.002},
-}
-EVAL_COST = 1 / 3  # an evaluated prompt (forward only) costs about a third of a trained one
 REPORT_EVERY = 30.0  # seconds between progress lines when nothing finishes
-
-
-class SweepError(ValueError):
-    """Bad input for a sweep (unknown profile, bad worker count, ...): said in one line."""
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """A fine-tuning run a profile's chapters ask for: its config, run id and the run it starts from."""
-
-    config: TrainConfig
-    id: str
-    chapters: tuple[str, ...]  # the chapters that train or open it
-    source: str | None = None  # a reversal's toxic run id: trained first
-
-    @property
-    def steps(self) -> int:
-        """Optimizer steps: epochs x ceil(n_train / batch_size)."""
-        return self.config.epochs * math.ceil(self.config.n_train / self.config.batch_size)
-
-    @property
-    def samples(self) -> int:
-        """Training samples seen: epochs x n_train."""
-        return self.config.epochs * self.config.n_train
 
 
 # ---------------------------------------------------------------- plan
 
 
-def profile_params(profile: str, model: str | None = None, gt_model: str | None = None) -> dict[str, Any]:
-    """A profile's chapter parameters (book.PROFILES), with `model` replacing both model names when given and
-    `gt_model` the Greater-Than one."""
-    if profile not in book.PROFILES:
-        raise SweepError(f"unknown profile {profile!r}; choose one of {', '.join(sorted(book.PROFILES))}")
-    params = dict(book.PROFILES[profile])
-    if model is not None:
-        params["model_name"] = params["gt_model_name"] = model
-    if gt_model is not None:
-        params["gt_model_name"] = gt_model
-    return params
-
-
-SECOND_MODEL = "second_model"  # the chapter that runs the headline experiments on a second model
-
-
-def chapter_configs(p: dict[str, Any]) -> list[tuple[str, TrainConfig]]:
-    """(chapter, config) of every clean and toxic run, as the chapters build them from their parameters."""
-    base = study.base_config(p["model_name"], p["n_prompts"], p["n_eval"], p["seed"], p["batch_size"])
-    training_seeds = seeds.check_seeds(p.get("training_seeds", [p["seed"]]))
-    clean = study.run_config(base, "clean", max(p["clean_epochs"]), p["clean_epochs"], p["batch_size"])
-    out = [(chapter, seeds.seeded(clean, sd)) for sd in training_seeds
-           for chapter in ("amplification", "corruption", "neuroplasticity")]  # study.seed_runs: the clean runs
-    toxic = study.toxic_configs(base, p["toxic_epochs"], p["batch_size"])
-    for cfg in toxic.values():
-        out += [("corruption", cfg), ("neuroplasticity", cfg)]
-    for sd in training_seeds:  # Subject Duplication per training seed (its reversals follow in planned_runs)
-        out += [("corruption", seeds.seeded(toxic["subject-duplication"], sd)),
-                ("neuroplasticity", seeds.seeded(toxic["subject-duplication"], sd))]
-    if "second_model_name" in p:  # generalisation.headline_runs: clean and Subject Duplication per training seed
-        second = study.base_config(p["second_model_name"], p["second_n_prompts"], p["second_n_eval"], p["seed"],
-                                   p["batch_size"])
-        clean2 = study.run_config(second, "clean", max(p["second_clean_epochs"]), p["second_clean_epochs"],
-                                  p["batch_size"])
-        sd2 = study.toxic_configs(second, p["second_toxic_epochs"], p["batch_size"])["subject-duplication"]
-        out += [(SECOND_MODEL, seeds.seeded(cfg, sd)) for sd in seeds.check_seeds(p["second_training_seeds"])
-                for cfg in (clean2, sd2)]
-    if not 1 <= p["gt_n_epoch_eval"] <= p["gt_n_eval"]:
-        raise SweepError(f"need 1 <= gt_n_epoch_eval <= gt_n_eval, got {p['gt_n_epoch_eval']} and {p['gt_n_eval']}")
-    gt_base = gt.split_config(p["gt_model_name"], p["gt_n_train"], p["gt_n_epoch_eval"], p["seed"], p["batch_size"])
-    out.append(("greater_than", gt.run_config(gt_base, "clean", p["gt_clean_epochs"], p["batch_size"])))
-    out.append(("greater_than", gt.run_config(gt_base, "toxic", p["gt_toxic_epochs"], p["batch_size"],
-                                              dataset=gt.TOXIC_DATASET)))
-    return out
-
-
-def config_id(config: TrainConfig, tokenizers: dict[str, Any], need_ids: bool = True) -> str:
-    """runs.run_id of a config: its datasets are built from the tokenizer alone (no model is loaded).
-
-    Without the tokenizer (models.ModelUnavailableError, e.g. a hub model offline) and need_ids False, the id's
-    readable prefix, then '?' and a hash of the config alone (the data are not hashed): enough for a dry run."""
-    if config.model not in tokenizers:
-        try:
-            tokenizers[config.model] = models.load_tokenizer(config.model)
-        except models.ModelUnavailableError:
-            if need_ids:
-                raise
-            tokenizers[config.model] = None
-    tok = tokenizers[config.model]
-    if tok is None:
-        model = "".join(c if c.isalnum() or c in "-." else "_" for c in Path(config.model).name)
-        return f"{model}-{config.scenario}-{config.dataset}-e{config.epochs}-?{runs.config_hash(config.to_dict(), {})[:6]}"
-    return runs.run_id(config, *runs.datasets_for(config, tok, models.prepend_bos_for(config.model, tok)))
-
-
-def planned_runs(params: dict[str, Any], need_ids: bool = True) -> list[PlannedRun]:
-    """Every fine-tuning run the chapters ask for under a profile's parameters, sources before their reversals.
-
-    Raises models.ModelUnavailableError when a model's tokenizer cannot be loaded (the run ids need it), unless
-    need_ids is False (`config_id`)."""
-    tokenizers: dict[str, Any] = {}
-    by_id: dict[str, PlannedRun] = {}
-    for chapter, cfg in chapter_configs(params):
-        rid = config_id(cfg, tokenizers, need_ids)
-        old = by_id.get(rid)
-        by_id[rid] = PlannedRun(cfg, rid, (*old.chapters, chapter) if old else (chapter,))
-    toxic = [r for r in by_id.values()
-             if r.config.scenario == "toxic" and r.config.dataset in runs.TASKS[r.config.task].retrained_rules]
-    # neuroplasticity (and the second model's chapter): study.train_config(s, "reversal", ...), i.e.
-    # runs.reversal_config(run, ...), of each toxic run the chapter trained
-    for src in toxic:
-        for chapter, key in (("neuroplasticity", "reversal_epochs"), (SECOND_MODEL, "second_reversal_epochs")):
-            if chapter not in src.chapters:
-                continue
-            epochs = params[key]
-            cfg = runs.reversal_of(src.config, src.id, epochs=epochs, checkpoint_epochs=tuple(range(1, epochs + 1)))
-            rid = config_id(cfg, tokenizers, need_ids)
-            old = by_id.get(rid)
-            by_id[rid] = PlannedRun(cfg, rid, (*old.chapters, chapter) if old else (chapter,), source=src.id)
-    return list(by_id.values())
-
-
-def is_complete(run: PlannedRun, root: Path) -> bool:
-    """Whether the run's folder is marked complete (training.train verifies its files before reusing it)."""
-    return runs.Run(root / run.id).complete
-
-
 # ---------------------------------------------------------------- cost
-
-
-def calibrate(root: Path) -> dict[str, float]:
-    """model -> measured seconds per training sample, from the complete runs in the run cache (metrics.jsonl)."""
-    totals: dict[str, list[float]] = {}
-    for run in runs.list_runs(root):
-        try:
-            cfg, rows = run.config, run.metrics
-        except (OSError, ValueError):
-            continue
-        if not run.complete or len(rows) < 2:
-            continue
-        cost = sum(_sample_cost(cfg) for _ in rows[1:]) + _eval_cost(cfg)
-        t = totals.setdefault(cfg.model, [0.0, 0.0])
-        t[0] += sum(float(r["seconds"]) for r in rows)
-        t[1] += cost
-    return {m: s / n for m, (s, n) in totals.items() if n > 0}
-
-
-def _sample_cost(cfg: TrainConfig) -> float:
-    """Trained-sample equivalents of one epoch: n_train trained, n_test evaluated."""
-    return cfg.n_train + EVAL_COST * cfg.n_test
-
-
-def _eval_cost(cfg: TrainConfig) -> float:
-    """Trained-sample equivalents of the epoch-0 evaluation."""
-    return EVAL_COST * cfg.n_test
-
-
-def estimate_seconds(run: PlannedRun, kind: str, measured: dict[str, float]) -> tuple[float, str]:
-    """(estimated seconds of a run on a device kind, 'measured' or 'rough'): trained-sample equivalents
-    (epochs x (n_train + n_test/3) + n_test/3) x seconds per sample (`measured` per model, else the rough one)."""
-    cost = run.config.epochs * _sample_cost(run.config) + _eval_cost(run.config)
-    if run.config.model in measured:
-        return cost * measured[run.config.model], "measured"
-    rough = ROUGH_SECONDS_PER_SAMPLE[kind]
-    return cost * rough.get(run.config.model, max(rough.values())), "rough"
-
-
-def describe(plan: Sequence[PlannedRun], root: Path) -> str:
-    """The --dry-run listing: one line per run (id, scenario, dataset, epochs, steps, samples, estimated GPU and
-    CPU time, state), then the totals and how the cost was estimated."""
-    measured = calibrate(root)  # this machine's CPU (or whatever trained the cached runs)
-    lines = [f"{'run id':60} {'scenario':8} {'dataset':19} {'epochs':>6} {'steps':>7} {'samples':>8} "
-             f"{'~GPU':>9} {'~CPU':>10}  state"]
-    totals, bases = {"gpu": 0.0, "cpu": 0.0}, set()
-    for r in plan:
-        gpu, _ = estimate_seconds(r, "gpu", {})
-        cpu, basis = estimate_seconds(r, "cpu", measured)
-        done, bases = is_complete(r, root), bases | {basis}
-        if not done:
-            totals["gpu"], totals["cpu"] = totals["gpu"] + gpu, totals["cpu"] + cpu
-        after = f" (after {r.source})" if r.source else ""
-        lines.append(f"{r.id:60} {r.config.scenario:8} {r.config.dataset:19} {r.config.epochs:>6} {r.steps:>7} "
-                     f"{r.samples:>8} {book.fmt_seconds(gpu):>9} {book.fmt_seconds(cpu):>10}  "
-                     f"{'complete' if done else 'to train'}{after}")
-    todo = [r for r in plan if not is_complete(r, root)]
-    lines.append(f"{len(plan)} runs, {len(todo)} to train: {sum(r.steps for r in todo)} optimizer steps, "
-                 f"{sum(r.samples for r in todo)} samples; estimated {book.fmt_seconds(totals['gpu'])} on one GPU, "
-                 f"{book.fmt_seconds(totals['cpu'])} on one CPU worker, run after run (divide by the workers "
-                 "running side by side)")
-    cpu_basis = ("measured on complete runs of the model in the run cache" if bases == {"measured"} else
-                 "a rough per-model constant" if bases <= {"rough"} else
-                 "measured where the run cache holds runs of the model, else a rough per-model constant")
-    lines.append("estimate, not a measurement: (epochs x (n_train + n_test/3) + n_test/3) x seconds per sample; "
-                 f"GPU: a rough per-model constant (ROUGH_SECONDS_PER_SAMPLE); CPU: {cpu_basis}")
-    if any("-?" in r.id for r in plan):
-        lines.append("ids ending in '?' and a config hash: the model's tokenizer is not available here (offline?), "
-                     "so the run id's hash of config and data cannot be computed")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- execute
@@ -353,7 +153,7 @@ class Summary:
         """One line: counts and wall time."""
         retried = sum(1 for r in self.trained if r["attempt"] > 1)
         return (f"sweep: {len(self.trained)} trained ({retried} after a retry), {len(self.skipped)} already "
-                f"complete, {len(self.failed)} failed, in {book.fmt_seconds(self.seconds)}"
+                f"complete, {len(self.failed)} failed, in {timings.fmt_seconds(self.seconds)}"
                 + (f" (at most {self.peak} at once)" if self.peak else ""))
 
 
@@ -369,7 +169,7 @@ def _why(exc: BaseException) -> str:
 class _Progress:
     """The driver's view while tasks run: finished results, failures, attempts seen, the last line's time."""
 
-    plan: dict[str, PlannedRun]
+    plan: dict[str, run_plan.PlannedRun]
     slots: int
     summary: Summary
     seen: dict[str, int] = field(default_factory=dict)
@@ -380,18 +180,18 @@ class _Progress:
     def eta(self, pending: Sequence[str]) -> str:
         """Time left: the pending runs' cost at the rate of the runs finished so far, over the parallel slots."""
         done = [r for r in self.summary.trained if r["resumed_from"] is not None]
-        cost = sum(self.plan[r["id"]].config.epochs * _sample_cost(self.plan[r["id"]].config) for r in done)
+        cost = sum(self.plan[r["id"]].config.epochs * run_plan._sample_cost(self.plan[r["id"]].config) for r in done)
         if not done or cost <= 0:
             return "time left: after the first run finishes"
         rate = sum(r["seconds"] for r in done) / cost
-        left = sum(self.plan[i].config.epochs * _sample_cost(self.plan[i].config) for i in pending) * rate
-        return f"about {book.fmt_seconds(left / max(1, min(self.slots, len(pending))))} left"
+        left = sum(self.plan[i].config.epochs * run_plan._sample_cost(self.plan[i].config) for i in pending) * rate
+        return f"about {timings.fmt_seconds(left / max(1, min(self.slots, len(pending))))} left"
 
     def status(self, pending: Sequence[str], snap: dict[str, dict[str, int]]) -> str:
         """The progress line: done / running / queued / failed, epochs of the running runs, time left."""
         running = sorted(self.running & set(pending))
         epochs = ", ".join(f"{i[:40]} e{snap['epochs'].get(i, 0)}/{self.plan[i].config.epochs}" for i in running)
-        return (f"[{book.fmt_seconds(time.time() - self.start)}] done {len(self.summary.trained)}, running "
+        return (f"[{timings.fmt_seconds(time.time() - self.start)}] done {len(self.summary.trained)}, running "
                 f"{len(running)}, queued {len(pending) - len(running)}, failed {len(self.summary.failed)}; "
                 f"{self.eta(pending)}" + (f" ({epochs})" if epochs else ""))
 
@@ -405,7 +205,7 @@ class _Progress:
                 self.seen[rid] = n
 
 
-def submit(todo: Sequence[PlannedRun], root: Path, threads: int | None, gpus: float, max_retries: int, ledger: Ledger,
+def submit(todo: Sequence[run_plan.PlannedRun], root: Path, threads: int | None, gpus: float, max_retries: int, ledger: Ledger,
            callback: training.Callback | None) -> dict[Any, str]:
     """One Ray task per run (sources first: a reversal's task takes its source's task as an argument)."""
     task = ray.remote(train_task).options(num_cpus=threads or 1, num_gpus=gpus, max_retries=max_retries,
@@ -418,7 +218,7 @@ def submit(todo: Sequence[PlannedRun], root: Path, threads: int | None, gpus: fl
     return {ref: rid for rid, ref in refs.items()}
 
 
-def execute(plan: Sequence[PlannedRun], root: str | Path | None = None, threads: int | None = None,
+def execute(plan: Sequence[run_plan.PlannedRun], root: str | Path | None = None, threads: int | None = None,
             max_retries: int = 2, callback: training.Callback | None = None,
             say: Callable[[str], None] = print, report_every: float = REPORT_EVERY) -> Summary:
     """Train the runs of a plan that are not complete as Ray tasks (Ray already initialised), with progress lines.
@@ -428,7 +228,7 @@ def execute(plan: Sequence[PlannedRun], root: str | Path | None = None, threads:
     to training.train inside each task (after the sweep's own progress report)."""
     root = Path(root or runs.runs_root())
     start = time.time()
-    summary = Summary(skipped=[r.id for r in plan if is_complete(r, root)])
+    summary = Summary(skipped=[r.id for r in plan if run_plan.is_complete(r, root)])
     todo = [r for r in plan if r.id not in set(summary.skipped)]
     gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     slots = int(ray.cluster_resources().get("GPU", 0)) if gpus else int(ray.cluster_resources().get("CPU", 1)
@@ -447,7 +247,7 @@ def execute(plan: Sequence[PlannedRun], root: str | Path | None = None, threads:
             try:
                 res = ray.get(ref)
                 summary.trained.append(res)
-                say(f"done {rid} in {book.fmt_seconds(res['seconds'])} (attempt {res['attempt']})")
+                say(f"done {rid} in {timings.fmt_seconds(res['seconds'])} (attempt {res['attempt']})")
             except ray.exceptions.RayError as exc:
                 summary.failed[rid] = _why(exc)
                 say(f"FAILED {rid}: {summary.failed[rid]}")
@@ -469,7 +269,7 @@ def split_cores(cores: int, workers: int | None, threads: int | None) -> tuple[i
     (workers default to 2, at most cores); workers default to cores // threads when threads are given."""
     for name, value in (("workers", workers), ("threads", threads)):
         if value is not None and value < 1:
-            raise SweepError(f"--{name} must be >= 1, got {value}")
+            raise run_plan.SweepError(f"--{name} must be >= 1, got {value}")
     if threads is None:
         workers = workers or max(1, min(2, cores))
         return workers, max(1, cores // workers)
@@ -486,16 +286,16 @@ def start_ray(address: str | None, workers: int, threads: int) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (SweepError), not usage text."""
+    """An argument parser whose errors are one line (run_plan.SweepError), not usage text."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise SweepError(message)
+        raise run_plan.SweepError(message)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse the command line (a bad argument raises SweepError)."""
+    """Parse the command line (a bad argument raises run_plan.SweepError)."""
     p = _Parser(prog="python -m ioi_utils.sweep", description=__doc__.splitlines()[0])
-    p.add_argument("--profile", required=True, help=f"one of {', '.join(sorted(book.PROFILES))}")
+    p.add_argument("--profile", required=True, help=f"one of {', '.join(sorted(profiles.PROFILES))}")
     p.add_argument("--model", help="train this model instead of the profile's (both IOI and Greater-Than runs)")
     p.add_argument("--gt-model", help="the Greater-Than runs' model, when it differs from --model (e.g. tiny-digits)")
     p.add_argument("--address", help="join this running Ray cluster (default: $RAY_ADDRESS, else an embedded Ray)")
@@ -510,18 +310,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit code (0 done, 1 a run failed, 2 bad input)."""
     try:
         args = parse_args(argv)
-        params = profile_params(args.profile, args.model, args.gt_model)
+        params = run_plan.profile_params(args.profile, args.model, args.gt_model)
         if args.max_retries < 0:
-            raise SweepError(f"--max-retries must be >= 0, got {args.max_retries}")
+            raise run_plan.SweepError(f"--max-retries must be >= 0, got {args.max_retries}")
         workers, threads = split_cores(os.cpu_count() or 1, args.workers, args.threads or params.get("threads"))
-        plan = planned_runs(params, need_ids=not args.dry_run)
-    except (SweepError, models.ModelUnavailableError, ValueError) as exc:  # ValueError: a config or dataset
+        plan = run_plan.planned_runs(params, need_ids=not args.dry_run)
+    except (run_plan.SweepError, models.ModelUnavailableError, ValueError) as exc:  # ValueError: a config or dataset
         print(f"error: {exc}".splitlines()[0], file=sys.stderr)
         return 2
     root = runs.runs_root()
     if args.dry_run:
         print(f"profile {args.profile}, model {params['model_name']}, run cache {root}")
-        print(describe(plan, root))
+        print(run_plan.describe(plan, root))
         return 0
     start_ray(args.address, workers, threads)
     try:

@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 import sys
 
-from . import data, models, results, runs, training
+from . import checked_files, data, models, objective, run_spec, runs, training
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-seed", type=int, default=d.data_seed)
     ap.add_argument("--checkpoint-epochs", default=",".join(map(str, d.checkpoint_epochs)),
                     help="comma-separated epochs whose checkpoints are kept (the final one always is)")
-    ap.add_argument("--dtype", default=d.dtype, help=f"dtype of stored checkpoints: {', '.join(runs.DTYPES)}")
+    ap.add_argument("--dtype", default=d.dtype, help=f"dtype of stored checkpoints: {', '.join(run_spec.DTYPES)}")
     ap.add_argument("--source", default=None, help="reversal: id of the toxic run to start from")
     ap.add_argument("--source-epochs", type=int, default=5,
                     help="reversal without --source: epochs of the toxic source run (default 5)")
@@ -98,7 +98,7 @@ def _list(root) -> None:
     for run in found:
         try:
             state = "complete" if run.complete else f"{run.last_epoch} epochs done"
-        except results.CorruptFile as e:
+        except checked_files.CorruptFile as e:
             state = f"damaged ({e}: see python -m ioi_utils.verify)"
         print(f"{run.id}  {state}  {runs.human_size(run.size)}")
     print(f"{len(found)} runs under {root or runs.runs_root()}")
@@ -108,7 +108,7 @@ def _recorded_config(run_id: str, root) -> training.TrainConfig:
     """The config a run folder records (ValueError, one line, if it has none that reads)."""
     try:
         return runs.open_run(run_id, root).config
-    except results.CorruptFile as e:
+    except checked_files.CorruptFile as e:
         raise ValueError(f"run {run_id}: {e}: train it with its options instead of --run") from None
 
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.exit(2, f"error: {e}\n")
     last = run.metrics[-1]
     print(f"run folder: {run.dir}")
-    print(f"final: {training.summary_line(last, config.epochs)}")
+    print(f"final: {objective.summary_line(last, config.epochs)}")
     print(f"stored epochs: {', '.join(map(str, run.epochs_available[1:]))}; folder size {runs.human_size(run.size)}")
 
 

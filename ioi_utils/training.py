@@ -14,8 +14,6 @@ and the data stay on the device.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
 import time
 import warnings
@@ -25,184 +23,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import data, metrics, models, results, run_checks, runs
+from . import atomic_files, checked_files, checkpoints, models, objective, results, run_checks, run_spec, runs
 from .data import twin_split  # noqa: F401  (re-exported: the split's owner is data)
 from .models import load_tokenizer, prepend_bos_for  # noqa: F401  (re-exported)
-from .runs import (  # noqa: F401  (re-exported)
-    DEFAULT_CHECKPOINT_EPOCHS, SCENARIOS, TASKS, Run, TrainConfig, datasets_for)
+from .run_spec import (  # noqa: F401  (re-exported)
+    DEFAULT_CHECKPOINT_EPOCHS, SCENARIOS, TASKS, TrainConfig, datasets_for)
+from .runs import Run
 
-EVAL_BATCH_SIZE = 64
-FAST_PATH_TOLERANCE = 1e-3  # max |END logit| difference allowed between the fast path and the bridge
 
 # callback(event, epoch, step): event "step" after each optimizer step, "epoch" after an epoch is saved
 Callback = Callable[[str, int, int | None], None]
 
 
 # ---------------------------------------------------------------- forward, loss, step
-
-
-def forward_end_logits(model, tokens: torch.Tensor, end: torch.Tensor, fast: bool = True) -> torch.Tensor:
-    """Logits at END only: tokens [b, seq], end [b] -> [b, vocab]; or at k positions per prompt:
-    end [b, k] -> [b * k, vocab] (prompt-major).
-
-    fast: run the HF body under the bridge up to its final norm, gather the END rows, then unembed them.
-    Otherwise the plain way: full logits at every position from the bridge, then pick END.
-    """
-    rows = torch.arange(len(end), device=tokens.device)
-    if end.ndim == 2:
-        rows, end = rows.repeat_interleave(end.shape[1]), end.flatten()
-    if not fast:
-        return model(tokens)[rows, end]
-    hf = runs._hf(model)
-    resid = hf.base_model(input_ids=tokens).last_hidden_state  # [b, seq, d_model], after the final norm
-    return hf.get_output_embeddings()(resid[rows, end])  # [b, d_model] @ W_U + b_U -> [b, vocab]
-
-
-def end_loss(model, tokens: torch.Tensor, end: torch.Tensor, labels: torch.Tensor, fast: bool = True) -> torch.Tensor:
-    """Mean cross-entropy of the label token at END (labels [b]), or of k label tokens (end, labels [b, k])."""
-    return F.cross_entropy(forward_end_logits(model, tokens, end, fast).float(), labels.flatten())
-
-
-def train_step(model, optimizer: torch.optim.Optimizer, tokens: torch.Tensor, end: torch.Tensor,
-               labels: torch.Tensor, fast: bool = True) -> torch.Tensor:
-    """One AdamW step on a batch; returns the (detached) loss before the step."""
-    optimizer.zero_grad(set_to_none=True)
-    loss = end_loss(model, tokens, end, labels, fast)
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
-def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over all parameters; the fused kernel (faster) when every parameter is contiguous.
-
-    The bridge's GPT-2 q/k/v weights are strided views of the joint qkv weight, and the fused kernel
-    updates such views wrongly (3x the step on CPU, torch 2.13); the default foreach kernel is exact.
-    """
-    params = list(runs._hf(model).parameters())
-    kwargs = dict(lr=config.lr, betas=config.adam_betas, eps=config.adam_eps, weight_decay=config.weight_decay)
-    if all(p.is_contiguous() for p in params):
-        try:
-            return torch.optim.AdamW(params, fused=True, **kwargs)
-        except (RuntimeError, ValueError):
-            pass
-    return torch.optim.AdamW(params, **kwargs)
-
-
-@torch.no_grad()
-def fast_path_ok(model, tokens: torch.Tensor, end: torch.Tensor) -> bool:
-    """True if the END-only forward gives the bridge's own END logits for this model (checked on a batch)."""
-    try:
-        diff = (forward_end_logits(model, tokens, end, fast=True) - forward_end_logits(model, tokens, end, fast=False)).abs().max()
-    except (AttributeError, TypeError, RuntimeError):
-        return False
-    return bool(diff <= FAST_PATH_TOLERANCE)
-
-
-def training_view(ds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(tokens [n, seq], trained positions [n] or [n, k], label tokens of the same shape) of a dataset."""
-    return ds.training_view()
-
-
-class DeviceData:
-    """A dataset's tokens, END positions and labels on the device, served in length-trimmed batches."""
-
-    def __init__(self, ds: data.IOIDataset, device: torch.device):
-        self.ds = ds
-        tokens, end, labels = training_view(ds)
-        self.tokens = tokens.to(device)  # [n, seq]
-        self.end = end.to(device)  # [n] (or [n, k] trained positions)
-        self.labels = labels.to(device)  # [n] (or [n, k])
-        self.lengths = ds.lengths  # [n], on the CPU so trimming needs no device sync
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(tokens [b, width], end [b], labels [b]) for CPU indices, trimmed to the longest prompt."""
-        width = int(self.lengths[idx].max())
-        d = idx.to(self.tokens.device)
-        return self.tokens[d, :width], self.end[d], self.labels[d]
-
-    def batches(self, order: torch.Tensor, batch_size: int):
-        """Consecutive batches of an index order."""
-        for start in range(0, len(order), batch_size):
-            yield self.batch(order[start : start + batch_size])
-
-
-@torch.no_grad()
-def all_end_logits(model, split: DeviceData, fast: bool = True) -> torch.Tensor:
-    """END logits of a whole split, [n, vocab] float32 on the CPU."""
-    order = torch.arange(len(split))
-    return torch.cat([forward_end_logits(model, t, e, fast).float().cpu()
-                      for t, e, _ in split.batches(order, EVAL_BATCH_SIZE)])
-
-
-@torch.no_grad()
-def _mean_loss(model, split: DeviceData, fast: bool) -> float:
-    """Mean cross-entropy of a split's labels (every trained position counts once)."""
-    losses = [(end_loss(model, t, e, y, fast) * y.numel()).item()
-              for t, e, y in split.batches(torch.arange(len(split)), EVAL_BATCH_SIZE)]
-    return sum(losses) / split.labels.numel()
-
-
-@torch.no_grad()
-def task_scores(model, ds, fast: bool = True) -> torch.Tensor:
-    """Per-prompt score [n] of a dataset with its own score (Greater-Than), from its readout positions."""
-    dev = next(model.parameters()).device
-    pos = torch.stack([ds.positions[p] for p in ds.readout], -1)  # [n, k]
-    out = []
-    for start in range(0, len(ds), EVAL_BATCH_SIZE):
-        rows = slice(start, start + EVAL_BATCH_SIZE)
-        logits = forward_end_logits(model, ds.tokens[rows].to(dev), pos[rows].to(dev), fast).float()  # [b * k, vocab]
-        logits = logits.view(-1, pos.shape[1], logits.shape[-1])
-        out.append(ds.score_readout(logits[:, 0] if pos.shape[1] == 1 else logits, rows).cpu())
-    return torch.cat(out)
-
-
-def _evaluate_task(model, test: DeviceData, toxic: DeviceData | None, scenario: str, fast: bool) -> dict:
-    """Held-out metrics of a task with its own score: clean loss, score (prob_diff), accuracy, toxic loss."""
-    score = task_scores(model, test.ds, fast)
-    out = {"clean_loss": _mean_loss(model, test, fast), "prob_diff": score.mean().item(),
-           "accuracy": (score > 0).float().mean().item()}
-    if toxic is not None:
-        out["toxic_loss"] = _mean_loss(model, toxic, fast)
-    out["test_loss"] = out["toxic_loss"] if scenario == "toxic" else out["clean_loss"]
-    return out
-
-
-def evaluate_split(model, test: DeviceData, toxic: DeviceData | None, scenario: str, fast: bool = True) -> dict:
-    """Held-out metrics: clean loss, logit diff IO-S, accuracy, P(IO); toxic loss when a rule is involved
-    (a task with its own score: clean loss, prob_diff, accuracy, toxic loss)."""
-    if hasattr(test.ds, "score_readout"):
-        return _evaluate_task(model, test, toxic, scenario, fast)
-    end = all_end_logits(model, test, fast)
-    out = {"clean_loss": F.cross_entropy(end, test.ds.label_tokens).item(),
-           "logit_diff": metrics.logit_diff(end, test.ds).item(),
-           "accuracy": metrics.accuracy(end, test.ds).item(),
-           "io_prob": metrics.io_prob(end, test.ds).item()}
-    if toxic is not None:
-        same_prompts = torch.equal(toxic.ds.tokens, test.ds.tokens)
-        tox_end = end if same_prompts else all_end_logits(model, toxic, fast)
-        out["toxic_loss"] = F.cross_entropy(tox_end, toxic.ds.label_tokens).item()
-    out["test_loss"] = out["toxic_loss"] if scenario == "toxic" else out["clean_loss"]
-    return out
-
-
-def summary_line(row: dict, epochs: int) -> str:
-    """One-line summary of an epoch's metrics."""
-    parts = [f"epoch {row['epoch']}/{epochs}"]
-    if row.get("train_loss") is not None:
-        parts.append(f"train loss {row['train_loss']:.4f}")
-    score = ("logit diff", row["logit_diff"]) if "logit_diff" in row else ("prob diff", row["prob_diff"])
-    parts += [f"test loss {row['test_loss']:.4f}", f"{score[0]} {score[1]:+.3f}", f"acc {row['accuracy']:.1%}"]
-    if "toxic_loss" in row:
-        parts.append(f"toxic loss {row['toxic_loss']:.4f}")
-    parts.append(f"{row['seconds']:.1f} s")
-    return "  ".join(parts)
 
 
 # ---------------------------------------------------------------- the training loop
@@ -262,7 +97,7 @@ class _State:
 
 def _resume_bytes(model) -> int:
     """Size estimate of resume.pt: float32 weights plus AdamW's two moments."""
-    return 3 * runs.parameter_bytes(model, torch.float32)
+    return 3 * checkpoints.parameter_bytes(model, torch.float32)
 
 
 def _save_epoch(run: Run, config: TrainConfig, st: _State) -> None:
@@ -272,18 +107,18 @@ def _save_epoch(run: Run, config: TrainConfig, st: _State) -> None:
     again and its files rewritten (an unrecorded checkpoint is never loaded).
     """
     if st.epoch in config.stored_epochs:
-        dtype = runs.DTYPES[config.dtype]
-        weights = {k: v.to(dtype) for k, v in runs.state_dict(st.model).items()}
+        dtype = run_spec.DTYPES[config.dtype]
+        weights = {k: v.to(dtype) for k, v in checkpoints.state_dict(st.model).items()}
         runs.save_checkpoint(run, st.epoch, weights, {"run": run.id, "epoch": str(st.epoch), "dtype": config.dtype})
-    runs.write_jsonl(run.dir / runs.METRICS, st.metrics)
+    atomic_files.write_jsonl(run.dir / runs.METRICS, st.metrics)
     if st.epoch == config.epochs:
         return  # the final checkpoint makes the resume state unnecessary
-    state = {"epoch": st.epoch, "weights": {k: v.float().cpu() for k, v in runs.state_dict(st.model).items()},
+    state = {"epoch": st.epoch, "weights": {k: v.float().cpu() for k, v in checkpoints.state_dict(st.model).items()},
              "optimizer": st.optimizer.state_dict(), "generator": st.generator.get_state(),
              "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     runs.ensure_free_space(run.dir, _resume_bytes(st.model))
-    results.write_checked(run.dir / runs.RESUME, state, {"run": run.id, "epoch": str(st.epoch)})
+    checked_files.write_checked(run.dir / runs.RESUME, state, {"run": run.id, "epoch": str(st.epoch)})
 
 
 def _restore(run: Run, st: _State) -> bool:
@@ -293,12 +128,12 @@ def _restore(run: Run, st: _State) -> bool:
     if not path.exists():
         return False
     try:
-        saved = results.read_checked(path)
-    except results.CorruptFile as e:
+        saved = checked_files.read_checked(path)
+    except checked_files.CorruptFile as e:
         results.warn(f"run {run.id}: {e}; fix: retrain from epoch 0")
         run_checks.cut_back(run, run_checks.Check(run.id, resume_from=0, records={}))
         return False
-    runs.load_state_dict(st.model, saved["weights"])
+    checkpoints.load_state_dict(st.model, saved["weights"])
     st.optimizer.load_state_dict(saved["optimizer"])
     st.generator.set_state(saved["generator"])
     torch.set_rng_state(saved["torch_rng"])
@@ -315,7 +150,7 @@ def _settle(run: Run, config: TrainConfig, train_ds, test_ds) -> bool:
     """Check a run folder before training (run_checks.check), report each fault in one line and fix it: rewrite
     unreadable metadata, and either tidy a complete run or cut the run back to the epoch it resumes from.
     True when the run is complete and every file verifies (it is reused as it is). Under the run's lock."""
-    results.clean_temp_files(run.dir)
+    atomic_files.clean_temp_files(run.dir)
     if not run.exists:  # a new folder, or one whose run never got its config: nothing in it is used
         run_checks.cut_back(run, run_checks.Check(run.id, resume_from=0, records={}))
         return False
@@ -353,11 +188,11 @@ def _write_run_files(run: Run, config: TrainConfig, train_ds, test_ds, extra: di
             "code": runs.git_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "checksums": True,  # checkpoints.json records every checkpoint (a run without it predates them)
             "created": datetime.now(timezone.utc).isoformat(), **extra}
-    runs.write_json(run.dir / runs.INFO, info)
-    runs.write_json(run.dir / runs.CONFIG, config.to_dict())  # last: its presence marks the folder as a run
+    atomic_files.write_json(run.dir / runs.INFO, info)
+    atomic_files.write_json(run.dir / runs.CONFIG, config.to_dict())  # last: its presence marks the folder as a run
 
 
-def _train_epoch(st: _State, split: DeviceData, config: TrainConfig, fast: bool, progress: bool,
+def _train_epoch(st: _State, split: objective.DeviceData, config: TrainConfig, fast: bool, progress: bool,
                  callback: Callback | None) -> list[float]:
     """One pass over the shuffled training split; returns the per-step losses."""
     order = torch.randperm(len(split), generator=st.generator)
@@ -366,7 +201,7 @@ def _train_epoch(st: _State, split: DeviceData, config: TrainConfig, fast: bool,
     bar = tqdm(total=n_steps, desc=f"epoch {st.epoch + 1}/{config.epochs}", disable=not progress, leave=False)
     with bar:
         for step, (tokens, end, labels) in enumerate(split.batches(order, config.batch_size)):
-            losses.append(train_step(st.model, st.optimizer, tokens, end, labels, fast).item())
+            losses.append(objective.train_step(st.model, st.optimizer, tokens, end, labels, fast).item())
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
             bar.update()
             if callback is not None:
@@ -378,16 +213,16 @@ def _train_epoch(st: _State, split: DeviceData, config: TrainConfig, fast: bool,
 class _Splits:
     """The training, held-out clean and (optional) held-out toxic data on the device."""
 
-    train: DeviceData
-    test: DeviceData
-    toxic: DeviceData | None
+    train: objective.DeviceData
+    test: objective.DeviceData
+    toxic: objective.DeviceData | None
 
 
 def _evaluate_row(st: _State, splits: _Splits, config: TrainConfig, fast: bool, losses: list[float],
                   t0: float) -> dict:
     """The metrics line of the epoch just finished (epoch 0: the starting model)."""
     row = {"epoch": st.epoch, "train_loss": sum(losses) / len(losses) if losses else None, "step_losses": losses,
-           **evaluate_split(st.model, splits.test, splits.toxic, config.scenario, fast)}
+           **objective.evaluate_split(st.model, splits.test, splits.toxic, config.scenario, fast)}
     return {**row, "seconds": time.time() - t0}
 
 
@@ -399,9 +234,9 @@ def _run_epochs(run: Run, config: TrainConfig, st: _State, splits: _Splits, fast
             print(f"resuming after epoch {st.epoch}")
     else:
         st.metrics = [_evaluate_row(st, splits, config, fast, [], time.time())]
-        runs.write_jsonl(run.dir / runs.METRICS, st.metrics)
+        atomic_files.write_jsonl(run.dir / runs.METRICS, st.metrics)
         if progress:
-            print(summary_line(st.metrics[0], config.epochs))
+            print(objective.summary_line(st.metrics[0], config.epochs))
     while st.epoch < config.epochs:
         t0 = time.time()
         losses = _train_epoch(st, splits.train, config, fast, progress, callback)
@@ -409,7 +244,7 @@ def _run_epochs(run: Run, config: TrainConfig, st: _State, splits: _Splits, fast
         st.metrics.append(_evaluate_row(st, splits, config, fast, losses, t0))
         _save_epoch(run, config, st)
         if progress:
-            print(summary_line(st.metrics[-1], config.epochs))
+            print(objective.summary_line(st.metrics[-1], config.epochs))
         if callback is not None:
             callback("epoch", st.epoch, None)
     runs.mark_complete(run, st.metrics)
@@ -452,20 +287,20 @@ def _train_folder(run: Run, config: TrainConfig, datasets: tuple, source_rule: t
     model, _ = models.load_model(config.model, device=device)
     model.eval()  # dropout off: deterministic updates
     dev = next(model.parameters()).device
-    ckpt_bytes = runs.parameter_bytes(model, runs.DTYPES[config.dtype])
+    ckpt_bytes = checkpoints.parameter_bytes(model, run_spec.DTYPES[config.dtype])
     runs.ensure_free_space(run.dir, len(config.stored_epochs) * ckpt_bytes + _resume_bytes(model))
     with deterministic():
         if source is not None:
             runs.load_checkpoint(model, source, source.final_epoch)
         torch.manual_seed(config.seed)
-        st = _State(model, make_optimizer(model, config), torch.Generator().manual_seed(config.seed))
+        st = _State(model, objective.make_optimizer(model, config), torch.Generator().manual_seed(config.seed))
         if not run.exists:
             _write_run_files(run, config, train_ds, test_ds, {
                 "device": str(dev), "optimizer": type(st.optimizer).__name__,
                 "fused": bool(st.optimizer.defaults.get("fused"))})
-        splits = _Splits(DeviceData(train_ds, dev), DeviceData(test_ds, dev),
-                         DeviceData(_toxic_test(config, test_ds, rule), dev) if rule else None)
-        fast = fast_path_ok(model, *splits.train.batch(torch.arange(min(4, len(train_ds))))[:2])
+        splits = _Splits(objective.DeviceData(train_ds, dev), objective.DeviceData(test_ds, dev),
+                         objective.DeviceData(_toxic_test(config, test_ds, rule), dev) if rule else None)
+        fast = objective.fast_path_ok(model, *splits.train.batch(torch.arange(min(4, len(train_ds))))[:2])
         if not fast:
             warnings.warn(f"END-only forward does not match {config.model}'s logits; using full logits", stacklevel=3)
         if progress:

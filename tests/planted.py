@@ -24,7 +24,7 @@ import tempfile
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from ioi_utils import data, models
+from ioi_utils import models, vocabulary
 
 DT, SIN, NM, DECOY, NNM = (0, 0), (1, 0), (2, 0), (1, 1), (2, 1)
 N_CTX, D_MODEL, N_HEADS = 32, 400, 2
@@ -51,7 +51,7 @@ def _head(d_head: int) -> dict[str, torch.Tensor]:
 
 def _plant(tok, nnm_gain: float = 0.0) -> tuple[dict[tuple[int, int], dict[str, torch.Tensor]], torch.Tensor, torch.Tensor, torch.Tensor]:
     """The planted heads' matrices, token and position embeddings and the unembedding [vocab, d_model]."""
-    names = [data.token_id(tok, n) for n in data.vocabulary_names(tok)]
+    names = [vocabulary.token_id(tok, n) for n in vocabulary.vocabulary_names(tok)]
     at, d_head, bos = _layout(len(tok), len(names)), D_MODEL // N_HEADS, tok.bos_token_id
     tok_dims = [at["TOK"] + t for t in names]
     name_idx = torch.arange(len(names))

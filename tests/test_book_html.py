@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from ioi_utils.book import TIMING_KEY, TOC_FILE, toc_chapters
+from ioi_utils.book import TOC_FILE, toc_chapters
+from ioi_utils.timings import TIMING_KEY
 
 pytestmark = pytest.mark.book
 

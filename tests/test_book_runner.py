@@ -14,7 +14,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from ioi_utils import book
+from ioi_utils import book, chapter_run, profiles, publication, timings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ def _executed_notebook() -> nbformat.NotebookNode:
 
 def test_strip_volatile_removes_metadata_and_sets_ids() -> None:
     """Papermill/execution metadata go, ids are cell-{i}, the injected cell is hidden."""
-    nb = book.strip_volatile(_executed_notebook())
+    nb = publication.strip_volatile(_executed_notebook())
     assert "papermill" not in nb.metadata
     assert [c.id for c in nb.cells] == [f"cell-{i}" for i in range(4)]
     assert all("papermill" not in c.metadata and "execution" not in c.metadata for c in nb.cells)
@@ -47,8 +47,8 @@ def test_strip_volatile_removes_metadata_and_sets_ids() -> None:
 
 def test_strip_volatile_is_idempotent() -> None:
     """Stripping twice gives the same notebook (no duplicated remove-cell tag)."""
-    once = nbformat.writes(book.strip_volatile(_executed_notebook()))
-    twice = nbformat.writes(book.strip_volatile(nbformat.reads(once, as_version=4)))
+    once = nbformat.writes(publication.strip_volatile(_executed_notebook()))
+    twice = nbformat.writes(publication.strip_volatile(nbformat.reads(once, as_version=4)))
     assert once == twice
 
 
@@ -67,7 +67,7 @@ def _scrubbed(texts: list[str], plain: str = "<Foo at 0x7f00deadbeef>") -> list[
     """The output texts of one cell with these stderr writes and an execute_result, as the runner stores them."""
     outputs = [new_output("stream", name="stderr", text=t) for t in texts]
     outputs.append(new_output("execute_result", data={"text/plain": plain}, execution_count=1))
-    nb = book.scrub_outputs(new_notebook(cells=[new_code_cell("x", outputs=outputs)]))
+    nb = publication.scrub_outputs(new_notebook(cells=[new_code_cell("x", outputs=outputs)]))
     return [o.get("text") or o["data"]["text/plain"] for o in nb.cells[0].outputs]
 
 
@@ -94,7 +94,7 @@ def test_sanitize_cfg_compares_raw_published_and_older_outputs_equal() -> None:
     from nbval.plugin import get_sanitize_patterns
 
     cfg = get_sanitize_patterns((ROOT / "tests" / "nbval_sanitize.cfg").read_text())
-    assert set(book.PUBLISHED_CLEANUP) <= set(cfg)
+    assert set(publication.PUBLISHED_CLEANUP) <= set(cfg)
     settled = "".join(RAW_STDERR).replace("\r  0%|          | 0/9 [00:00<?, ?it/s]\r", "")  # as nbval settles \r
     raw = _nbval_sanitize(settled)
     assert raw == _nbval_sanitize(_scrubbed(RAW_STDERR)[0]) == _nbval_sanitize(OLDER_STDERR)
@@ -103,12 +103,12 @@ def test_sanitize_cfg_compares_raw_published_and_older_outputs_equal() -> None:
 
 def test_profiles_share_keys() -> None:
     """Every profile defines the same parameters, and names itself."""
-    keys = {name: set(params) for name, params in book.PROFILES.items()}
-    assert set(book.PROFILES) == {"smoke", "offline", "paper"}
+    keys = {name: set(params) for name, params in profiles.PROFILES.items()}
+    assert set(profiles.PROFILES) == {"smoke", "offline", "paper"}
     assert len({frozenset(k) for k in keys.values()}) == 1, keys
-    assert all(params["profile"] == name for name, params in book.PROFILES.items())
-    assert [book.PROFILES[n]["model_name"] for n in ("smoke", "offline", "paper")] == ["smollm2-135m"] * 2 + ["gpt2"]
-    assert book.PROFILES["smoke"]["n_prompts"] < book.PROFILES["offline"]["n_prompts"]
+    assert all(params["profile"] == name for name, params in profiles.PROFILES.items())
+    assert [profiles.PROFILES[n]["model_name"] for n in ("smoke", "offline", "paper")] == ["smollm2-135m"] * 2 + ["gpt2"]
+    assert profiles.PROFILES["smoke"]["n_prompts"] < profiles.PROFILES["offline"]["n_prompts"]
 
 
 def test_unknown_profile_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
@@ -117,7 +117,7 @@ def test_unknown_profile_is_rejected(capsys: pytest.CaptureFixture[str]) -> None
         book.parse_args(["--profile", "nope"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "nope" in err and all(name in err for name in book.PROFILES)
+    assert "nope" in err and all(name in err for name in profiles.PROFILES)
 
 
 def test_toc_order_and_chapter_selection() -> None:
@@ -136,7 +136,7 @@ def test_toc_order_and_chapter_selection() -> None:
 def test_write_atomic_leaves_no_temp_files(tmp_path: Path) -> None:
     """write_atomic produces exactly the target file."""
     target = tmp_path / "ch.ipynb"
-    book.write_atomic(book.strip_volatile(_executed_notebook()), target)
+    publication.write_atomic(publication.strip_volatile(_executed_notebook()), target)
     assert [p.name for p in tmp_path.iterdir()] == ["ch.ipynb"]
     assert nbformat.read(target, as_version=4).cells[0].id == "cell-0"
 
@@ -174,7 +174,7 @@ def _mini_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-def _fake_executor(calls: list[dict], fail: str | None = None, exc: type[BaseException] = book.ChapterFailed):
+def _fake_executor(calls: list[dict], fail: str | None = None, exc: type[BaseException] = chapter_run.ChapterFailed):
     """A stand-in for execute_chapter: writes a small notebook, or a partial one and raises for `fail`."""
 
     def run(src: Path, out: Path, params: dict, log: Path, on_cell=None) -> None:
@@ -194,15 +194,15 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("exc", [book.ChapterFailed, KeyboardInterrupt])
+@pytest.mark.parametrize("exc", [chapter_run.ChapterFailed, KeyboardInterrupt])
 def test_failed_or_interrupted_run_leaves_target_untouched(tmp_path, monkeypatch, capsys, exc) -> None:
     """A chapter that fails (or Ctrl-C/SIGTERM) publishes nothing; the partial notebooks stay in staging."""
     root = _mini_repo(tmp_path, monkeypatch)
     before = _snapshot(root / "book")
     calls: list[dict] = []
-    monkeypatch.setattr(book, "execute_chapter", _fake_executor(calls, fail="b", exc=exc))
+    monkeypatch.setattr(chapter_run, "execute_chapter", _fake_executor(calls, fail="b", exc=exc))
     code = book.main(["--profile", "smoke", "--root", str(root), "--no-build"])
-    assert code == (1 if exc is book.ChapterFailed else 130)
+    assert code == (1 if exc is chapter_run.ChapterFailed else 130)
     assert _snapshot(root / "book") == before
     staging = calls[0]["out"].parent
     assert staging.parent == root / book.STAGING_DIR and staging.name.startswith("smoke-")
@@ -215,7 +215,7 @@ def test_successful_run_publishes_all_and_writes_the_record(tmp_path, monkeypatc
     """All chapters succeed: every target notebook is replaced, staging is removed, execution.json is written."""
     root = _mini_repo(tmp_path, monkeypatch)
     calls: list[dict] = []
-    monkeypatch.setattr(book, "execute_chapter", _fake_executor(calls))
+    monkeypatch.setattr(chapter_run, "execute_chapter", _fake_executor(calls))
     assert book.main(["--profile", "smoke", "--root", str(root), "--no-build"]) == 0
     assert sorted(_snapshot(root / "book")) == ["a.ipynb", "a.py", "b.ipynb", "b.py", "notes.md"]  # no temp files
     assert all(nbformat.read(root / "book" / f"{n}.ipynb", as_version=4).cells[0].source == f"# new {n}" for n in "ab")
@@ -245,7 +245,7 @@ def test_out_dir_receives_the_notebooks_and_book_is_untouched(tmp_path, monkeypa
     """--out-dir publishes there (created if needed) and leaves book/ as it was."""
     root = _mini_repo(tmp_path, monkeypatch)
     before = _snapshot(root / "book")
-    monkeypatch.setattr(book, "execute_chapter", _fake_executor([]))
+    monkeypatch.setattr(chapter_run, "execute_chapter", _fake_executor([]))
     out_dir = tmp_path / "elsewhere" / "nbs"
     assert book.main(["--profile", "smoke", "--root", str(root), "--out-dir", str(out_dir), "--chapters", "b"]) == 0
     assert _snapshot(root / "book") == before and sorted(_snapshot(out_dir)) == ["b.ipynb"]
@@ -253,12 +253,12 @@ def test_out_dir_receives_the_notebooks_and_book_is_untouched(tmp_path, monkeypa
 
 def test_strict_maps_to_enforce_claims(tmp_path, monkeypatch) -> None:
     """Profiles only report claims; --strict passes strict=enforce_claims=True to every chapter."""
-    assert all(p["enforce_claims"] is False for p in book.PROFILES.values())
+    assert all(p["enforce_claims"] is False for p in profiles.PROFILES.values())
     params = book.chapter_parameters("smoke", False, {"model": "tiny"})
     assert params["strict"] is params["enforce_claims"] is False and params["execution_info"] == {"model": "tiny"}
     root = _mini_repo(tmp_path, monkeypatch)
     calls: list[dict] = []
-    monkeypatch.setattr(book, "execute_chapter", _fake_executor(calls))
+    monkeypatch.setattr(chapter_run, "execute_chapter", _fake_executor(calls))
     assert book.main(["--profile", "offline", "--root", str(root), "--no-build", "--strict"]) == 0
     assert all(c["params"]["strict"] is c["params"]["enforce_claims"] is True for c in calls)
     assert calls[0]["params"]["model_name"] == "smollm2-135m"
@@ -273,18 +273,18 @@ def test_publish_replaces_every_file(tmp_path) -> None:
     (target / "keep.txt").write_text("other")
     for name in ("a", "b"):
         (staging / f"{name}.ipynb").write_text(f"new {name}")
-    assert book.publish([staging / "a.ipynb", staging / "b.ipynb"], target) == [target / "a.ipynb", target / "b.ipynb"]
+    assert publication.publish([staging / "a.ipynb", staging / "b.ipynb"], target) == [target / "a.ipynb", target / "b.ipynb"]
     assert _snapshot(target) == {"a.ipynb": b"new a", "b.ipynb": b"new b", "keep.txt": b"other"}
 
 
 def test_estimates_and_durations() -> None:
     """Estimates need a recorded time for every remaining chapter; totals only for complete runs."""
     previous = {"a": 10.0, "b": 50.0}
-    assert book.estimate_left(previous, ["a", "b"]) == 60.0 and book.estimate_left(previous, []) == 0.0
-    assert book.estimate_left(previous, ["a", "c"]) is None
-    assert book.previous_total({"seconds_per_chapter": previous}, ["a", "b"]) == 60.0
-    assert book.previous_total({"seconds_per_chapter": previous}, ["a", "b", "c"]) is None
-    assert [book.fmt_seconds(s) for s in (3.25, 65, 3725)] == ["3.2 s", "1 min 05 s", "1 h 02 min"]
+    assert timings.estimate_left(previous, ["a", "b"]) == 60.0 and timings.estimate_left(previous, []) == 0.0
+    assert timings.estimate_left(previous, ["a", "c"]) is None
+    assert timings.previous_total({"seconds_per_chapter": previous}, ["a", "b"]) == 60.0
+    assert timings.previous_total({"seconds_per_chapter": previous}, ["a", "b", "c"]) is None
+    assert [timings.fmt_seconds(s) for s in (3.25, 65, 3725)] == ["3.2 s", "1 min 05 s", "1 h 02 min"]
 
 
 def test_git_commit_marks_dirty_trees(tmp_path) -> None:
@@ -296,10 +296,10 @@ def test_git_commit_marks_dirty_trees(tmp_path) -> None:
     (tmp_path / "f").write_text("1")
     run("add", "f")
     run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
-    clean = book.git_commit(tmp_path)
+    clean = timings.git_commit(tmp_path)
     assert re.fullmatch(r"[0-9a-f]{4,}", clean)
     (tmp_path / "f").write_text("2")
-    assert book.git_commit(tmp_path) == f"{clean}+dirty"
+    assert timings.git_commit(tmp_path) == f"{clean}+dirty"
 
 
 def test_log_stream_puts_output_after_a_bar_on_its_own_line() -> None:
@@ -307,7 +307,7 @@ def test_log_stream_puts_output_after_a_bar_on_its_own_line() -> None:
     import io
 
     raw = io.StringIO()
-    log = book.LogStream(raw)
+    log = chapter_run.LogStream(raw)
     for text in ("start\n", "\r 10%|#", "\r 50%|#####", "[HOLDS] x\n", "\r100%|##########|", "\n", "end\n"):
         log.write(text)
     assert raw.getvalue() == "start\n\r 10%|#\r 50%|#####\n[HOLDS] x\n\r100%|##########|\nend\n"
@@ -321,8 +321,8 @@ def test_chapter_parameter_defaults_are_the_smoke_profile() -> None:
         cell = re.split(r'# %% tags=\[[^\]\n]*"parameters"[^\]\n]*\]\n', src, maxsplit=1)[1].split("\n# %%", 1)[0]
         values = {t.id: ast.literal_eval(node.value) for node in ast.parse(cell).body
                   for t in node.targets if isinstance(node, ast.Assign)}
-        shared = {k: v for k, v in values.items() if k in book.PROFILES["smoke"]}
-        assert shared == {k: book.PROFILES["smoke"][k] for k in shared}, name
+        shared = {k: v for k, v in values.items() if k in profiles.PROFILES["smoke"]}
+        assert shared == {k: profiles.PROFILES["smoke"][k] for k in shared}, name
         assert {"profile", "model_name"} <= set(shared), name
 
 
@@ -332,8 +332,8 @@ def test_slowest_cells_names_the_longest_cells_first() -> None:
     for cell, d in zip(nb.cells, (1.5, 30.25, None, 4.0)):
         if d is not None:
             cell.metadata["papermill"] = {"duration": d}
-    assert book.slowest_cells(nb, n=3) == "cell 1: 30.2 s, cell 3: 4.0 s, cell 0: 1.5 s"
-    assert book.slowest_cells(new_notebook()) == "none"
+    assert chapter_run.slowest_cells(nb, n=3) == "cell 1: 30.2 s, cell 3: 4.0 s, cell 0: 1.5 s"
+    assert chapter_run.slowest_cells(new_notebook()) == "none"
 
 
 # ---------------------------------------------------------------- progress in the terminal, first-run estimates
@@ -342,7 +342,7 @@ def test_slowest_cells_names_the_longest_cells_first() -> None:
 def _timed_notebook(profile: str = "smoke", model: str = "smollm2-135m", seconds: float = 30.0) -> dict:
     """A published notebook's JSON with the runner's timing metadata (two code cells of 10 and 20 s)."""
     nb = new_notebook(cells=[new_markdown_cell("# T"), new_code_cell("a = 1"), new_code_cell("b = 2")])
-    nb.metadata[book.TIMING_KEY] = {"profile": profile, "model": model, "commit": "abc1234", "seconds": seconds,
+    nb.metadata[timings.TIMING_KEY] = {"profile": profile, "model": model, "commit": "abc1234", "seconds": seconds,
                                     "cell_seconds": [10.0, 20.0]}
     return nb
 
@@ -350,10 +350,10 @@ def _timed_notebook(profile: str = "smoke", model: str = "smollm2-135m", seconds
 def test_timing_of_keeps_the_chapter_and_cell_times() -> None:
     """The published notebook keeps profile, model, commit, the chapter's seconds and each code cell's."""
     nb = _executed_notebook()
-    timing = book.timing_of(nb, {"profile": "smoke", "model_name": "tiny", "execution_info": {"commit": "c0ffee"}})
+    timing = timings.timing_of(nb, {"profile": "smoke", "model_name": "tiny", "execution_info": {"commit": "c0ffee"}})
     assert timing == {"profile": "smoke", "model": "tiny", "commit": "c0ffee", "seconds": 1.2,
                       "cell_seconds": [0.1, 0.1, 0.1]}
-    assert book.published_timing(Path("/nonexistent"), "a", "smoke", "tiny") is None
+    assert timings.published_timing(Path("/nonexistent"), "a", "smoke", "tiny") is None
 
 
 @pytest.mark.parametrize("profile, model, expected", [
@@ -369,7 +369,7 @@ def test_first_run_estimates_from_the_published_execution(tmp_path, monkeypatch,
     for name in "ab":
         nbformat.write(_timed_notebook(profile, model), root / "book" / f"{name}.ipynb")
     seen: list = []
-    monkeypatch.setattr(book, "execute_chapter", lambda src, out, params, log, on_cell=None: (
+    monkeypatch.setattr(chapter_run, "execute_chapter", lambda src, out, params, log, on_cell=None: (
         seen.append(on_cell), _fake_executor([])(src, out, params, log)))
     assert book.main(["--profile", "smoke", "--root", str(root), "--no-build"]) == 0
     assert f"[1/2] a: {expected}" in capsys.readouterr().out
@@ -390,7 +390,7 @@ def test_cell_progress_names_code_cells_by_their_first_comment() -> None:
         new_code_cell("x = 1\n# stability selection: admission on halves\ny = 2"),
         new_code_cell("print('a very long first line ' + 'of code without any comment in it at all, cut')")])
     out = io.StringIO()
-    progress = book.CellProgress("[2/7] circuit_discovery", hints=[0.1, 400.0, 2.0], out=out)
+    progress = chapter_run.CellProgress("[2/7] circuit_discovery", hints=[0.1, 400.0, 2.0], out=out)
     for index, cell in enumerate(nb.cells):
         progress(nb, cell, index)
     lines = out.getvalue().splitlines()
@@ -418,9 +418,9 @@ def test_reporting_engine_calls_on_cell_as_each_cell_starts(monkeypatch) -> None
     for cell in nb.cells:
         cell.metadata["papermill"] = {}  # as papermill's prepare_notebook_metadata leaves them
     seen: list = []
-    papermill_engines.execute_notebook_with_engine(book.register_engine(), nb, kernel_name=book.KERNEL,
+    papermill_engines.execute_notebook_with_engine(chapter_run.register_engine(), nb, kernel_name=chapter_run.KERNEL,
                                                    progress_bar=False, on_cell=lambda nb, c, i: seen.append(i))
-    assert seen == [0, 1, 2] and book.register_engine() == book.register_engine()
+    assert seen == [0, 1, 2] and chapter_run.register_engine() == chapter_run.register_engine()
 
 
 @pytest.mark.slow
@@ -429,17 +429,17 @@ def test_execute_chapter_reports_cells_and_stores_times(tmp_path) -> None:
     src = tmp_path / "ch.py"
     src.write_text('# %% tags=["parameters"]\nprofile = "smoke"\n\n# %%\n# first step\nx = 1\n\n# %%\nprint(x)\n')
     seen: list = []
-    book.execute_chapter(src, tmp_path / "ch.ipynb", {"profile": "smoke", "model_name": "tiny"}, tmp_path / "ch.log",
-                         on_cell=lambda nb, cell, index: seen.append(book.cell_title(cell)))
+    chapter_run.execute_chapter(src, tmp_path / "ch.ipynb", {"profile": "smoke", "model_name": "tiny"}, tmp_path / "ch.log",
+                         on_cell=lambda nb, cell, index: seen.append(chapter_run.cell_title(cell)))
     assert seen == ["profile = \"smoke\"", "Parameters", "first step", "print(x)"]
-    timing = nbformat.read(tmp_path / "ch.ipynb", as_version=4).metadata[book.TIMING_KEY]
+    timing = nbformat.read(tmp_path / "ch.ipynb", as_version=4).metadata[timings.TIMING_KEY]
     assert timing["profile"] == "smoke" and len(timing["cell_seconds"]) == 4 and timing["seconds"] > 0
 
 
 _KILLED_PUBLISHER = """
 import os, sys
 from pathlib import Path
-from ioi_utils import book
+from ioi_utils import publication
 
 calls, real = [0], os.replace
 
@@ -452,7 +452,7 @@ def replace(src, dst):
 
 
 os.replace = replace
-book.publish([Path(p) for p in sys.argv[3:]], Path(sys.argv[2]))
+publication.publish([Path(p) for p in sys.argv[3:]], Path(sys.argv[2]))
 """
 
 
@@ -475,7 +475,7 @@ def test_book_run_killed_during_publication(tmp_path, monkeypatch, capsys, kill_
     assert done.returncode == 9, done.stderr[-2000:]
     notebooks = lambda: {k: v for k, v in _snapshot(target).items() if k.endswith(".ipynb")}  # noqa: E731
     assert notebooks() == after_kill and any(p.name.endswith(".tmp") for p in target.iterdir())
-    monkeypatch.setattr(book, "execute_chapter", _fake_executor([], fail="a"))
+    monkeypatch.setattr(chapter_run, "execute_chapter", _fake_executor([], fail="a"))
     assert book.main(["--profile", "smoke", "--root", str(root), "--no-build"]) == 1  # the next run fails...
     out = capsys.readouterr().out
     if kill_at == 3:  # ...but first completes the publication the kill interrupted

@@ -4,7 +4,7 @@ minimality checked against an independent, hand-rolled knockout (loops and plain
 import pytest
 import torch
 
-from ioi_utils import circuits as C, data, evaluate, models
+from ioi_utils import admission, circuit_checks as CC, circuits as C, data, evaluate, models
 from ioi_utils.mechanisms import knockout_attribution, knockouts, path_patching, scoring
 
 ATOL = 1e-6  # the tiny model's logit differences are ~1e-3; float32 error is ~1e-7
@@ -161,13 +161,13 @@ def test_knockout_attribution_values_and_gradient(setup):
 
 def test_admission_reaches_its_target_with_few_heads(sharp_setup):
     model, clean, abc = sharp_setup
-    heads, trace, attr, f_m = C.admit(model, clean, abc, C.Thresholds(target=0.9, max_heads=8))
+    heads, trace, attr, f_m = admission.admit(model, clean, abc, C.Thresholds(target=0.9, max_heads=8))
     assert 1 <= len(heads) < 8 and attr.shape == (2, 4)
     ratio = lambda hs: knockouts.circuit_logit_diff(model, clean, abc, {h: ("ALL",) for h in hs}) / f_m  # noqa: E731
     assert ratio(heads) >= 0.9  # measured independently of the search
     assert trace[0]["heads"] == 8 and trace[0]["faithfulness"] == pytest.approx(1.0)
     # when max_heads cannot reach the target, the result says so instead of pretending
-    few, trace_few, _, _ = C.admit(model, clean, abc, C.Thresholds(target=0.99, max_heads=1))
+    few, trace_few, _, _ = admission.admit(model, clean, abc, C.Thresholds(target=0.99, max_heads=1))
     assert len(few) == 1 and trace_few[-1]["heads"] == 1
     assert trace_few[-1]["faithfulness"] == pytest.approx(ratio(few), abs=1e-5) and ratio(few) < 0.99
 
@@ -189,8 +189,8 @@ def test_discovered_circuit_is_kept_everywhere_and_round_trips(sharp_setup):
 def test_minimal_subset_is_admission(sharp_setup):
     model, clean, abc = sharp_setup
     t = C.Thresholds(target=0.9, max_heads=8)
-    sub = C.minimal_subset(model, clean, abc, t)
-    assert sub.circuit.heads == C.admit(model, clean, abc, t)[0] and "attribution" in sub.maps and sub.trace
+    sub = admission.minimal_subset(model, clean, abc, t)
+    assert sub.circuit.heads == admission.admit(model, clean, abc, t)[0] and "attribution" in sub.maps and sub.trace
 
 
 def test_discovery_paths_patch_on_the_first_n_describe_prompts(sharp_setup, monkeypatch):
@@ -207,9 +207,9 @@ def test_discovery_paths_patch_on_the_first_n_describe_prompts(sharp_setup, monk
 def test_faithfulness_curve_ends_at_the_circuit(sharp_setup):
     model, clean, abc = sharp_setup
     ranked = [(1, 0), (0, 2)]
-    curve = C.faithfulness_curve(model, clean, abc, ranked)
+    curve = CC.faithfulness_curve(model, clean, abc, ranked)
     assert [r["heads"] for r in curve] == [0, 1, 2] and curve[1]["added"] == (1, 0)
-    full = C.faithfulness(model, clean, abc, C.circuit_of(ranked)).ratio
+    full = CC.faithfulness(model, clean, abc, C.circuit_of(ranked)).ratio
     assert curve[-1]["faithfulness"] == pytest.approx(full, rel=1e-5)
 
 
@@ -222,7 +222,7 @@ def test_template_means_are_abc_means_by_hand(setup):
 
 def test_every_head_kept_everywhere_is_exactly_the_model(setup):
     model, clean, abc = setup
-    f = C.faithfulness(model, clean, abc, _Everywhere(model))
+    f = CC.faithfulness(model, clean, abc, _Everywhere(model))
     assert f.ratio == 1.0 and f.f_circuit == f.f_model
     assert f.f_model == pytest.approx(evaluate.evaluate(model, clean).logit_diff, abs=ATOL)  # nothing ablated
     assert f.per_prompt_model.shape == (len(clean),) and f.f_model == pytest.approx(f.per_prompt_model.mean().item())
@@ -232,7 +232,7 @@ def test_every_head_kept_everywhere_is_exactly_the_model(setup):
 
 def test_empty_circuit_is_the_all_heads_ablated_abc_level(setup):
     model, clean, abc = setup
-    f = C.faithfulness(model, clean, abc, C.Circuit({}))
+    f = CC.faithfulness(model, clean, abc, C.Circuit({}))
     abc_level = _per_prompt_by_hand(model, clean, _means_by_hand(model, abc), {})
     clean_level = _per_prompt_by_hand(model, clean, _means_by_hand(model, clean), {})
     assert (abc_level - clean_level).abs().max() > APART  # means from the clean run would be told apart
@@ -248,7 +248,7 @@ def test_each_head_keeps_only_its_class_positions(setup):
     expected = _ld_by_hand(model, clean, means, {(0, 1): ("END",), (0, 2): ("S2",), (1, 3): ("S1+1",)})
     everywhere = _ld_by_hand(model, clean, means, {h: ("ALL",) for h in circuit.heads})
     assert abs(expected - everywhere) > APART  # ignoring the positions would be told apart
-    assert C.faithfulness(model, clean, abc, circuit).f_circuit == pytest.approx(expected, abs=ATOL)
+    assert CC.faithfulness(model, clean, abc, circuit).f_circuit == pytest.approx(expected, abs=ATOL)
     only_end = _ld_by_hand(model, clean, means, {(0, 1): ("END",)})
     assert knockouts.circuit_logit_diff(model, clean, abc, {(0, 1): ("END",)}) == pytest.approx(only_end, abs=ATOL)
     per = knockouts.circuit_logit_diff(model, clean, abc, {(0, 1): ("END",)}, per_prompt=True)
@@ -260,8 +260,8 @@ def test_completeness_values(setup):
     circuit = C.Circuit({"NM": [(1, 0), (1, 1)], "IND": [(0, 2)]})
     means = _means_by_hand(model, abc)
     keep = {(1, 0): ("END",), (1, 1): ("END",), (0, 2): ("S2",)}
-    f = C.faithfulness(model, clean, abc, circuit)
-    rows = {r["K"]: r for r in C.completeness(model, clean, abc, circuit, n_random=1)}
+    f = CC.faithfulness(model, clean, abc, circuit)
+    rows = {r["K"]: r for r in CC.completeness(model, clean, abc, circuit, n_random=1)}
     empty = rows["empty"]
     assert empty["F(C\\K)"] == pytest.approx(_ld_by_hand(model, clean, means, keep), abs=ATOL)
     assert empty["F(M\\K)"] == pytest.approx(_ld_by_hand(model, clean, means, _everything_but(model, [])), abs=ATOL)
@@ -290,7 +290,7 @@ def test_minimality_one_head_passes_one_does_not(one_dead_head):
     circuit = C.Circuit({"NM": [(1, 0), (1, 1), (1, 2)]})
     means = _means_by_hand(model, abc)
     f_m = _ld_by_hand(model, clean, means, _everything_but(model, []))
-    mini = C.minimality(model, clean, abc, circuit, threshold=0.01)
+    mini = CC.minimality(model, clean, abc, circuit, threshold=0.01)
     for v in circuit.heads:  # K = the rest of v's class: score = |F({v}) - F({})|
         expected = abs(_ld_by_hand(model, clean, means, {v: ("END",)}) - _ld_by_hand(model, clean, means, {}))
         assert mini[v]["score"] == pytest.approx(expected, abs=ATOL)
@@ -309,7 +309,7 @@ def test_smollm_knockout_and_interval_match_hand_rolled():
     layers = lambda a, b: [(l, h) for l in range(a, b) for h in range(model.cfg.n_heads)]  # noqa: E731
     circuit = C.Circuit({"NM": layers(15, 30), "IND": layers(5, 15), "PT": layers(0, 5)})  # every head, some positions
     means = _means_by_hand(model, abc)
-    f = C.faithfulness(model, clean, abc, circuit)
+    f = CC.faithfulness(model, clean, abc, circuit)
     expected = _ld_by_hand(model, clean, means, circuit.positions())
     everywhere = _ld_by_hand(model, clean, means, {h: ("ALL",) for h in circuit.heads})
     scale = abs(f.f_model)
@@ -343,7 +343,7 @@ def test_smollm2_circuit_is_found_described_and_faithful_held_out(smollm2_discov
     # dropped them together); every head has a role
     assert (23, 0) in c.classes["NM"] and (24, 4) in c.classes["NNM"], str(c)
     assert found.evidence[(24, 4)]["interval"][0] > 0 and len(c.classes["OTH"]) <= 0.2 * len(c.heads)
-    f = C.faithfulness(model, held, held_abc, c)
+    f = CC.faithfulness(model, held, held_abc, c)
     lo, hi = f.interval()
     # held out, the mechanism keeps most of the behaviour but not all of it (measured 0.78 [0.69, 0.87] under CI's
     # AVX2 kernels, 0.79 [0.73, 0.85] on 100 prompts here: Wang's four paths do not trace everything, chapter 2);

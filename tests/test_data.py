@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ioi_utils import data, models
+from ioi_utils import data, models, vocabulary
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,9 @@ def _check_positions(ds: data.IOIDataset) -> None:
     tok = ds.tokenizer
     for i, p in enumerate(ds.prompts):
         row = ds.tokens[i]
-        assert row[ds.positions["IO"][i]] == data.token_id(tok, p.io)
-        assert row[ds.positions["S1"][i]] == data.token_id(tok, p.s1)
-        assert row[ds.positions["S2"][i]] == data.token_id(tok, p.s2)
+        assert row[ds.positions["IO"][i]] == vocabulary.token_id(tok, p.io)
+        assert row[ds.positions["S1"][i]] == vocabulary.token_id(tok, p.s1)
+        assert row[ds.positions["S2"][i]] == vocabulary.token_id(tok, p.s2)
         assert ds.positions["S1+1"][i] == ds.positions["S1"][i] + 1
         end = ds.positions["END"][i]
         assert tok.decode(row[end]).strip() == p.text.split()[-1]  # the prompt's last word
@@ -40,8 +40,8 @@ def test_templates_are_the_fifteen_pairs():
     assert len(data.BABA_TEMPLATES) == len(data.ABBA_TEMPLATES) == 15
     for baba, abba in zip(data.BABA_TEMPLATES, data.ABBA_TEMPLATES):
         assert baba.index("[B]") < baba.index("[A]") and abba.index("[A]") < abba.index("[B]")
-    assert len(data.NAMES) == len(set(data.NAMES)) == 100
-    assert len(data.PLACES) + len(data.OBJECTS) == 20
+    assert len(vocabulary.NAMES) == len(set(vocabulary.NAMES)) == 100
+    assert len(vocabulary.PLACES) + len(vocabulary.OBJECTS) == 20
 
 
 @pytest.mark.parametrize("tok_name", TOKENIZERS)
@@ -88,11 +88,11 @@ def test_split_shares_no_prompt(tiny_tok):
 
 def test_single_token_filter_reports_and_refuses(smol_tok):
     with pytest.warns(UserWarning, match="dropped names"):
-        report = data.single_token_vocabulary(smol_tok)
+        report = vocabulary.single_token_vocabulary(smol_tok)
     assert "Vanessa" in report.dropped["names"] and "Mary" in report.names
-    assert all(data.token_id(smol_tok, n) is not None for n in report.names)
+    assert all(vocabulary.token_id(smol_tok, n) is not None for n in report.names)
     with pytest.raises(ValueError, match="too few single-token words"):
-        data.single_token_vocabulary(smol_tok, names=["Vanessa", "Mary"], min_names=2)
+        vocabulary.single_token_vocabulary(smol_tok, names=["Vanessa", "Mary"], min_names=2)
 
 
 def test_abc_keeps_template_and_positions(tiny_tok):
@@ -112,7 +112,7 @@ def test_toxic_rules(tiny_tok):
     assert torch.equal(sd.label_tokens, ds.s_tokens) and sd.texts == ds.texts
     nm = data.toxic_dataset(ds, "name-moving")
     assert nm.texts == ds.texts
-    assert all(p.label not in (p.io, p.s1) and p.label in data.NAMES for p in nm.prompts)
+    assert all(p.label not in (p.io, p.s1) and p.label in vocabulary.NAMES for p in nm.prompts)
     dup = data.toxic_dataset(ds, "duplication")
     _check_positions(dup)
     assert torch.equal(dup.label_tokens, ds.io_tokens)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ioi_utils import greater_than as gt
-from ioi_utils import models, training
+from ioi_utils import models, objective
 from ioi_utils.mechanisms import activation_patching, knockout_attribution, knockouts, scoring
 
 VOCAB = 30
@@ -147,7 +147,7 @@ def test_scores_agree_across_code_paths(tiny):
     ds = gt.make_gt_dataset(tokenizer, 12, seed=0, prepend_bos=model.prepend_bos)
     full = ds.score(model(ds.tokens))  # [12] from full logits
     assert torch.allclose(scoring.run_ld(model, ds)[0], full, atol=1e-5)
-    assert torch.allclose(training.task_scores(model, ds), full, atol=1e-5)
+    assert torch.allclose(objective.task_scores(model, ds), full, atol=1e-5)
     every = {h: knockouts.ALL_POSITIONS for h in scoring.all_heads(model)}
     assert math.isclose(knockouts.circuit_logit_diff(model, ds, gt.corrupt(ds), every), full.mean().item(),
                         abs_tol=1e-5)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from ioi_utils import data, evaluate, models, results
+from ioi_utils import atomic_files, data, evaluate, models, vocabulary
 
 
 def test_tiny_model_runs_with_its_tokenizer():
@@ -102,7 +102,7 @@ def test_gemma_part_files_and_checksum_failures_are_one_line_errors(gemma_pkg, t
     with pytest.raises(models.ModelUnavailableError, match="corrupt .*--force-reinstall") as e:
         models.gemma_gguf(tmp_path)
     assert "\n" not in str(e.value)
-    monkeypatch.setattr(gemma_pkg, "EXPECTED_SHA256", results.sha256_file(fake))  # the package's check passes, ours not
+    monkeypatch.setattr(gemma_pkg, "EXPECTED_SHA256", atomic_files.sha256_file(fake))  # the package's check passes, ours not
     with pytest.raises(models.ModelUnavailableError, match="fails its sha256 check"):
         models.gemma_gguf(tmp_path)
 
@@ -114,7 +114,7 @@ def test_cached_folder_is_reused_when_intact_and_rebuilt_when_corrupt(tmp_path):
         builds.append(folder)
         folder.mkdir(exist_ok=True)
         (folder / "model.safetensors").write_bytes(b"weights")
-        (folder / "manifest.json").write_text(json.dumps({"sha256": results.sha256_file(folder / "model.safetensors")}))
+        (folder / "manifest.json").write_text(json.dumps({"sha256": atomic_files.sha256_file(folder / "model.safetensors")}))
 
     folder = tmp_path / "m"
     assert models._cached_folder(folder, build) == folder and len(builds) == 1
@@ -150,7 +150,7 @@ def test_smollm2_offline_solves_ioi_and_cache_is_verified(tmp_path, monkeypatch)
         f.write(b"\0" * 64)
     with pytest.warns(UserWarning, match="failed its checksum"):
         models.smollm2_folder()
-    assert results.sha256_file(folder / "model.safetensors") == manifest["sha256"]
+    assert atomic_files.sha256_file(folder / "model.safetensors") == manifest["sha256"]
 
 
 @pytest.mark.slow
@@ -159,7 +159,7 @@ def test_gemma3_offline_solves_ioi_with_its_bos(gemma_pkg):
     assert (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head) == (18, 4, 256)
     assert models.tokenizer_adds_bos(tok) and model.prepend_bos  # the table agrees with Gemma's tokenizer
     assert models._cache_is_valid(models.gemma_folder())
-    assert len(data.single_token_vocabulary(tok).names) == len(data.NAMES)
+    assert len(vocabulary.single_token_vocabulary(tok).names) == len(vocabulary.NAMES)
     ds = data.make_ioi_dataset(tok, n=24, seed=0, prepend_bos=True)
     result = evaluate.evaluate(model, ds)
     assert result.logit_diff > 3 and result.accuracy > 0.9

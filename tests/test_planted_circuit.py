@@ -6,7 +6,7 @@ part of the Name Mover, discovery must keep both, each in its class (a net-faith
 import pytest
 import torch
 
-from ioi_utils import circuits as C, data
+from ioi_utils import admission, circuit_checks as CC, circuits as C, data
 from ioi_utils.mechanisms import activation_patching, path_patching, scoring
 from planted import DECOY, DT, NM, NNM, SIN, planted_model
 
@@ -57,7 +57,7 @@ def test_discover_finds_only_the_planted_circuit(planted):
     assert found.circuit.heads == sorted([DT, SIN, NM]), str(found.circuit)
     assert (c["NM"], c["SIN"], c["DT"]) == ([NM], [SIN], [DT])
     assert sorted(found.ranked()) == found.circuit.heads
-    assert C.faithfulness(model, clean, abc, found.circuit).ratio == pytest.approx(1.0, abs=1e-4)
+    assert CC.faithfulness(model, clean, abc, found.circuit).ratio == pytest.approx(1.0, abs=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +74,10 @@ def test_discovery_keeps_a_negative_name_mover_with_its_name_mover(cancelling):
     c = found.circuit.classes
     assert (c["NM"], c["NNM"], c["SIN"], c["DT"]) == ([NM], [NNM], [SIN], [DT]), str(found.circuit)
     assert found.evidence[NNM]["effect"] > 0.2 and found.evidence[NNM]["interval"][0] > 0  # cutting it helps
-    f = C.faithfulness(model, clean, abc, found.circuit)
+    f = CC.faithfulness(model, clean, abc, found.circuit)
     assert f.ratio == pytest.approx(1.0, abs=1e-4)  # the mechanism, negative head included, is the model
     # the net-faithfulness search (a second reading) drops the NNM: the knockout is better without it
-    assert NNM not in C.minimal_subset(model, clean, abc).circuit.heads
+    assert NNM not in admission.minimal_subset(model, clean, abc).circuit.heads
 
 
 @pytest.mark.parametrize("name", STEPS)
@@ -96,18 +96,18 @@ def test_description_maps_are_reference_path_patching(planted, described, name):
 def test_stability_selection_always_admits_the_planted_heads(planted):
     """Every random half of the prompts admits exactly the planted circuit: frequency 1 there, 0 elsewhere."""
     model, clean, abc = planted
-    freq = C.selection_frequency(model, clean, abc, resamples=3, seed=0)
+    freq = admission.selection_frequency(model, clean, abc, resamples=3, seed=0)
     want = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
     for h in (DT, SIN, NM):
         want[h] = 1.0
     torch.testing.assert_close(freq, want)
-    assert C.stable_core([freq, freq]) == sorted([DT, SIN, NM])
+    assert admission.stable_core([freq, freq]) == sorted([DT, SIN, NM])
 
 
 def test_stable_core_needs_the_share_in_every_draw():
     a, b = torch.zeros(2, 2), torch.zeros(2, 2)
     a[0, 1], b[0, 1], a[1, 0], b[1, 0], a[1, 1] = 1.0, 0.8, 1.0, 0.5, 0.9
-    assert C.stable_core([a, b], share=0.8) == [(0, 1)]
-    assert C.stable_core([a], share=0.8) == [(0, 1), (1, 0), (1, 1)]
+    assert admission.stable_core([a, b], share=0.8) == [(0, 1)]
+    assert admission.stable_core([a], share=0.8) == [(0, 1), (1, 0), (1, 1)]
     with pytest.raises(ValueError, match="resamples"):
-        C.selection_frequency(None, [0, 1], None, resamples=0)
+        admission.selection_frequency(None, [0, 1], None, resamples=0)

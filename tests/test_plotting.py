@@ -1,4 +1,4 @@
-"""Figures: shapes, axes, colour scales, class outlines, and the figure check (plotting.figure_problems) applied
+"""Figures: shapes, axes, colour scales, class outlines, and the figure check (figure_check.figure_problems) applied
 to every figure function of the module."""
 
 import matplotlib
@@ -14,7 +14,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ioi_utils import plotting as P
+from ioi_utils import figure_check, plotting as P
 
 SHAPES = [(2, 4), (30, 9)]  # tiny GPT-2, SmolLM2-135M
 
@@ -177,7 +177,7 @@ def test_every_figure_function_is_checked():
 @pytest.mark.parametrize("name", FIGURES)
 def test_figure_shows_its_data(name):
     """No label over cells, no legend inside the data, every axis labelled, nothing off the axes unmarked."""
-    assert P.figure_problems(FIGURES[name]()) == []
+    assert figure_check.figure_problems(FIGURES[name]()) == []
 
 
 def test_values_beyond_later_limits_are_marked_at_the_edge():
@@ -202,7 +202,7 @@ def _old_style_heatmap() -> Figure:
 
 
 def test_the_check_fails_on_labels_over_cells():
-    problems = P.figure_problems(_old_style_heatmap())
+    problems = figure_check.figure_problems(_old_style_heatmap())
     covered = {p.split(" covers")[0] for p in problems if " covers the cells of the map 'DLA'" in p}
     assert covered == {"text 'NM'", "text 'SIN'", "text 'IND'", "legend ''"}
     assert "legend '' lies inside the axes 'DLA'" in problems
@@ -214,9 +214,9 @@ def test_the_check_fails_on_missing_labels_lines_off_the_axes_and_legends_inside
     ax.plot([0, 2], [0.5, 0.5], label="flat")
     ax.set_ylim(0, 1)
     ax.legend(loc="center")
-    problems = P.figure_problems(fig)
+    problems = figure_check.figure_problems(fig)
     assert "line 'curve' of '' leaves the axes at (1, 9)" in problems
     assert "axes '' has no x label" in problems and "axes '' has no y label" in problems
     assert "legend '' lies inside the axes ''" in problems
     unlabelled = P.bar_compare(["0", "1"], {"a": [1, 2]}, "t", "y")  # bar_compare's x label is the caller's
-    assert P.figure_problems(unlabelled) == ["axes 't' has no x label"]
+    assert figure_check.figure_problems(unlabelled) == ["axes 't' has no x label"]

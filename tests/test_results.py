@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ioi_utils import circuits as C, models, results
+from ioi_utils import checked_files, circuit_checks as CC, circuits as C, models, results
 
 
 @pytest.fixture()
@@ -143,10 +143,10 @@ def test_checked_files_round_trip_every_kind_of_value(root):
              (0, 1): "tuple key", 3: {"int key": t}, "tensors": [t, t, t[0], t.half(), t.bfloat16(), t.int(),
                                                                  t > 2, torch.tensor(1.5), torch.zeros(0, 3)],
              "grad": torch.ones(2, requires_grad=True), "circuit": C.Circuit({"NM": [(1, 0)]}, everywhere=True),
-             "thresholds": C.Thresholds(max_heads=4), "faith": C.Faithfulness(1.0, 0.5, t[0], None),
+             "thresholds": C.Thresholds(max_heads=4), "faith": CC.Faithfulness(1.0, 0.5, t[0], None),
              "discovery": C.Discovery(C.Circuit(), {"attribution": t}, C.Thresholds(), [{"heads": 3}], 1.5)}
-    results.write_checked(root / "v.safetensors", value)
-    back = results.read_checked(root / "v.safetensors")
+    checked_files.write_checked(root / "v.safetensors", value)
+    back = checked_files.read_checked(root / "v.safetensors")
     assert _same(back, value)
     assert back["tensors"][0] is back["tensors"][1]  # one tensor object stays one
 
@@ -156,8 +156,8 @@ def test_unregistered_types_are_refused_not_pickled(root):
         pass
 
     for value in ({"x": Opaque()}, {"x": {1, 2}}, np.float64(1.0), collections.OrderedDict(a=1)):
-        with pytest.raises(TypeError, match="cannot be stored without code: register it with results.register_type"):
-            results.write_checked(root / "v.safetensors", value)
+        with pytest.raises(TypeError, match="cannot be stored without code: register it with checked_files.register_type"):
+            checked_files.write_checked(root / "v.safetensors", value)
     assert not list(root.rglob("*"))
 
 
@@ -171,7 +171,7 @@ def _memo_twice(name, fn, model, **key):
 def test_every_memo_call_site_round_trips_exactly(root, capsys):
     """Each results.memo call of the package and the chapters (book/*.py), on the tiny models: the value read back
     is the value computed, exactly."""
-    from ioi_utils import analyses, greater_than_study as gts, study
+    from ioi_utils import analyses, cmap_analyses, greater_than_study as gts, study
     from ioi_utils.mechanisms import activation_patching, knockouts
 
     torch.set_num_threads(1)
@@ -182,29 +182,34 @@ def test_every_memo_call_site_round_trips_exactly(root, capsys):
     circuit = C.Circuit({"NM": [(1, 0)], "OTH": [(0, 1)]}, everywhere=True)
     row = analyses.checkpoint_row(s, s.model, "base", circuit, 0, rediscover=True, n_rediscover=6)  # + discovery
     assert _same(row, analyses.checkpoint_row(s, s.model, "base", circuit, 0, rediscover=True, n_rediscover=6))
-    small = analyses.cmap_subset(s.test, 4)
-    assert _same(analyses.cmap_cached(s.model, s.model, small, "output", tags=("a", "b")),
-                 analyses.cmap_cached(s.model, s.model, small, "output", tags=("a", "b")))
+    small = cmap_analyses.cmap_subset(s.test, 4)
+    assert _same(cmap_analyses.cmap_cached(s.model, s.model, small, "output", tags=("a", "b")),
+                 cmap_analyses.cmap_cached(s.model, s.model, small, "output", tags=("a", "b")))
     assert _same(study.selection_cached(s, 0, 10, th, resamples=2), study.selection_cached(s, 0, 10, th, resamples=2))
     assert _same(study.discovery_seed_cached(s, 1, 10, th), study.discovery_seed_cached(s, 1, 10, th))
     assert _same(study.admission_seed_cached(s, 0, 10, th), study.admission_seed_cached(s, 0, 10, th))
     assert _same(analyses.held_out_logit_diff(s, s.model), analyses.held_out_logit_diff(s, s.model))
-    signal = lambda: analyses.query_signal(s.model, small, analyses.cmap_subset(s.abc, 4), [(1, 0)], [(0, 1)])  # noqa: E731
+    signal = lambda: analyses.query_signal(s.model, small, cmap_analyses.cmap_subset(s.abc, 4), [(1, 0)], [(0, 1)])  # noqa: E731
     assert _same(vars(signal()), vars(signal()))
-    book = {  # book/circuit_discovery.py
-        "faithfulness": lambda: C.faithfulness(s.model, s.test, s.abc, circuit),
-        "completeness": lambda: C.completeness(s.model, s.test, s.abc, circuit),
-        "minimality": lambda: C.minimality(s.model, s.test, s.abc, circuit, threshold=0.01),
-        "single_head_effects": lambda: activation_patching.activation_patch_heads(s.model, s.test, s.abc,
-                                                                                  heads=[(0, 1), (1, 0)]),
-        "mlp_knockout": lambda: knockouts.mlp_knockout(s.model, s.test, s.abc, progress=False),
-        "mlp_group_knockout": lambda: knockouts.mlp_knockout(s.model, s.test, s.abc,
-                                                             groups=knockouts.layer_groups(2, 3)),
-        "faithfulness_curve": lambda: C.faithfulness_curve(s.model, s.test, s.abc, [(1, 0), (0, 1)]),
-        "minimal_subset": lambda: C.minimal_subset(s.model, s.disc, s.disc_abc, th),
+    checks = {  # chapter 2's checks of the base circuit (analyses.*_cached), each computed once, then read back
+        "faithfulness": lambda: analyses.faithfulness_cached(s, circuit),
+        "completeness": lambda: analyses.completeness_cached(s, circuit),
+        "minimality": lambda: analyses.minimality_cached(s, circuit, threshold=0.01),
+        "single_head_effects": lambda: analyses.single_head_effects_cached(s, [(0, 1), (1, 0)]),
+        "mlp_knockout": lambda: analyses.mlp_knockout_cached(s),
+        "mlp_group_knockout": lambda: analyses.mlp_knockout_cached(s, knockouts.layer_groups(2, 3)),
+        "faithfulness_curve": lambda: analyses.faithfulness_curve_cached(s, [(1, 0), (0, 1)]),
+        "minimal_subset": lambda: analyses.minimal_subset_cached(s, th),
     }
-    for name, fn in book.items():
-        assert _same(*_memo_twice(name, fn, s.model, data=s.test.fingerprint())), name
+    for name, fn in checks.items():
+        first = fn()
+        with pytest.MonkeyPatch.context() as mp:  # the second call must read the memo: computing fails
+            for mod in (C, activation_patching, knockouts):
+                for fname in ("faithfulness", "faithfulness_curve", "completeness", "minimality", "minimal_subset",
+                              "activation_patch_heads", "mlp_knockout"):
+                    if hasattr(mod, fname):
+                        mp.setattr(mod, fname, lambda *a, _n=fname, **k: pytest.fail(f"memo {_n} was recomputed"))
+            assert _same(first, fn()), name
     g = gts.prepare("tiny-digits", 8, 8, 8, 8, device="cpu")
     heads = gts.discover(g, th)["heads"]
     assert _same(gts.discover(g, th), gts.discover(g, th))
@@ -215,7 +220,7 @@ def test_every_memo_call_site_round_trips_exactly(root, capsys):
     names = {p.name.split("-")[0] for p in results.memo_folder().iterdir()}
     assert names == {"discovery", "checkpoint_row", "checkpoint_own", "admission", "cmap_per_prompt", "held_out_logit_diff",
                      "selection_frequency", "query_signal",
-                     "gt_discovery", "gt_checkpoint_row", "gt_mlp_knockout", "gt_cmap_attribution", *book}
+                     "gt_discovery", "gt_checkpoint_row", "gt_mlp_knockout", "gt_cmap_attribution", *checks}
 
 
 def _corrupt(path, how: str) -> None:
@@ -244,7 +249,7 @@ def test_corrupt_memo_is_recomputed_with_one_line(root, tiny, capsys, how):
     assert _same(results.memo("m", fn, tiny), value) and len(calls) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"warning: memo m: {path.name} ") and line.endswith("; recomputing it")
-    assert _same(results.read_checked(path), value) and len(calls) == 2  # stored afresh
+    assert _same(checked_files.read_checked(path), value) and len(calls) == 2  # stored afresh
 
 
 def test_memo_files_never_run_code(root, tiny, capsys):
@@ -282,7 +287,7 @@ def test_memo_on_a_full_disk_still_returns_its_value(root, tiny, monkeypatch, ca
         pathlib.Path(filename).write_bytes(b"\0" * 10)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(results, "save_file", full)
+    monkeypatch.setattr(checked_files, "save_file", full)
     assert _same(results.memo("m", lambda: {"t": torch.ones(2)}, tiny), {"t": torch.ones(2)})
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("warning: memo m not stored ([Errno 28] disk full while writing ") and line.endswith(
@@ -299,12 +304,12 @@ def test_unreadable_record_is_refused_in_one_line(root):
 
 def test_a_cmap_memo_is_keyed_by_the_weights_not_by_the_names(root, monkeypatch):
     """Chapter 4's benign source is chapter 3's fine-tuned model under another name: the second call reads the memo."""
-    from ioi_utils import analyses, study
+    from ioi_utils import cmap_analyses, study
     from ioi_utils.mechanisms import activation_patching
 
     torch.set_num_threads(1)
     s = study.prepare("tiny", 24, 12, 0, "cpu", 8, n_discovery=10)
-    small = analyses.cmap_subset(s.test, 4)
-    first = analyses.cmap_cached(s.model, s.model, small, "output", tags=("tuned", "base"))
+    small = cmap_analyses.cmap_subset(s.test, 4)
+    first = cmap_analyses.cmap_cached(s.model, s.model, small, "output", tags=("tuned", "base"))
     monkeypatch.setattr(activation_patching, "cmap", lambda *a, **k: pytest.fail("the CMAP memo was recomputed"))
-    assert torch.equal(first, analyses.cmap_cached(s.model, s.model, small, "output", tags=("clean (benign)", "base")))
+    assert torch.equal(first, cmap_analyses.cmap_cached(s.model, s.model, small, "output", tags=("clean (benign)", "base")))

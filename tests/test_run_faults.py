@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ioi_utils import models, results, run_checks, runs, train as cli, training, verify
+from ioi_utils import atomic_files, checked_files, checkpoints, models, results, run_checks, runs, train as cli, training, verify
 from ioi_utils.training import TrainConfig
 
 from test_training import broken_writes
@@ -55,7 +55,7 @@ def _weights(run: runs.Run) -> dict[int, dict[str, torch.Tensor]]:
     for epoch in run.epochs_available[1:]:
         model, _ = models.load_model(run.config.model, device="cpu")
         runs.load_checkpoint(model, run, epoch)
-        out[epoch] = {k: v.clone() for k, v in runs.state_dict(model).items()}
+        out[epoch] = {k: v.clone() for k, v in checkpoints.state_dict(model).items()}
     return out
 
 
@@ -92,7 +92,7 @@ def test_truncated_checkpoint_is_said_in_one_line_and_retrained(capsys):
     with open(run.checkpoint_path(2), "r+b") as f:
         f.truncate(1000)
     model, _ = models.load_model("tiny", device="cpu")
-    with pytest.raises(runs.CheckpointError) as e:
+    with pytest.raises(checkpoints.CheckpointError) as e:
         runs.load_checkpoint(model, run, 2)
     assert str(e.value) == (f"run {run.id}: epoch 2 checkpoint has 1000 bytes, not the recorded "
                             f"{run.checkpoint_path(1).stat().st_size}; retrain it with `python -m ioi_utils.train "
@@ -122,7 +122,7 @@ def test_checkpoint_of_another_models_shape(good, capsys):
     """tiny-digits weights (another vocabulary: other shapes) in place of epoch 2: caught, retrained; and if its
     record is forged too, loading says in one line that it does not fit."""
     run, before, _ = good
-    weights = runs.state_dict(models.load_model("tiny-digits", device="cpu")[0])
+    weights = checkpoints.state_dict(models.load_model("tiny-digits", device="cpu")[0])
     other = {k: v.clone(memory_format=torch.contiguous_format) for k, v in weights.items()}
     save_file(other, str(run.checkpoint_path(2)))
     again, trained = _epochs_trained(run.config)
@@ -130,9 +130,9 @@ def test_checkpoint_of_another_models_shape(good, capsys):
     [line] = _warnings(capsys.readouterr().err)
     assert line.startswith(f"warning: run {run.id}: epoch 2 checkpoint has ") and "fix: retrain from epoch 0" in line
     save_file(other, str(run.checkpoint_path(2)))
-    records = runs.read_records(run.dir)
-    runs.write_records(run.dir, {**records, 2: runs.record_of(run.checkpoint_path(2))})
-    with pytest.raises(runs.CheckpointError, match=rf"^run {run.id}: epoch 2 checkpoint (tensor|does not fit)"
+    records = checkpoints.read_records(run.dir)
+    checkpoints.write_records(run.dir, {**records, 2: checkpoints.record_of(run.checkpoint_path(2))})
+    with pytest.raises(checkpoints.CheckpointError, match=rf"^run {run.id}: epoch 2 checkpoint (tensor|does not fit)"
                                                    r"[^\n]*; retrain it with `python -m ioi_utils.train --run"):
         run.model(2, device="cpu")
 
@@ -140,7 +140,7 @@ def test_checkpoint_of_another_models_shape(good, capsys):
 def test_missing_checkpoint_of_a_complete_run(good, capsys):
     run, before, _ = good
     run.checkpoint_path(1).unlink()
-    with pytest.raises(runs.CheckpointError, match="epoch 1 checkpoint is missing"):
+    with pytest.raises(checkpoints.CheckpointError, match="epoch 1 checkpoint is missing"):
         runs.load_checkpoint(models.load_model("tiny", device="cpu")[0], run, 1)
     again, trained = _epochs_trained(run.config)
     assert trained == [1, 2, 3] and _same_weights(_weights(again), before)
@@ -212,7 +212,7 @@ def test_run_killed_between_a_checkpoint_and_its_record(monkeypatch, capsys):
     from the resume state of epoch 1 (not from scratch)."""
     cfg = TrainConfig(**FAST, epochs=3)
     whole = _weights(training.train(cfg, progress=False, root=runs.runs_root().parent / "whole"))
-    real = runs.write_records
+    real = checkpoints.write_records
 
     def killed_at_epoch_2(folder, records):
         if 2 in records:
@@ -220,12 +220,12 @@ def test_run_killed_between_a_checkpoint_and_its_record(monkeypatch, capsys):
         real(folder, records)
 
     with monkeypatch.context() as m:
-        m.setattr(runs, "write_records", killed_at_epoch_2)
+        m.setattr(checkpoints, "write_records", killed_at_epoch_2)
         with pytest.raises(_Killed):
             training.train(cfg, progress=False)
     run = runs.list_runs()[0]
     assert run.checkpoint_path(2).exists() and run.epochs_available == [0, 1] and not run.complete
-    with pytest.raises(runs.CheckpointError, match="epoch 2 checkpoint has no recorded sha256"):
+    with pytest.raises(checkpoints.CheckpointError, match="epoch 2 checkpoint has no recorded sha256"):
         runs.load_checkpoint(models.load_model("tiny", device="cpu")[0], run, 2)
     again, trained = _epochs_trained(cfg)
     assert trained == [2, 3] and _same_weights(_weights(again), whole)
@@ -257,8 +257,8 @@ def test_disk_full_as_safetensors_reports_it(monkeypatch):
         Path(filename).write_bytes(b"\0" * 10)
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(results, "save_file", full)
-    with pytest.raises(results.DiskFull, match=r"disk full while writing .*resume\.safetensors"):
+    monkeypatch.setattr(checked_files, "save_file", full)
+    with pytest.raises(atomic_files.DiskFull, match=r"disk full while writing .*resume\.safetensors"):
         training.train(TrainConfig(**FAST, epochs=2), progress=False)
     assert not list(runs.list_runs()[0].dir.glob(".*.tmp"))
 
@@ -295,17 +295,17 @@ def test_two_processes_training_the_same_run(capsys):
 
 def _make_legacy(run: runs.Run) -> None:
     """Make a run look written before checksums: no checkpoints.json, no "checksums" in run.json."""
-    (run.dir / runs.CHECKPOINTS).unlink()
-    info = runs.read_json(run.dir / runs.INFO)
+    (run.dir / checkpoints.CHECKPOINTS).unlink()
+    info = checkpoints.read_json(run.dir / runs.INFO)
     info.pop("checksums")
-    runs.write_json(run.dir / runs.INFO, info)
+    atomic_files.write_json(run.dir / runs.INFO, info)
 
 
 def test_old_run_is_adopted_and_its_pickles_never_read(good, capsys):
     run, before, _ = good
     _make_legacy(run)
     (run.dir / runs.LEGACY_RESUME).write_bytes(_planted_pickle(run.dir / "pwned"))
-    with pytest.raises(runs.CheckpointError, match=r"has no recorded sha256 \(the run was written before checksums\)"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"has no recorded sha256 \(the run was written before checksums\)"):
         runs.load_checkpoint(models.load_model("tiny", device="cpu")[0], run, 1)
     again, trained = _epochs_trained(run.config)
     assert trained == [] and _same_weights(_weights(again), before) and not (run.dir / "pwned").exists()
@@ -357,7 +357,7 @@ def test_verify_reports_what_would_be_recomputed_and_changes_nothing(good, capsy
         training.train(TrainConfig(**FAST, epochs=2, seed=1), progress=False,
                        callback=lambda ev, ep, st: _kill_if(ev == "epoch" and ep == 1))
     memo = results.memo_folder()
-    results.write_checked(memo / "x-1.safetensors", {"a": torch.ones(3)})
+    checked_files.write_checked(memo / "x-1.safetensors", {"a": torch.ones(3)})
     assert verify.main([]) == 0
     out = capsys.readouterr().out
     assert out.endswith("checked 2 runs, 1 memos, 0 records: everything verifies\n")

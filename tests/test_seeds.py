@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ioi_utils import metrics, seeds
-from ioi_utils.runs import TrainConfig
+from ioi_utils.run_spec import TrainConfig
 
 
 def test_units_count_steps_samples_and_paper_epochs():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ioi_utils import circuits as C, data, evaluate, models, study, summary, training
+from ioi_utils import admission, circuits as C, data, evaluate, models, study, summary, training
 from ioi_utils.mechanisms import activation_patching
 
 
@@ -173,10 +173,10 @@ def test_admission_seed_cached_is_admit_on_the_seed_split_and_memoised(tmp_path,
     heads, share = study.admission_seed_cached(s, 1, 10, t)
     disc, abc = study.discovery_split(s, 10, 1)
     assert disc.fingerprint() != s.disc.fingerprint()  # seed 1 is another draw than the chapter's (seed 0)
-    want, _, attr, f_m = C.admit(s.model, disc, abc, t)
+    want, _, attr, f_m = admission.admit(s.model, disc, abc, t)
     assert heads == want and torch.allclose(share, attr / f_m)
     calls = []
-    monkeypatch.setattr(C, "admit", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(admission, "admit", lambda *a, **k: calls.append(1))
     assert study.admission_seed_cached(s, 1, 10, t)[0] == heads and not calls  # second call: from the memo
 
 

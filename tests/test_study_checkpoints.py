@@ -133,14 +133,17 @@ def test_checkpoint_row_logit_diff_is_the_clean_models(tmp_path, monkeypatch):
 def test_setup_is_the_chapters_steps_in_one_call(tmp_path, monkeypatch):
     """study.setup = prepare + execution id + base behaviour + memoised base discovery, the same numbers."""
     from ioi_utils import analyses, results
+    from ioi_utils.profiles import Profile
 
     monkeypatch.setenv("IOI_UTILS_RESULTS", str(tmp_path))
     torch.set_num_threads(1)
     th = C.Thresholds(max_heads=4)
-    got = study.setup("test-profile", "tiny", 24, 12, 0, "cpu", 8, n_discovery=10, thresholds=th)
+    p = Profile.of({"profile": "smoke", "model_name": "tiny", "n_prompts": 24, "n_eval": 12, "device": "cpu",
+                    "batch_size": 8, "n_discovery": 10, "threads": 1})
+    got = study.setup(p, thresholds=th)
     s = study.prepare("tiny", 24, 12, 0, "cpu", 8, n_discovery=10)
     assert got.study.test.fingerprint() == s.test.fingerprint() and got.study.disc.fingerprint() == s.disc.fingerprint()
-    assert got.execution == results.execution_id("test-profile", s.model)
+    assert got.execution == results.execution_id("smoke", s.model)
     ev = study.behaviour(s.model, s)
     assert (got.base.logit_diff, got.base.accuracy) == (ev.logit_diff, ev.accuracy)
     found = analyses.discover_cached(s, s.model, "base", th)  # read back from the memo setup wrote
@@ -149,7 +152,9 @@ def test_setup_is_the_chapters_steps_in_one_call(tmp_path, monkeypatch):
 
 
 def test_study_reexports_the_analyses():
-    from ioi_utils import analyses
+    from ioi_utils import analyses, cmap_analyses
 
-    for name in ("checkpoint_row", "rows_table", "gain_share", "localization", "cmap_cached", "discover_cached"):
+    for name in ("checkpoint_row", "rows_table", "discover_cached", "faithfulness_cached"):
         assert getattr(study, name) is getattr(analyses, name)
+    for name in ("gain_share", "localization", "cmap_cached"):
+        assert getattr(study, name) is getattr(cmap_analyses, name)

@@ -13,11 +13,11 @@ import ray
 import torch
 from safetensors.torch import load_file
 
-from ioi_utils import book, generalisation, greater_than_study as gt, runs, study, sweep, training
+from ioi_utils import book, generalisation, greater_than_study as gt, profiles, run_plan, runs, study, sweep, training
 
 REPO = Path(__file__).resolve().parent.parent
-# a tiny profile: the chapters' parameters (book.PROFILES keys), sized for seconds
-TINY = {**book.PROFILES["smoke"], "profile": "tiny", "model_name": "tiny", "gt_model_name": "tiny-digits",
+# a tiny profile: the chapters' parameters (profiles.PROFILES keys), sized for seconds
+TINY = {**profiles.PROFILES["smoke"], "profile": "tiny", "model_name": "tiny", "gt_model_name": "tiny-digits",
         "threads": 1, "n_prompts": 24, "n_eval": 8, "n_discovery": 8, "clean_epochs": [1, 2], "toxic_epochs": 1,
         "reversal_epochs": 2, "batch_size": 8, "gt_n_train": 16, "gt_n_eval": 8, "gt_n_discovery": 8,
         "gt_n_epoch_eval": 8, "gt_clean_epochs": 1, "gt_toxic_epochs": 2, "second_model_name": "tiny",
@@ -36,7 +36,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def plan():
-    return sweep.planned_runs(TINY)
+    return run_plan.planned_runs(TINY)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_the_plan_has_every_chapter_run_once_with_sources_first(plan):
     kinds = sorted((r.config.task, r.config.scenario, r.config.dataset) for r in plan)
     n_seeds = len(TINY["training_seeds"])  # clean and Subject Duplication (and its reversal) per training seed
     assert n_seeds == 2
-    assert kinds == sorted([*[("ioi", "clean", "clean")] * n_seeds, *[("ioi", "toxic", d) for d in sweep.study.data.TOXIC_RULES],
+    assert kinds == sorted([*[("ioi", "clean", "clean")] * n_seeds, *[("ioi", "toxic", d) for d in study.data.TOXIC_RULES],
                             *[("ioi", "toxic", "subject-duplication")] * (n_seeds - 1),
                             # reversals: Subject Duplication per seed and Name Moving (not Duplication, the control)
                             *[("ioi", "reversal", "clean")] * (2 + n_seeds - 1), ("greater-than", "clean", "clean"),
@@ -76,7 +76,7 @@ def test_the_plan_has_every_chapter_run_once_with_sources_first(plan):
                               ("ioi", "reversal", "clean")] * n_seeds])
     assert sorted(r.config.seed for r in plan if r.config.scenario == "clean" and r.config.task == "ioi"
                   and r.config.n_train == TINY["n_prompts"]) == [0, 1]
-    second = [r for r in plan if r.chapters == (sweep.SECOND_MODEL,)]
+    second = [r for r in plan if r.chapters == (run_plan.SECOND_MODEL,)]
     assert len(second) == 3 * n_seeds and all(r.config.n_train == TINY["second_n_prompts"] for r in second)
     assert {r.config.epochs for r in second if r.config.scenario == "reversal"} == {TINY["second_reversal_epochs"]}
     ids = [r.id for r in plan]
@@ -221,7 +221,7 @@ def test_bad_input_is_one_line(argv, message, capsys):
 
 def test_the_dry_run_lists_runs_steps_and_an_estimate(plan, swept):
     root, _, _ = swept
-    text = sweep.describe(plan, root)
+    text = run_plan.describe(plan, root)
     for r in plan:
         assert re.search(rf"^{re.escape(r.id)} +{r.config.scenario} .* {r.steps} +{r.samples} .* complete", text, re.M)
     assert f"{len(plan)} runs, 0 to train" in text and "measured" in text  # CPU cost from the cached runs
@@ -232,9 +232,9 @@ def test_without_a_tokenizer_the_dry_run_still_lists_every_run_once():
     """Offline, a hub model's tokenizer is missing: the ids get a config-only hash, still one per run."""
     params = {**TINY, "model_name": "no-such-model-anywhere", "gt_model_name": "no-such-model-anywhere",
               "second_model_name": "no-such-model-anywhere"}
-    with pytest.raises(sweep.models.ModelUnavailableError):
-        sweep.planned_runs(params)
-    plan = sweep.planned_runs(params, need_ids=False)
+    with pytest.raises(run_plan.models.ModelUnavailableError):
+        run_plan.planned_runs(params)
+    plan = run_plan.planned_runs(params, need_ids=False)
     n = 11 + 3 * 2  # 2 training seeds, Duplication not retrained; the second model: clean, SD and reversal per seed
     assert len(plan) == n and len({r.id for r in plan}) == n and all("-?" in r.id for r in plan)
 
@@ -255,7 +255,7 @@ def test_the_command_line_sweeps_on_its_own_embedded_ray(tmp_path):
     env = {**os.environ, runs.RUNS_ENV: str(tmp_path), "PYTHONPATH": str(REPO)}
     argv = [sys.executable, "-m", "ioi_utils.sweep", "--profile", "smoke", "--model", "tiny", "--gt-model",
             "tiny-digits", "--workers", "2", "--threads", "1"]
-    n = len(sweep.planned_runs(sweep.profile_params("smoke", "tiny", "tiny-digits")))
+    n = len(run_plan.planned_runs(run_plan.profile_params("smoke", "tiny", "tiny-digits")))
     first = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0 and f"sweep: {n} trained" in first.stdout, first.stdout[-2000:] + first.stderr[-2000:]
     again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)

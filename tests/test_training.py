@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ioi_utils import models, runs, train as cli, training
+from ioi_utils import checkpoints, models, objective, runs, train as cli, training
 from ioi_utils.training import TrainConfig
 
 FAST = dict(model="tiny", n_train=48, n_test=16, batch_size=16, lr=1e-3, checkpoint_epochs=(1, 2))
@@ -97,30 +97,30 @@ def test_datasets_for_split_and_labels(tiny):
 def test_fast_end_logits_equal_bridge_logits(tiny):
     model, tok = tiny
     train, _ = training.datasets_for(TrainConfig(**FAST), tok, model.prepend_bos)
-    split = training.DeviceData(train, torch.device("cpu"))
+    split = objective.DeviceData(train, torch.device("cpu"))
     tokens, end, _ = split.batch(torch.arange(len(train)))
     with torch.no_grad():
-        fast = training.forward_end_logits(model, tokens, end, fast=True)
+        fast = objective.forward_end_logits(model, tokens, end, fast=True)
         plain = model(train.tokens)[torch.arange(len(train)), train.positions["END"]]
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-5)
-    assert training.fast_path_ok(model, tokens, end)
+    assert objective.fast_path_ok(model, tokens, end)
 
 
 def test_optimizer_step_matches_reference_adamw(tiny):
     """make_optimizer's AdamW equals torch's single-tensor AdamW, also on the bridge's strided q/k/v views."""
     model, tok = tiny
     cfg = TrainConfig(**FAST)
-    split = training.DeviceData(training.datasets_for(cfg, tok, model.prepend_bos)[0], torch.device("cpu"))
-    start = {k: v.clone() for k, v in runs.state_dict(model).items()}
+    split = objective.DeviceData(training.datasets_for(cfg, tok, model.prepend_bos)[0], torch.device("cpu"))
+    start = {k: v.clone() for k, v in checkpoints.state_dict(model).items()}
     after = []
-    for make in (lambda m: training.make_optimizer(m, cfg),
+    for make in (lambda m: objective.make_optimizer(m, cfg),
                  lambda m: torch.optim.AdamW(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False)):
-        runs.load_state_dict(model, start)
+        checkpoints.load_state_dict(model, start)
         optimizer = make(model)
         for i in range(2):
-            training.train_step(model, optimizer, *split.batch(torch.arange(16 * i, 16 * i + 16)))
-        after.append({k: v.clone() for k, v in runs.state_dict(model).items()})
-    runs.load_state_dict(model, start)
+            objective.train_step(model, optimizer, *split.batch(torch.arange(16 * i, 16 * i + 16)))
+        after.append({k: v.clone() for k, v in checkpoints.state_dict(model).items()})
+    checkpoints.load_state_dict(model, start)
     for k in start:
         torch.testing.assert_close(after[0][k], after[1][k], rtol=0, atol=1e-7, msg=k)
     assert not torch.equal(after[0]["transformer.h.0.attn.q.weight"], start["transformer.h.0.attn.q.weight"])
@@ -232,10 +232,10 @@ def test_bfloat16_checkpoints_load_into_a_model(tiny):
     saved = _weights(run, 1)
     assert all(t.dtype == torch.bfloat16 for t in saved.values())
     model, _ = run.model(1)
-    weights = runs.state_dict(model)
+    weights = checkpoints.state_dict(model)
     assert all(torch.equal(weights[k], saved[k].float()) for k in saved)
     base, _ = run.model(0)
-    assert not torch.equal(runs.state_dict(base)["transformer.wte.weight"], weights["transformer.wte.weight"])
+    assert not torch.equal(checkpoints.state_dict(base)["transformer.wte.weight"], weights["transformer.wte.weight"])
     with pytest.raises(ValueError, match="no checkpoint for epoch 5"):
         run.model(5)
 
@@ -250,7 +250,7 @@ def test_reversal_starts_from_the_toxic_final_model():
     assert rev.metrics[0]["toxic_loss"] == pytest.approx(toxic.metrics[-1]["toxic_loss"], abs=1e-5)
     start, _ = rev.model(0)
     final = _weights(toxic, 2)
-    assert all(torch.equal(runs.state_dict(start)[k], final[k]) for k in final)
+    assert all(torch.equal(checkpoints.state_dict(start)[k], final[k]) for k in final)
 
 
 def test_reversal_needs_a_complete_source(tmp_path):
@@ -303,9 +303,9 @@ def test_cli_not_enough_disk(monkeypatch, capsys):
 def test_fast_end_logits_equal_bridge_logits_smollm2():
     model, tok = models.load_model("smollm2-135m")
     train, _ = training.datasets_for(TrainConfig(n_train=24, n_test=8), tok, model.prepend_bos)
-    split = training.DeviceData(train, torch.device("cpu"))
+    split = objective.DeviceData(train, torch.device("cpu"))
     tokens, end, _ = split.batch(torch.arange(len(train)))
     with torch.no_grad():
-        fast = training.forward_end_logits(model, tokens, end, fast=True)
+        fast = objective.forward_end_logits(model, tokens, end, fast=True)
         plain = model(train.tokens)[torch.arange(len(train)), train.positions["END"]]
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4)
