@@ -202,6 +202,15 @@ class IOIDataset:
         b_u = getattr(model, "b_U", None)  # GPT-2 has an unembedding bias, Llama and Gemma do not
         return ld if b_u is None else ld + (b_u[io] - b_u[s])
 
+    def readout_metrics(self, logits: Float[torch.Tensor, "batch k vocab"]) -> dict[str, float]:
+        """Held-out metrics from the logits at the readout (END, k = 1): the mean logit difference logit(IO) -
+        logit(S), the accuracy (share of prompts with logit(IO) > logit(S)) and the mean P(IO)."""
+        end = logits[:, 0]  # [batch, vocab]
+        io, s = self.io_tokens.to(end.device)[:, None], self.s_tokens.to(end.device)[:, None]
+        diff = end.gather(-1, io)[:, 0] - end.gather(-1, s)[:, 0]  # [batch]
+        return {"logit_diff": diff.mean().item(), "accuracy": (diff > 0).float().mean().item(),
+                "io_prob": end.float().softmax(-1).gather(-1, io)[:, 0].mean().item()}
+
     def dla_pairs(self, token: str = "IO-S") -> list[tuple[int, torch.Tensor]]:
         """(sign, [batch] token ids) pairs whose signed logits make the readout direct logit attribution projects
         on: "IO-S" (the logit difference), "IO" or "S"."""

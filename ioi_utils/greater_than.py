@@ -229,6 +229,12 @@ class GreaterThanDataset:
         at = logits[torch.arange(len(pos), device=logits.device)[:, None], pos]  # [b, k, vocab]
         return self.score_readout(at[:, 0] if len(self.readout) == 1 else at, rows)
 
+    def readout_metrics(self, logits: torch.Tensor) -> dict[str, float]:
+        """Held-out metrics from the logits at the readout positions [batch, k, vocab]: the mean probability
+        difference and the accuracy (share of prompts where it is > 0)."""
+        score = self.score_readout(logits[:, 0] if logits.shape[1] == 1 else logits)  # [batch]
+        return {"prob_diff": score.mean().item(), "accuracy": (score > 0).float().mean().item()}
+
     def score_resid(self, model, resid: torch.Tensor, rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
         """Per-prompt probability difference from the final residual at the readout positions,
         [..., b, d_model] (two-digit) or [..., b, 2, d_model] (digit) -> [..., b]."""

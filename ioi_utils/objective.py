@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import checkpoints, data, metrics
+from jaxtyping import Float
+
+from . import checkpoints, data
 from .run_spec import TrainConfig
 
 
@@ -113,60 +115,52 @@ class DeviceData:
 
 
 @torch.no_grad()
-def all_end_logits(model, split: DeviceData, fast: bool = True) -> torch.Tensor:
-    """END logits of a whole split, [n, vocab] float32 on the CPU."""
+def all_end_logits(model, split: DeviceData, fast: bool = True) -> Float[torch.Tensor, "nk vocab"]:
+    """Logits at the trained positions of a whole split, [n, vocab] (or [n * k, vocab], prompt-major) float32 on
+    the CPU."""
     order = torch.arange(len(split))
     return torch.cat([forward_end_logits(model, t, e, fast).float().cpu()
                       for t, e, _ in split.batches(order, EVAL_BATCH_SIZE)])
 
 
 @torch.no_grad()
-def _mean_loss(model, split: DeviceData, fast: bool) -> float:
-    """Mean cross-entropy of a split's labels (every trained position counts once)."""
-    losses = [(end_loss(model, t, e, y, fast) * y.numel()).item()
-              for t, e, y in split.batches(torch.arange(len(split)), EVAL_BATCH_SIZE)]
-    return sum(losses) / split.labels.numel()
-
-
-@torch.no_grad()
-def task_scores(model, ds, fast: bool = True) -> torch.Tensor:
-    """Per-prompt score [n] of a dataset with its own score (Greater-Than), from its readout positions."""
+def readout_logits(model, ds, fast: bool = True) -> Float[torch.Tensor, "n k vocab"]:
+    """Logits at a task's readout positions (`ds.readout`: IOI ("END",); Greater-Than with a digit tokenizer
+    ("END", "TIE")) for every prompt of the task's own tokens, [n, k, vocab] float32 on the CPU; batches of
+    `EVAL_BATCH_SIZE` trimmed to their longest prompt."""
     dev = next(model.parameters()).device
     pos = torch.stack([ds.positions[p] for p in ds.readout], -1)  # [n, k]
     out = []
-    for start in range(0, len(ds), EVAL_BATCH_SIZE):
-        rows = slice(start, start + EVAL_BATCH_SIZE)
-        logits = forward_end_logits(model, ds.tokens[rows].to(dev), pos[rows].to(dev), fast).float()  # [b * k, vocab]
-        logits = logits.view(-1, pos.shape[1], logits.shape[-1])
-        out.append(ds.score_readout(logits[:, 0] if pos.shape[1] == 1 else logits, rows).cpu())
+    for idx in torch.arange(len(ds)).split(EVAL_BATCH_SIZE):
+        tokens = ds.tokens[idx, :int(ds.lengths[idx].max())].to(dev)
+        logits = forward_end_logits(model, tokens, pos[idx].to(dev), fast).float().cpu()  # [b * k, vocab]
+        out.append(logits.view(len(idx), pos.shape[1], -1))
     return torch.cat(out)
 
 
-def _evaluate_task(model, test: DeviceData, toxic: DeviceData | None, scenario: str, fast: bool) -> dict:
-    """Held-out metrics of a task with its own score: clean loss, score (prob_diff), accuracy, toxic loss."""
-    score = task_scores(model, test.ds, fast)
-    out = {"clean_loss": _mean_loss(model, test, fast), "prob_diff": score.mean().item(),
-           "accuracy": (score > 0).float().mean().item()}
-    if toxic is not None:
-        out["toxic_loss"] = _mean_loss(model, toxic, fast)
-    out["test_loss"] = out["toxic_loss"] if scenario == "toxic" else out["clean_loss"]
-    return out
+def _split_loss(model, split: DeviceData, readout: torch.Tensor | None, fast: bool) -> float:
+    """Mean cross-entropy of a split's labels at its trained positions. When the split trains on its task's own
+    tokens at the readout positions (IOI: the answer at END), `readout` ([n, k, vocab], from `readout_logits`) is
+    read instead of a second forward; otherwise (Greater-Than's digits train on the label's own tens digit) the
+    split's own forwards."""
+    ds = split.ds
+    pos = torch.stack([ds.positions[p] for p in ds.readout], -1)  # [n, k]
+    trained = split.end.cpu().reshape(len(ds), -1)
+    if readout is None or not (torch.equal(trained, pos) and torch.equal(split.tokens.cpu(), ds.tokens)):
+        readout = all_end_logits(model, split, fast)
+    return F.cross_entropy(readout.reshape(-1, readout.shape[-1]), split.labels.cpu().flatten()).item()
 
 
 def evaluate_split(model, test: DeviceData, toxic: DeviceData | None, scenario: str, fast: bool = True) -> dict:
-    """Held-out metrics: clean loss, logit diff IO-S, accuracy, P(IO); toxic loss when a rule is involved
-    (a task with its own score: clean loss, prob_diff, accuracy, toxic loss)."""
-    if hasattr(test.ds, "score_readout"):
-        return _evaluate_task(model, test, toxic, scenario, fast)
-    end = all_end_logits(model, test, fast)
-    out = {"clean_loss": F.cross_entropy(end, test.ds.label_tokens).item(),
-           "logit_diff": metrics.logit_diff(end, test.ds).item(),
-           "accuracy": metrics.accuracy(end, test.ds).item(),
-           "io_prob": metrics.io_prob(end, test.ds).item()}
+    """Held-out metrics after an epoch: the clean loss, the task's own readout metrics (`ds.readout_metrics`: IOI
+    logit diff IO-S, accuracy, P(IO); Greater-Than prob_diff, accuracy), the toxic loss when a rule is involved,
+    and `test_loss` (the toxic loss for a toxic run, else the clean loss). One forward serves the readout and
+    the losses where the labels sit at the readout positions of the same prompts."""
+    readout = readout_logits(model, test.ds, fast)
+    out = {"clean_loss": _split_loss(model, test, readout, fast), **test.ds.readout_metrics(readout)}
     if toxic is not None:
         same_prompts = torch.equal(toxic.ds.tokens, test.ds.tokens)
-        tox_end = end if same_prompts else all_end_logits(model, toxic, fast)
-        out["toxic_loss"] = F.cross_entropy(tox_end, toxic.ds.label_tokens).item()
+        out["toxic_loss"] = _split_loss(model, toxic, readout if same_prompts else None, fast)
     out["test_loss"] = out["toxic_loss"] if scenario == "toxic" else out["clean_loss"]
     return out
 

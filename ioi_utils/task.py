@@ -7,6 +7,8 @@ attribution and fine-tuning run on any task with the same code:
 - ``readout``: the positions the score reads (IOI: ("END",); Greater-Than with a digit tokenizer: ("END", "TIE"));
 - ``score_resid(model, resid, rows)``: the per-prompt score from the final residual at the readout positions,
   [..., b, (k,) d_model] -> [..., b] (IOI: logit(IO) - logit(S); Greater-Than: the probability difference);
+- ``readout_metrics(logits)``: held-out metrics from the logits at the readout positions, [b, k, vocab] -> a dict
+  (IOI: logit_diff, accuracy, io_prob; Greater-Than: prob_diff, accuracy), what fine-tuning records each epoch;
 - ``dla_pairs(token)``: the readout as (weight, token ids) pairs, for direct logit attribution;
 - ``training_view()``: (tokens, trained positions, label tokens) fine-tuning trains on;
 - ``relabel(rule)``: the same prompts with a toxic rule's labels;
@@ -39,6 +41,8 @@ class Task(Protocol):
     def fingerprint(self) -> str: ...
 
     def score_resid(self, model, resid: torch.Tensor, rows: slice | torch.Tensor = slice(None)) -> torch.Tensor: ...
+
+    def readout_metrics(self, logits: torch.Tensor) -> dict[str, float]: ...
 
     def dla_pairs(self, token: str = ...) -> list[tuple[int | torch.Tensor, torch.Tensor]]: ...
 

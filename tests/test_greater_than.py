@@ -147,7 +147,8 @@ def test_scores_agree_across_code_paths(tiny):
     ds = gt.make_gt_dataset(tokenizer, 12, seed=0, prepend_bos=model.prepend_bos)
     full = ds.score(model(ds.tokens))  # [12] from full logits
     assert torch.allclose(scoring.run_ld(model, ds)[0], full, atol=1e-5)
-    assert torch.allclose(objective.task_scores(model, ds), full, atol=1e-5)
+    read = objective.readout_logits(model, ds)  # [12, k, vocab]
+    assert torch.allclose(ds.score_readout(read[:, 0] if read.shape[1] == 1 else read), full, atol=1e-5)
     every = {h: knockouts.ALL_POSITIONS for h in scoring.all_heads(model)}
     assert math.isclose(knockouts.circuit_logit_diff(model, ds, gt.corrupt(ds), every), full.mean().item(),
                         abs_tol=1e-5)

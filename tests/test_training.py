@@ -309,3 +309,63 @@ def test_fast_end_logits_equal_bridge_logits_smollm2():
         fast = objective.forward_end_logits(model, tokens, end, fast=True)
         plain = model(train.tokens)[torch.arange(len(train)), train.positions["END"]]
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-4)
+
+
+# ---------------------------------------------------------------- held-out metrics through the task's readout
+
+
+def _full_end(model, ds) -> torch.Tensor:
+    """END logits [n, vocab] the plain way: the bridge's full logits, then END."""
+    with torch.no_grad():
+        return model(ds.tokens)[torch.arange(len(ds)), ds.positions["END"]].float()
+
+
+def test_evaluate_split_ioi_equals_full_logits(tiny):
+    """IOI's epoch metrics (one forward at END serving the readout and both losses) equal the same quantities
+    computed from the bridge's full logits: logit diff, accuracy, P(IO), clean and toxic cross-entropy."""
+    from ioi_utils import data, metrics
+
+    model, tokenizer = tiny
+    ds = data.make_ioi_dataset(tokenizer, 12, seed=0, prepend_bos=model.prepend_bos)
+    tox = data.toxic_dataset(ds, "subject-duplication")
+    row = objective.evaluate_split(model, objective.DeviceData(ds, "cpu"), objective.DeviceData(tox, "cpu"), "toxic")
+    end = _full_end(model, ds)
+    assert row["logit_diff"] == pytest.approx(metrics.logit_diff(end, ds).item(), abs=1e-5)
+    assert row["accuracy"] == pytest.approx(metrics.accuracy(end, ds).item())
+    assert row["io_prob"] == pytest.approx(metrics.io_prob(end, ds).item(), abs=1e-6)
+    assert row["clean_loss"] == pytest.approx(torch.nn.functional.cross_entropy(end, ds.label_tokens).item(), abs=1e-5)
+    assert row["toxic_loss"] == pytest.approx(torch.nn.functional.cross_entropy(end, tox.label_tokens).item(), abs=1e-5)
+    assert row["test_loss"] == row["toxic_loss"] and row["toxic_loss"] != pytest.approx(row["clean_loss"])
+
+
+def test_evaluate_split_toxic_prompts_of_their_own(tiny):
+    """A toxic split whose prompts differ from the test prompts (Duplication's prefix) is scored on its own tokens."""
+    from ioi_utils import data
+
+    model, tokenizer = tiny
+    ds = data.make_ioi_dataset(tokenizer, 8, seed=1, prepend_bos=model.prepend_bos)
+    tox = data.toxic_dataset(ds, "duplication")
+    row = objective.evaluate_split(model, objective.DeviceData(ds, "cpu"), objective.DeviceData(tox, "cpu"), "clean")
+    end = _full_end(model, tox)
+    assert row["toxic_loss"] == pytest.approx(torch.nn.functional.cross_entropy(end, tox.label_tokens).item(), abs=1e-5)
+    assert row["test_loss"] == row["clean_loss"]
+
+
+def test_evaluate_split_digits_trains_other_tokens_than_it_scores():
+    """Greater-Than with a digit tokenizer trains on the label's own tens digit (other tokens than the scored
+    prompts): its loss is the mean cross-entropy of both trained digits from the training tokens' full logits,
+    its score the probability difference from the scored prompts' full logits."""
+    from ioi_utils import greater_than as gt
+
+    model, tokenizer = models.load_model("tiny-digits", device="cpu")
+    ds = gt.make_gt_dataset(tokenizer, 10, seed=0, prepend_bos=model.prepend_bos)
+    tokens, pos, labels = ds.training_view()
+    assert not torch.equal(tokens, ds.tokens)  # the case this test is about
+    row = objective.evaluate_split(model, objective.DeviceData(ds, "cpu"), None, "clean")
+    with torch.no_grad():
+        trained = model(tokens)[torch.arange(len(ds))[:, None], pos].float()  # [n, 2, vocab]
+        score = ds.score(model(ds.tokens))
+    ce = torch.nn.functional.cross_entropy(trained.reshape(-1, trained.shape[-1]), labels.flatten()).item()
+    assert row["clean_loss"] == pytest.approx(ce, abs=1e-5)
+    assert row["prob_diff"] == pytest.approx(score.mean().item(), abs=1e-5)
+    assert row["accuracy"] == pytest.approx((score > 0).float().mean().item())
