@@ -18,7 +18,8 @@ import time
 
 import torch
 
-from ioi_utils import circuits, data, models
+from ioi_utils import circuits, models
+from ioi_utils.prompts import data
 from ioi_utils.mechanisms import path_patching, scoring
 
 

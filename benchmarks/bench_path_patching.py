@@ -24,7 +24,8 @@ import time
 
 import torch
 
-from ioi_utils import data, models
+from ioi_utils.prompts import data
+from ioi_utils import models
 from ioi_utils.mechanisms import path_patching, scoring
 
 

@@ -1,4 +1,4 @@
-"""Benchmark: the training loop of ioi_utils.training vs a plain loop, same batches, same process.
+"""Benchmark: the training loop of ioi_utils.finetuning.training vs a plain loop, same batches, same process.
 
 Ours: END-only vocabulary projection (HF body to the final norm, gather END, unembed those rows), batches
 trimmed to their longest prompt, data on the device, fused AdamW where available.
@@ -19,7 +19,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ioi_utils import data, models, objective, training
+from ioi_utils.prompts import data
+from ioi_utils import models
+from ioi_utils.finetuning import objective, training
 
 
 def plain_step(model, optimizer, tokens: torch.Tensor, end: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

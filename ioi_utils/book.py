@@ -42,8 +42,9 @@ from typing import Any, Iterator, Sequence
 
 import yaml
 
-from . import atomic_files, chapter_run, publication, timings
-from .profiles import PROFILES
+from ioi_utils.storage import atomic_files, timings
+from ioi_utils.runner import chapter_run, publication
+from ioi_utils.profiles import PROFILES
 
 
 BOOK_DIR = "book"

@@ -1,52 +1,15 @@
-"""Behavioural evaluation of a model on IOI prompts, as a function and a command line."""
+"""Command line: a model's IOI behaviour on held-out prompts (`measures.behaviour.evaluate`).
+
+    python -m ioi_utils.evaluate --model smollm2-135m --n 500
+"""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 
-import torch
-from tqdm.auto import tqdm
-
-from . import data, metrics, models
-
-
-@dataclass
-class Evaluation:
-    """Logit difference (mean and per prompt), accuracy and IO probability on a dataset."""
-
-    logit_diff: float
-    accuracy: float
-    io_prob: float
-    per_prompt: torch.Tensor  # [batch] logit(IO) - logit(S)
-
-    def __str__(self) -> str:
-        return f"logit diff {self.logit_diff:.3f}  accuracy {self.accuracy:.1%}  P(IO) {self.io_prob:.3f}"
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of a model's first parameter."""
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
-def collect_end_logits(model, ds: data.IOIDataset, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
-    """Logits at END for every prompt, batched: [batch, vocab] on the CPU."""
-    dev, out = model_device(model), []
-    for start in tqdm(range(0, len(ds), batch_size), desc="evaluating", disable=not progress, leave=False):
-        idx = slice(start, start + batch_size)
-        logits = model(ds.tokens[idx].to(dev))  # [b, seq, vocab]
-        end = ds.positions["END"][idx].to(dev)
-        out.append(logits[torch.arange(len(end), device=dev), end].float().cpu())
-    return torch.cat(out)
-
-
-def evaluate(model, ds: data.IOIDataset, batch_size: int = 32, progress: bool = False) -> Evaluation:
-    """Evaluate IOI behaviour of a model on a dataset."""
-    end = collect_end_logits(model, ds, batch_size, progress)
-    per_prompt = metrics.logit_diff(end, ds, per_prompt=True)
-    return Evaluation(per_prompt.mean().item(), metrics.accuracy(end, ds).item(),
-                      metrics.io_prob(end, ds).item(), per_prompt)
+from ioi_utils import models
+from ioi_utils.measures.behaviour import evaluate
+from ioi_utils.prompts import data
 
 
 def main(argv: list[str] | None = None) -> None:

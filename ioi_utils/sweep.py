@@ -40,8 +40,11 @@ from typing import Any, Callable, Sequence
 import ray
 import torch
 
-from . import models, profiles, run_plan, runs, timings, training
-from .run_spec import TrainConfig
+from ioi_utils import models, profiles
+from ioi_utils.study import run_plan
+from ioi_utils.finetuning import runs, training
+from ioi_utils.storage import timings
+from ioi_utils.finetuning.run_spec import TrainConfig
 
 REPORT_EVERY = 30.0  # seconds between progress lines when nothing finishes
 

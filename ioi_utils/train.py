@@ -15,7 +15,10 @@ import argparse
 import dataclasses
 import sys
 
-from . import checked_files, data, models, objective, run_spec, runs, training
+from ioi_utils.storage import checked_files
+from ioi_utils.prompts import data
+from ioi_utils import models
+from ioi_utils.finetuning import objective, run_spec, runs, training
 
 
 def _parser() -> argparse.ArgumentParser:

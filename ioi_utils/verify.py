@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import circuits  # noqa: F401  (registers the dataclasses that memos hold, so they can be read back)
-from . import results, run_checks, runs
+from ioi_utils import circuits  # noqa: F401  (registers the dataclasses that memos hold, so they can be read back)
+from ioi_utils.storage import results
+from ioi_utils.finetuning import run_checks, runs
 
 
 def check_runs(root: Path | None) -> tuple[int, list[str], list[str]]:

@@ -24,7 +24,8 @@ import tempfile
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from ioi_utils import models, vocabulary
+from ioi_utils import models
+from ioi_utils.prompts import vocabulary
 
 DT, SIN, NM, DECOY, NNM = (0, 0), (1, 0), (2, 0), (1, 1), (2, 1)
 N_CTX, D_MODEL, N_HEADS = 32, 400, 2

@@ -1,4 +1,5 @@
-"""The package's imports flow one way (data -> models -> ... -> chapters' layer -> command lines).
+"""The package's imports flow one way, folder by folder (storage -> prompts -> models -> ... -> study -> runner ->
+command lines: LAYERS).
 
 The module import graph is built with `ast` from the sources, function-level imports included, and must be a
 DAG. Modules of subpackages are nodes of their own ('mechanisms.scoring'; a subpackage's __init__ is 'mechanisms'). No function may import a module of the package (a function-level import is how a cycle hides); the only
@@ -6,7 +7,7 @@ imports left inside functions are optional heavy third-party packages, listed in
 
 Code under `if __name__ == "__main__":` is left out of the graph: it runs only when the module is the script
 (`python -m ioi_utils.circuits`), as `__main__`, a different module object from `ioi_utils.circuits`, so it
-cannot close an import cycle (`circuits` hands its command line to `circuits_cli` that way).
+cannot close an import cycle.
 """
 
 from __future__ import annotations
@@ -152,16 +153,51 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 MECHANISMS = ["mechanisms.scoring", "mechanisms.path_patching_window", "mechanisms.path_patching",
-              "mechanisms.knockouts", "mechanisms.knockout_attribution", "mechanisms.activation_patching"]
+              "mechanisms.knockouts", "mechanisms.knockout_attribution", "mechanisms.activation_patching",
+              "mechanisms.attribution"]
+
+# The layers, lowest first: each folder (or top-level module) imports only from its own layer and the ones below.
+# The README's Architecture table is this list. `circuits.__main__` is a command line (`python -m ioi_utils.circuits`).
+LAYERS = [
+    {"__init__", "profiles", "storage", "report"},  # __init__: the chapters' short names, imported only on use
+    {"prompts"},
+    {"models"},
+    {"measures"},
+    {"mechanisms"},
+    {"circuits"},
+    {"finetuning"},
+    {"study"},
+    {"runner"},
+    {"book", "sweep", "train", "evaluate", "verify", "circuits.__main__"},
+]
+
+
+def layer_of(module: str) -> int:
+    """The rank of a module's layer in LAYERS (its folder, or the module itself at the top level)."""
+    for rank in range(len(LAYERS) - 1, -1, -1):
+        if module in LAYERS[rank] or module.split(".")[0] in LAYERS[rank] and module not in LAYERS[-1]:
+            return rank
+    raise AssertionError(f"{module} is in no layer of LAYERS: add its folder")
 
 
 def test_the_package_import_graph_is_a_dag():
     graph, _ = import_graph()
-    assert {"data", "models", "circuits", "study", "analyses", "training", "runs", "mechanisms", *MECHANISMS} <= set(graph)
+    assert {"prompts.data", "models", "circuits", "study", "study.analyses", "finetuning.training", "finetuning.runs",
+            "mechanisms", *MECHANISMS} <= set(graph)
     assert {"mechanisms.scoring", "mechanisms.path_patching_window"} <= graph["mechanisms.path_patching"]
     assert {"mechanisms", "mechanisms.knockouts", "mechanisms.path_patching"} <= graph["circuits"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_layers_are_folders_that_import_downward():
+    """Every module is in a layer, and imports only from its own layer or lower ones (LAYERS)."""
+    graph, _ = import_graph()
+    upward = [f"{m} -> {n}" for m in graph for n in graph[m] if layer_of(n) > layer_of(m)]
+    assert not upward, "imports that run up a layer:\n" + "\n".join(sorted(upward))
+    files, _ = _modules(PACKAGE)
+    top = {m for m in files if "." not in m and files[m].parent == PACKAGE}
+    assert top == {"__init__", "profiles", "book", "sweep", "train", "evaluate", "verify"}, top
 
 
 def test_no_function_level_imports_of_the_package():
@@ -170,16 +206,17 @@ def test_no_function_level_imports_of_the_package():
                     "LAZY_THIRD_PARTY):\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("lower, upper", [("data", "models"), ("models", "metrics"),
+@pytest.mark.parametrize("lower, upper", [("prompts.data", "models"), ("models", "measures.metrics"),
                                           *[(m, "circuits") for m in MECHANISMS],
                                           ("mechanisms.scoring", "mechanisms.path_patching_window"),
                                           ("mechanisms.path_patching_window", "mechanisms.path_patching"),
                                           ("mechanisms.knockouts", "mechanisms.activation_patching"),
                                           ("mechanisms.knockout_attribution", "mechanisms.activation_patching"),
-                                          ("attribution", "circuits"), ("circuits", "training"),
-                                          ("runs", "training"), ("analyses", "study"), ("study", "circuits_cli")])
+                                          ("circuits", "finetuning.training"),
+                                          ("finetuning.runs", "finetuning.training"), ("study.analyses", "study"),
+                                          ("study", "circuits.__main__")])
 def test_layers_import_downward(lower, upper):
-    """A lower layer never reaches an upper one, directly or through others."""
+    """A lower module never reaches an upper one, directly or through others."""
     graph, _ = import_graph()
     seen, todo = set(), [lower]
     while todo:
@@ -188,6 +225,20 @@ def test_layers_import_downward(lower, upper):
             seen.add(n)
             todo.append(n)
     assert upper not in seen, f"{lower} reaches {upper}"
+
+
+def test_the_chapters_short_names_are_their_modules():
+    """`from ioi_utils import data` (what the chapters write) gives the module of its layer, and an unknown name is
+    one AttributeError."""
+    import importlib
+
+    import ioi_utils
+
+    for name, path in ioi_utils.CHAPTER_NAMES.items():
+        assert getattr(ioi_utils, name) is importlib.import_module(path)
+        assert path.rsplit(".", 1)[1] == name  # a short name is its module's own name
+    with pytest.raises(AttributeError, match="nope"):
+        ioi_utils.nope  # noqa: B018
 
 
 def test_the_checker_sees_cycles_and_hidden_imports(tmp_path):
@@ -230,16 +281,25 @@ def test_subpackages_are_one_module_per_file_and_their_imports_resolve(tmp_path)
         import_graph(tmp_path)
 
 
-def test_subpackage_inits_export_nothing():
-    """A subpackage's __init__ is its docstring only (one door per room: import the module itself)."""
+CORE_IN_INIT = {"models", "circuits", "study"}  # folders whose __init__ is the layer's core (chapters import them by name)
+
+
+def test_subpackage_inits_document_or_hold_their_core():
+    """A subpackage's __init__ is its docstring only (import the module itself), except the three folders whose
+    __init__ is the layer's core concept; none of them imports its own folder's modules but `study`, whose
+    re-exports of the checkpoint and CMAP analyses the chapters call as `study.<name>`."""
     files, packages = _modules(PACKAGE)
-    for p in packages:
+    assert CORE_IN_INIT <= packages
+    for p in packages - CORE_IN_INIT:
         body = ast.parse(files[p].read_text()).body
         assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), p
+    graph, _ = import_graph()
+    assert not {n for n in graph["circuits"] | graph["models"] if n.startswith(("circuits.", "models."))}
+    assert {n for n in graph["study"] if n.startswith("study.")} == {"study.analyses", "study.cmap_analyses"}
 
 
 def test_circuits_command_line_still_runs_as_a_module():
-    """`python -m ioi_utils.circuits` reaches circuits_cli.main (here: its argument check, before any model)."""
+    """`python -m ioi_utils.circuits` reaches circuits/__main__.py (here: its argument check, before any model)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "ioi_utils.circuits", "--n", "1"], capture_output=True, text=True,
                           env=env, timeout=300)
@@ -261,7 +321,7 @@ def hand_built_hook_names(package: Path) -> list[str]:
 
 
 def test_hook_names_come_from_one_module(tmp_path):
-    """Hook point names are built by ioi_utils.hook_names only (no f"blocks.{l}..." by hand elsewhere)."""
+    """Hook point names are built by ioi_utils.models.hook_names only (no f"blocks.{l}..." by hand elsewhere)."""
     assert hand_built_hook_names(PACKAGE) == []
     (tmp_path / "hook_names.py").write_text('def z(l):\n    return f"blocks.{l}.attn.hook_z"\n')
     (tmp_path / "other.py").write_text('A = "blocks.0.hook_resid_post"\nB = 1\nC = f"blocks.{B}.attn.hook_z"\n')

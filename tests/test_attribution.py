@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from ioi_utils import attribution as A
-from ioi_utils import data, evaluate, models
+from ioi_utils.mechanisms import attribution as A
+from ioi_utils.prompts import data
+from ioi_utils import models
+from ioi_utils.measures import behaviour
 from ioi_utils.mechanisms import knockouts, scoring
 
 
@@ -48,7 +50,7 @@ def test_run_cache_matches_one_batch(tiny):
 def test_dla_components_sum_to_logit_diff(tiny):
     model, ds = tiny
     att = A.logit_attribution(model, ds, batch_size=5)
-    want = evaluate.evaluate(model, ds).per_prompt
+    want = behaviour.evaluate(model, ds).per_prompt
     torch.testing.assert_close(att.total, want, atol=1e-4, rtol=0)
     # every kind of component carries weight here, so dropping or mis-scaling one would break closure
     for part in (att.embed, att.heads, att.attn_bias, att.mlp, att.bias):
@@ -61,7 +63,7 @@ def test_dla_sums_to_logit_diff_through_gemma_post_norms(tiny_gemma):
     model, tok = tiny_gemma
     ds = data.make_ioi_dataset(tok, n=12, seed=0, prepend_bos=True)
     att = A.logit_attribution(model, ds, batch_size=5)
-    torch.testing.assert_close(att.total, evaluate.evaluate(model, ds).per_prompt, atol=1e-4, rtol=0)
+    torch.testing.assert_close(att.total, behaviour.evaluate(model, ds).per_prompt, atol=1e-4, rtol=0)
     assert att.heads.abs().mean() > 1e-2 and att.mlp.abs().mean() > 1e-2
     torch.testing.assert_close(A.final_norm(model).w, 1 + model.ln_final.w.detach().float(), atol=1e-6, rtol=0)
 
@@ -214,7 +216,7 @@ def test_dla_closure_on_smollm2():
     ds = data.make_ioi_dataset(tok, n=10, seed=0, prepend_bos=model.prepend_bos)
     att = A.logit_attribution(model, ds, batch_size=5)
     assert att.heads.shape == (10, 30, 9) and (att.attn_bias == 0).all()  # GQA: W_O per query head; no b_O
-    torch.testing.assert_close(att.total, evaluate.evaluate(model, ds).per_prompt, atol=1e-3, rtol=0)
+    torch.testing.assert_close(att.total, behaviour.evaluate(model, ds).per_prompt, atol=1e-3, rtol=0)
     copy = A.copy_scores(model, ds)
     torch.testing.assert_close(copy["IO"] - copy["S"], att.heads.mean(0), atol=1e-4, rtol=0)
     assert A.induction_scores_random(model, seq_len=20, n=2).shape == (30, 9)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ioi_utils import claims, summary
+from ioi_utils.report import claims, summary
 
 REPO = Path(__file__).resolve().parent.parent
 # the intro's two checks are of the base model's behaviour (preconditions of the study, not claims of the paper):

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from ioi_utils.book import TOC_FILE, toc_chapters
-from ioi_utils.timings import TIMING_KEY
+from ioi_utils.storage.timings import TIMING_KEY
 
 pytestmark = pytest.mark.book
 

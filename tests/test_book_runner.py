@@ -14,7 +14,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from ioi_utils import book, chapter_run, profiles, publication, timings
+from ioi_utils import book, profiles
+from ioi_utils.runner import chapter_run, publication
+from ioi_utils.storage import timings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +59,7 @@ RAW_STDERR = [  # a fresh kernel's stderr: a warning from a notebook cell, a pac
     "/home/u/.venv/lib/python3.12/site-packages/tqdm/auto.py:21: TqdmWarning: IProgress not found\n",
     "\r  0%|          | 0/9 [00:00<?, ?it/s]",
     "\r100%|##########| 9/9 [00:01<00:00, 8.12it/s]\n",
-    "/home/u/repo/ioi_utils/data.py:259: UserWarning: kept 82 names\n",
+    "/home/u/repo/ioi_utils/prompts/data.py:259: UserWarning: kept 82 names\n",
 ]
 OLDER_STDERR = ("IPYKERNEL_CELL:1: UserWarning: w\nSITE-PACKAGES/tqdm/auto.py:21: TqdmWarning: IProgress not found\n"
                 "100%|##########| 9/9 [TQDM-TIME]\nioi_utils/data.py:259: UserWarning: kept 82 names\n")  # older runner
@@ -75,7 +77,7 @@ def test_scrub_outputs_merges_streams_drops_bars_and_writes_no_placeholder() -> 
     """Streams merge, the progress bar goes, absolute paths shrink; temp paths and addresses stay as they are."""
     assert _scrubbed(RAW_STDERR) == [
         "/tmp/ipykernel_123/456.py:1: UserWarning: w\ntqdm/auto.py:21: TqdmWarning: IProgress not found\n"
-        "ioi_utils/data.py:259: UserWarning: kept 82 names\n", "<Foo at 0x7f00deadbeef>"]
+        "ioi_utils/prompts/data.py:259: UserWarning: kept 82 names\n", "<Foo at 0x7f00deadbeef>"]
     assert _scrubbed(["\r100%|#| 9/9 [00:01<00:00, 8.12it/s]\n"]) == ["<Foo at 0x7f00deadbeef>"]  # emptied: dropped
 
 
@@ -145,7 +147,7 @@ def test_attention_view_snippet_is_small_and_deterministic() -> None:
     """attention_view emits a div + CircuitsVis.render call with a content-derived id, no inlined library."""
     import torch
 
-    from ioi_utils import display
+    from ioi_utils.report import display
 
     attention = torch.full((2, 3, 3), 1 / 3)
     html = display.attention_view(["a", "b", "c"], attention, ["L0H0", "L0H1"]).data

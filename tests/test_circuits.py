@@ -4,7 +4,10 @@ minimality checked against an independent, hand-rolled knockout (loops and plain
 import pytest
 import torch
 
-from ioi_utils import admission, circuit_checks as CC, circuits as C, data, evaluate, models
+from ioi_utils.circuits import admission, checks as CC
+from ioi_utils import circuits as C, models
+from ioi_utils.measures import behaviour
+from ioi_utils.prompts import data
 from ioi_utils.mechanisms import knockout_attribution, knockouts, path_patching, scoring
 
 ATOL = 1e-6  # the tiny model's logit differences are ~1e-3; float32 error is ~1e-7
@@ -224,7 +227,7 @@ def test_every_head_kept_everywhere_is_exactly_the_model(setup):
     model, clean, abc = setup
     f = CC.faithfulness(model, clean, abc, _Everywhere(model))
     assert f.ratio == 1.0 and f.f_circuit == f.f_model
-    assert f.f_model == pytest.approx(evaluate.evaluate(model, clean).logit_diff, abs=ATOL)  # nothing ablated
+    assert f.f_model == pytest.approx(behaviour.evaluate(model, clean).logit_diff, abs=ATOL)  # nothing ablated
     assert f.per_prompt_model.shape == (len(clean),) and f.f_model == pytest.approx(f.per_prompt_model.mean().item())
     lo, hi = f.interval()
     assert lo == pytest.approx(1.0) and hi == pytest.approx(1.0)
@@ -238,7 +241,7 @@ def test_empty_circuit_is_the_all_heads_ablated_abc_level(setup):
     assert (abc_level - clean_level).abs().max() > APART  # means from the clean run would be told apart
     torch.testing.assert_close(f.per_prompt_circuit, abc_level, atol=ATOL, rtol=0)
     assert f.f_circuit == pytest.approx(abc_level.mean().item(), abs=ATOL)
-    assert f.f_model == pytest.approx(evaluate.evaluate(model, clean).logit_diff, abs=ATOL)
+    assert f.f_model == pytest.approx(behaviour.evaluate(model, clean).logit_diff, abs=ATOL)
 
 
 def test_each_head_keeps_only_its_class_positions(setup):

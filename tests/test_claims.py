@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from ioi_utils import claims
+from ioi_utils.report import claims
 
 
 @pytest.mark.parametrize("interval,direction,verdict", [

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from ioi_utils import data, models, vocabulary
+from ioi_utils.prompts import data, vocabulary
+from ioi_utils import models
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def test_bad_input(tiny_tok, smol_tok):
 
 def test_both_tasks_implement_the_task_interface():
     """IOI and Greater-Than prompts are `task.Task`s: every technique reads them through that interface."""
-    from ioi_utils import greater_than, task
+    from ioi_utils.prompts import greater_than, task
 
     ioi = data.make_ioi_dataset(models.tiny_tokenizer(), n=4, seed=0)
     gt = greater_than.make_gt_dataset(models.tiny_tokenizer(digits=True), 4, 0)

@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ioi_utils import claims, generalisation as G, metrics, results, runs, seeds, study
+from ioi_utils.report import claims
+from ioi_utils.study import generalisation as G
+from ioi_utils.measures import metrics
+from ioi_utils.storage import results
+from ioi_utils.finetuning import runs, seeds
+from ioi_utils import study
 
 REPO = Path(__file__).resolve().parent.parent
 

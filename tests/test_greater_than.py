@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from ioi_utils import greater_than as gt
-from ioi_utils import models, objective
+from ioi_utils.prompts import greater_than as gt
+from ioi_utils import models
+from ioi_utils.finetuning import objective
 from ioi_utils.mechanisms import activation_patching, knockout_attribution, knockouts, scoring
 
 VOCAB = 30
@@ -201,7 +202,7 @@ def test_two_digit_tokenizer_dataset_and_score():
 
 def test_format_row_prints_both_intervals():
     """One per-epoch line of the chapter: score and faithfulness, each with its interval."""
-    from ioi_utils import greater_than_study as gts
+    from ioi_utils.study import greater_than_study as gts
 
     row = {"epoch": 2, "prob_diff": 0.9312, "prob_diff_interval": (0.9204, 0.9401), "faithfulness": 0.91,
            "faithfulness_interval": (0.875, 0.921)}

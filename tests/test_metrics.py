@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from ioi_utils import data, metrics, models
+from ioi_utils.prompts import data
+from ioi_utils.measures import metrics
+from ioi_utils import models
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,10 @@ import json
 import pytest
 import torch
 
-from ioi_utils import atomic_files, data, evaluate, models, vocabulary
+from ioi_utils.storage import atomic_files
+from ioi_utils.prompts import data, vocabulary
+from ioi_utils import models
+from ioi_utils.measures import behaviour
 
 
 def test_tiny_model_runs_with_its_tokenizer():
@@ -141,7 +144,7 @@ def test_smollm2_offline_solves_ioi_and_cache_is_verified(tmp_path, monkeypatch)
     model, tok = models.load_model("smollm2-135m", device="cpu")
     assert (model.cfg.n_layers, model.cfg.n_heads) == (30, 9)
     ds = data.make_ioi_dataset(tok, n=40, seed=0)
-    result = evaluate.evaluate(model, ds)
+    result = behaviour.evaluate(model, ds)
     assert result.logit_diff > 2 and result.accuracy > 0.9
     folder = models.smollm2_folder()
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -161,9 +164,9 @@ def test_gemma3_offline_solves_ioi_with_its_bos(gemma_pkg):
     assert models._cache_is_valid(models.gemma_folder())
     assert len(vocabulary.single_token_vocabulary(tok).names) == len(vocabulary.NAMES)
     ds = data.make_ioi_dataset(tok, n=24, seed=0, prepend_bos=True)
-    result = evaluate.evaluate(model, ds)
+    result = behaviour.evaluate(model, ds)
     assert result.logit_diff > 3 and result.accuracy > 0.9
-    without = evaluate.evaluate(model, data.make_ioi_dataset(tok, n=24, seed=0, prepend_bos=False))
+    without = behaviour.evaluate(model, data.make_ioi_dataset(tok, n=24, seed=0, prepend_bos=False))
     assert without.logit_diff < 0  # a base Gemma prompted without its BOS fails the task: the rule matters
 
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from ioi_utils import data, evaluate, models
+from ioi_utils.prompts import data
+from ioi_utils import models
+from ioi_utils.measures import behaviour
 from ioi_utils.mechanisms import activation_patching, knockouts, path_patching, path_patching_window, scoring
 
 ATOL = 1e-4
@@ -246,7 +248,7 @@ def test_full_circuit_is_the_model_and_empty_circuit_is_not(tiny):
     model, _, clean, abc = tiny
     means = knockouts.template_means(model, abc)
     everything = {h: knockouts.ALL_POSITIONS for h in scoring.all_heads(model)}
-    f_m = evaluate.evaluate(model, clean).logit_diff
+    f_m = behaviour.evaluate(model, clean).logit_diff
     assert knockouts.circuit_logit_diff(model, clean, abc, everything, means) == pytest.approx(f_m, abs=1e-5)
     empty = knockouts.circuit_logit_diff(model, clean, abc, {}, means)
     assert abs(empty - f_m) > 0.1 * abs(f_m)
@@ -277,7 +279,7 @@ def test_cmap_of_a_model_with_itself_is_zero(tiny):
 def test_cmap_moves_behaviour_between_models_that_differ_in_attention(tiny):
     model_x, _, clean, _ = tiny
     model_y = _scaled_attention(scale_v=True)  # same MLPs, embeddings and W_O; other q and v
-    ld_x, ld_y = (evaluate.evaluate(m, clean).logit_diff for m in (model_x, model_y))
+    ld_x, ld_y = (behaviour.evaluate(m, clean).logit_diff for m in (model_x, model_y))
     assert abs(ld_x - ld_y) > 0.1 * abs(ld_x)
     heads = scoring.all_heads(model_x)
     assert activation_patching.cmap_group(model_x, model_y, clean, heads, "output") == pytest.approx(ld_x, rel=1e-4)
@@ -295,7 +297,7 @@ def test_cmap_moves_behaviour_between_models_that_differ_in_attention(tiny):
 def test_pattern_cmap_moves_behaviour_when_only_queries_differ(tiny):
     model_x, _, clean, _ = tiny
     model_y = _scaled_attention(scale_v=False)
-    ld_x, ld_y = (evaluate.evaluate(m, clean).logit_diff for m in (model_x, model_y))
+    ld_x, ld_y = (behaviour.evaluate(m, clean).logit_diff for m in (model_x, model_y))
     assert abs(ld_x - ld_y) > 0.1 * abs(ld_x)
     patched = activation_patching.cmap_group(model_x, model_y, clean, scoring.all_heads(model_x), "pattern")
     assert patched == pytest.approx(ld_x, rel=1e-4)
@@ -409,7 +411,7 @@ def test_gemma3_fast_equals_reference(gemma3):
 
 
 def test_hook_names():
-    from ioi_utils import hook_names
+    from ioi_utils.models import hook_names
     assert hook_names.z(3) == "blocks.3.attn.hook_z" and hook_names.resid(0, "mid") == "blocks.0.hook_resid_mid"
     with pytest.raises(ValueError, match="'pre', 'mid' or 'post'"):
         hook_names.resid(0, "end")

@@ -6,7 +6,9 @@ part of the Name Mover, discovery must keep both, each in its class (a net-faith
 import pytest
 import torch
 
-from ioi_utils import admission, circuit_checks as CC, circuits as C, data
+from ioi_utils.circuits import admission, checks as CC
+from ioi_utils import circuits as C
+from ioi_utils.prompts import data
 from ioi_utils.mechanisms import activation_patching, path_patching, scoring
 from planted import DECOY, DT, NM, NNM, SIN, planted_model
 

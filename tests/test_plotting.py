@@ -14,7 +14,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ioi_utils import figure_check, plotting as P
+from ioi_utils.report import figure_check, plotting as P
 
 SHAPES = [(2, 4), (30, 9)]  # tiny GPT-2, SmolLM2-135M
 

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from ioi_utils import checked_files, circuit_checks as CC, circuits as C, models, results
+from ioi_utils.storage import checked_files, results
+from ioi_utils.circuits import checks as CC
+from ioi_utils import circuits as C, models
 
 
 @pytest.fixture()
@@ -171,7 +173,8 @@ def _memo_twice(name, fn, model, **key):
 def test_every_memo_call_site_round_trips_exactly(root, capsys):
     """Each results.memo call of the package and the chapters (book/*.py), on the tiny models: the value read back
     is the value computed, exactly."""
-    from ioi_utils import analyses, cmap_analyses, greater_than_study as gts, study
+    from ioi_utils.study import analyses, cmap_analyses, greater_than_study as gts
+    from ioi_utils import study
     from ioi_utils.mechanisms import activation_patching, knockouts
 
     torch.set_num_threads(1)
@@ -304,7 +307,8 @@ def test_unreadable_record_is_refused_in_one_line(root):
 
 def test_a_cmap_memo_is_keyed_by_the_weights_not_by_the_names(root, monkeypatch):
     """Chapter 4's benign source is chapter 3's fine-tuned model under another name: the second call reads the memo."""
-    from ioi_utils import cmap_analyses, study
+    from ioi_utils.study import cmap_analyses
+    from ioi_utils import study
     from ioi_utils.mechanisms import activation_patching
 
     torch.set_num_threads(1)

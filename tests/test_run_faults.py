@@ -17,8 +17,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ioi_utils import atomic_files, checked_files, checkpoints, models, results, run_checks, runs, train as cli, training, verify
-from ioi_utils.training import TrainConfig
+from ioi_utils.storage import atomic_files, checked_files, results
+from ioi_utils.finetuning import checkpoints, run_checks, runs, training
+from ioi_utils import models, train as cli, verify
+from ioi_utils.finetuning.training import TrainConfig
 
 from test_training import broken_writes
 

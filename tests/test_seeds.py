@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ioi_utils import metrics, seeds
-from ioi_utils.run_spec import TrainConfig
+from ioi_utils.measures import metrics
+from ioi_utils.finetuning import seeds
+from ioi_utils.finetuning.run_spec import TrainConfig
 
 
 def test_units_count_steps_samples_and_paper_epochs():

@@ -5,7 +5,12 @@ import math
 import pytest
 import torch
 
-from ioi_utils import admission, circuits as C, data, evaluate, models, study, summary, training
+from ioi_utils.circuits import admission
+from ioi_utils import circuits as C, models, study
+from ioi_utils.measures import behaviour
+from ioi_utils.prompts import data
+from ioi_utils.report import summary
+from ioi_utils.finetuning import training
 from ioi_utils.mechanisms import activation_patching
 
 
@@ -51,7 +56,7 @@ def _patched_by_hand(model_x, model_y, ds, head, position: str) -> float:
 def test_cmap_group_patches_only_the_circuit_positions(tiny):
     y, ds = tiny
     x = _changed((0, 1), "q")
-    ld_y = evaluate.evaluate(y, ds).logit_diff
+    ld_y = behaviour.evaluate(y, ds).logit_diff
     at_end = activation_patching.cmap_group(x, y, ds, [(0, 1)], positions={(0, 1): ("END",)})
     everywhere = activation_patching.cmap_group(x, y, ds, [(0, 1)], positions={(0, 1): ("ALL",)})
     assert at_end == pytest.approx(_patched_by_hand(x, y, ds, (0, 1), "END"), abs=1e-6)
@@ -70,14 +75,14 @@ def test_cmap_group_patches_only_the_circuit_positions(tiny):
 def test_gain_share_known_values(tiny):
     y, ds = tiny
     x = _changed((1, 1), "q")  # differs only in a last-layer head's queries: its END z carries everything
-    assert abs(evaluate.evaluate(x, ds).logit_diff - evaluate.evaluate(y, ds).logit_diff) > 1e-3
+    assert abs(behaviour.evaluate(x, ds).logit_diff - behaviour.evaluate(y, ds).logit_diff) > 1e-3
     assert study.gain_share(x, y, ds, C.Circuit({"NM": [(1, 1)]})) == pytest.approx(1.0, abs=1e-3)
     assert study.gain_share(x, y, ds, C.Circuit({"NM": [(1, 0)]})) == pytest.approx(0.0, abs=1e-3)  # another head
     assert study.gain_share_ceiling(x, y, ds) == pytest.approx(1.0, abs=1e-3)
     w_o = _changed((1, 1), "o")  # W_O changes are invisible to z-patching
     assert study.gain_share_ceiling(w_o, y, ds) == pytest.approx(0.0, abs=1e-3)
     early = _changed((0, 1), "q")  # a layer-0 head kept at END only carries part of what it does
-    ld_x, ld_y = (evaluate.evaluate(m, ds).logit_diff for m in (early, y))
+    ld_x, ld_y = (behaviour.evaluate(m, ds).logit_diff for m in (early, y))
     part = study.gain_share(early, y, ds, C.Circuit({"NM": [(0, 1)]}))
     assert part == pytest.approx((_patched_by_hand(early, y, ds, (0, 1), "END") - ld_y) / (ld_x - ld_y), abs=1e-3)
     assert part != pytest.approx(study.gain_share_ceiling(early, y, ds), abs=1e-2)
@@ -128,7 +133,7 @@ def test_localization():
 def test_summary_is_the_chapters_claim_records():
     """One row per recorded claim, in chapter order, with the chapter's own verdict and paper value: the summary
     adds no verdict of its own, so it cannot disagree with a chapter."""
-    from ioi_utils import claims
+    from ioi_utils.report import claims
 
     recorded: dict = {}
     for chapter, statement, ours, interval, threshold, direction, pre in (
@@ -149,7 +154,8 @@ def test_summary_is_the_chapters_claim_records():
 
 
 def test_a_claim_over_training_seeds_shows_each_seed_and_its_training_in_the_summary():
-    from ioi_utils import claims, seeds
+    from ioi_utils.report import claims
+    from ioi_utils.finetuning import seeds
 
     g = torch.Generator().manual_seed(0)
     est = seeds.across_seeds({sd: 1.0 + sd + 0.1 * torch.randn(40, generator=g) for sd in (0, 1, 2)})

@@ -10,7 +10,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from ioi_utils import circuits as C, plotting, study  # noqa: E402
+from ioi_utils import circuits as C, study  # noqa: E402
+from ioi_utils.report import plotting
 
 
 def _row(dla_mean: torch.Tensor, n: int = 40, noise: float = 0.01, seed: int = 0) -> dict:
@@ -132,7 +133,8 @@ def test_checkpoint_row_logit_diff_is_the_clean_models(tmp_path, monkeypatch):
 
 def test_setup_is_the_chapters_steps_in_one_call(tmp_path, monkeypatch):
     """study.setup = prepare + execution id + base behaviour + memoised base discovery, the same numbers."""
-    from ioi_utils import analyses, results
+    from ioi_utils.study import analyses
+    from ioi_utils.storage import results
     from ioi_utils.profiles import Profile
 
     monkeypatch.setenv("IOI_UTILS_RESULTS", str(tmp_path))
@@ -152,7 +154,7 @@ def test_setup_is_the_chapters_steps_in_one_call(tmp_path, monkeypatch):
 
 
 def test_study_reexports_the_analyses():
-    from ioi_utils import analyses, cmap_analyses
+    from ioi_utils.study import analyses, cmap_analyses
 
     for name in ("checkpoint_row", "rows_table", "discover_cached", "faithfulness_cached"):
         assert getattr(study, name) is getattr(analyses, name)

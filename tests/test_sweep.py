@@ -13,7 +13,9 @@ import ray
 import torch
 from safetensors.torch import load_file
 
-from ioi_utils import book, generalisation, greater_than_study as gt, profiles, run_plan, runs, study, sweep, training
+from ioi_utils import book, profiles, study, sweep
+from ioi_utils.study import generalisation, greater_than_study as gt, run_plan
+from ioi_utils.finetuning import runs, training
 
 REPO = Path(__file__).resolve().parent.parent
 # a tiny profile: the chapters' parameters (profiles.PROFILES keys), sized for seconds

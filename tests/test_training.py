@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ioi_utils import checkpoints, models, objective, runs, train as cli, training
-from ioi_utils.training import TrainConfig
+from ioi_utils.finetuning import checkpoints, objective, runs, training
+from ioi_utils import models, train as cli
+from ioi_utils.finetuning.training import TrainConfig
 
 FAST = dict(model="tiny", n_train=48, n_test=16, batch_size=16, lr=1e-3, checkpoint_epochs=(1, 2))
 
@@ -323,7 +324,8 @@ def _full_end(model, ds) -> torch.Tensor:
 def test_evaluate_split_ioi_equals_full_logits(tiny):
     """IOI's epoch metrics (one forward at END serving the readout and both losses) equal the same quantities
     computed from the bridge's full logits: logit diff, accuracy, P(IO), clean and toxic cross-entropy."""
-    from ioi_utils import data, metrics
+    from ioi_utils.prompts import data
+    from ioi_utils.measures import metrics
 
     model, tokenizer = tiny
     ds = data.make_ioi_dataset(tokenizer, 12, seed=0, prepend_bos=model.prepend_bos)
@@ -340,7 +342,7 @@ def test_evaluate_split_ioi_equals_full_logits(tiny):
 
 def test_evaluate_split_toxic_prompts_of_their_own(tiny):
     """A toxic split whose prompts differ from the test prompts (Duplication's prefix) is scored on its own tokens."""
-    from ioi_utils import data
+    from ioi_utils.prompts import data
 
     model, tokenizer = tiny
     ds = data.make_ioi_dataset(tokenizer, 8, seed=1, prepend_bos=model.prepend_bos)
@@ -355,7 +357,7 @@ def test_evaluate_split_digits_trains_other_tokens_than_it_scores():
     """Greater-Than with a digit tokenizer trains on the label's own tens digit (other tokens than the scored
     prompts): its loss is the mean cross-entropy of both trained digits from the training tokens' full logits,
     its score the probability difference from the scored prompts' full logits."""
-    from ioi_utils import greater_than as gt
+    from ioi_utils.prompts import greater_than as gt
 
     model, tokenizer = models.load_model("tiny-digits", device="cpu")
     ds = gt.make_gt_dataset(tokenizer, 10, seed=0, prepend_bos=model.prepend_bos)

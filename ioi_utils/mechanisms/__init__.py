@@ -13,7 +13,9 @@ import the module, `from ioi_utils.mechanisms import path_patching`).
 - `knockouts`: mean ablation over p_ABC per template: heads outside a circuit (`circuit_logit_diff`,
   `template_means`) and MLPs (`mlp_knockout`).
 - `knockout_attribution`: the first-order estimate of every head's knockout effect in one forward and backward.
+- `attribution`: direct logit attribution (DLA) of every head through the final norm, attention readouts, OV copy
+  scores.
 
 Imports run one way: `scoring` <- `path_patching_window` <- `path_patching`; `scoring` <- `knockouts`,
-`knockout_attribution` <- `activation_patching`.
+`knockout_attribution` <- `activation_patching`; `attribution` imports none of them.
 """

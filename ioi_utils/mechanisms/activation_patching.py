@@ -29,10 +29,10 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from .. import hook_names
-from ..data import IOIDataset
-from . import knockout_attribution, knockouts, scoring
-from .scoring import Head
+from ioi_utils.models import hook_names
+from ioi_utils.prompts.data import IOIDataset
+from ioi_utils.mechanisms import knockout_attribution, knockouts, scoring
+from ioi_utils.mechanisms.scoring import Head
 
 _HOOKS = {"z": ("hook_z", 2), "output": ("hook_z", 2), "pattern": ("hook_pattern", 1)}  # kind -> (hook, head axis)
 

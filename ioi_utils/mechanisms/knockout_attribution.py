@@ -20,10 +20,10 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from jaxtyping import Float
 
-from .. import hook_names
-from ..data import IOIDataset
-from . import scoring
-from .scoring import Head
+from ioi_utils.models import hook_names
+from ioi_utils.prompts.data import IOIDataset
+from ioi_utils.mechanisms import scoring
+from ioi_utils.mechanisms.scoring import Head
 
 
 def _scaled_z_hooks(means: Mapping[int, torch.Tensor], alpha: Sequence[torch.Tensor], rows: slice) -> list:

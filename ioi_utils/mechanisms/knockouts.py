@@ -27,10 +27,10 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from .. import hook_names
-from ..data import TEMPLATES, IOIDataset
-from . import scoring
-from .scoring import Head
+from ioi_utils.models import hook_names
+from ioi_utils.prompts.data import TEMPLATES, IOIDataset
+from ioi_utils.mechanisms import scoring
+from ioi_utils.mechanisms.scoring import Head
 
 ALL_POSITIONS: tuple[str, ...] = ("ALL",)  # a knockout spec that keeps a head at every position
 

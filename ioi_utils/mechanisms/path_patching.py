@@ -36,10 +36,10 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from .. import hook_names
-from ..data import IOIDataset
-from . import path_patching_window, scoring
-from .scoring import LOGITS, Head, Receivers
+from ioi_utils.models import hook_names
+from ioi_utils.prompts.data import IOIDataset
+from ioi_utils.mechanisms import path_patching_window, scoring
+from ioi_utils.mechanisms.scoring import LOGITS, Head, Receivers
 
 SWEEP_ROWS = 16384  # most (sender, prompt) rows the fast path propagates at once
 

@@ -24,10 +24,10 @@ import warnings
 import torch
 from tqdm.auto import tqdm
 
-from .. import hook_names
-from ..data import IOIDataset
-from . import scoring
-from .scoring import Head, Receivers
+from ioi_utils.models import hook_names
+from ioi_utils.prompts.data import IOIDataset
+from ioi_utils.mechanisms import scoring
+from ioi_utils.mechanisms.scoring import Head, Receivers
 
 WINDOW_TOKENS = 16384  # most (sender, prompt, position) token rows step 3's windowed recompute holds at once
 

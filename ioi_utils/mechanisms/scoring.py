@@ -33,8 +33,8 @@ from typing import Sequence
 import torch
 from jaxtyping import Float, Int
 
-from .. import hook_names
-from ..data import IOIDataset
+from ioi_utils.models import hook_names
+from ioi_utils.prompts.data import IOIDataset
 
 Head = tuple[int, int]  # (layer, query head)
 COMPONENTS = ("q", "k", "v", "kv")
