@@ -14,7 +14,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ioi_utils.report import figure_check, plotting as P
+from ioi_utils.report import class_outlines, figure_check, plotting as P
 
 SHAPES = [(2, 4), (30, 9)]  # tiny GPT-2, SmolLM2-135M
 
@@ -39,7 +39,7 @@ def _outlined(ax) -> list[tuple[int, int]]:
 
 def _class_legend(fig) -> list[str]:
     """The classes listed by the figure's one class legend."""
-    (legend,) = [lg for lg in fig.legends if lg.get_title().get_text() == P.CLASS_LEGEND_TITLE]
+    (legend,) = [lg for lg in fig.legends if lg.get_title().get_text() == class_outlines.CLASS_LEGEND_TITLE]
     return [t.get_text() for t in legend.get_texts()]
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import textwrap
 from typing import Mapping, Sequence
 
-import matplotlib.patheffects as path_effects
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -24,14 +23,10 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch, Rectangle
+
+from ioi_utils.report import class_outlines
 
 Head = tuple[int, int]  # (layer, query head)
-CLASS_COLORS: dict[str, str] = {
-    "NM": "#2ca02c", "NNM": "#d62728", "BNM": "#17becf", "SIN": "#9467bd",
-    "IND": "#ff7f0e", "DT": "#8c564b", "PT": "#e377c2", "SS": "#bcbd22", "OTH": "#7f7f7f",
-    "DW": "#1f77b4", "NSS": "#ff9896", "NDW": "#393b79",
-}
 DIVERGING, SEQUENTIAL = "RdBu_r", "viridis"
 BOOK_WIDTH = 8.0  # inches: the book's text column at 100 dpi
 MAX_WIDTH = 10.0  # inches: wider figures are scaled down too much by the page
@@ -47,8 +42,6 @@ STYLE: dict[str, object] = {
     "figure.titlesize": 13,
     "figure.constrained_layout.use": True,  # labels, tick labels, colour bars and legends never overlap
 }
-CLASS_LEGEND_TITLE = "circuit class (outlined cells)"
-OUTLINE_INSET = 0.07  # a class outline sits this far (in cells) inside its cell, so neighbours stay apart
 CELL_VALUE_GID = "cell-value"  # gid of a value written in its own cell: the only text allowed over an image
 OFFSCALE_GID = "offscale"  # gid of the edge marker of a line's value beyond the axes' limits
 NOTE_PT = 8  # off-scale markers and the labels of bars too small to see
@@ -106,47 +99,6 @@ def _limits(values: np.ndarray, symmetric: bool) -> dict:
     return {"cmap": DIVERGING, "vmin": -m, "vmax": m}
 
 
-# ---------------------------------------------------------------- circuit classes on head maps
-
-
-def _class_of_heads(classes: Mapping[str, Sequence[Head]], shape: tuple[int, int]) -> dict[Head, list[str]]:
-    """Each head's classes (a head may be in several), checking that every head lies on the map."""
-    labels: dict[Head, list[str]] = {}
-    for cls, heads in classes.items():
-        for layer, head in heads:
-            if not (0 <= layer < shape[0] and 0 <= head < shape[1]):
-                raise ValueError(f"head {layer}.{head} of class {cls} is outside a {shape[0]}x{shape[1]} map")
-            labels.setdefault((int(layer), int(head)), []).append(cls)
-    return labels
-
-
-def _draw_classes(ax: Axes, classes: Mapping[str, Sequence[Head]], shape: tuple[int, int]) -> list[str]:
-    """Outline each class's heads in the class colour (no fill, no text: the cell's value stays visible);
-    return the classes present, for the legend. A white halo keeps an outline visible on dark cells."""
-    halo = [path_effects.Stroke(linewidth=4.0, foreground="white"), path_effects.Normal()]
-    side = 1 - 2 * OUTLINE_INSET
-    for (layer, head), cls in _class_of_heads(classes, shape).items():
-        corner = (head - 0.5 + OUTLINE_INSET, layer - 0.5 + OUTLINE_INSET)
-        ax.add_patch(Rectangle(corner, side, side, fill=False, edgecolor=CLASS_COLORS.get(cls[0], "black"),
-                               linewidth=2.0, path_effects=halo))
-    return [c for c in classes if classes[c]]
-
-
-def _class_legend(fig: Figure, present: Sequence[str]) -> None:
-    """One class legend for the whole figure, below it (outside every map): merged with the classes an
-    earlier panel of the same figure already listed, in the order of CLASS_COLORS."""
-    old = [lg for lg in fig.legends if lg.get_title().get_text() == CLASS_LEGEND_TITLE]
-    listed = {t.get_text() for lg in old for t in lg.get_texts()} | set(present)
-    for legend in old:
-        legend.remove()
-    if not listed:
-        return
-    order = [c for c in CLASS_COLORS if c in listed] + sorted(listed - set(CLASS_COLORS))
-    handles = [Patch(facecolor="none", edgecolor=CLASS_COLORS.get(c, "black"), linewidth=2, label=c) for c in order]
-    fig.legend(handles=handles, title=CLASS_LEGEND_TITLE, loc="outside lower center", ncol=min(len(handles), 9),
-               frameon=False)
-
-
 # ---------------------------------------------------------------- figures
 
 
@@ -167,7 +119,7 @@ def head_heatmap(values, title: str, classes: Mapping[str, Sequence[Head]] | Non
     ax.set(xlabel="head", ylabel="layer", title=title)
     fig.colorbar(im, ax=ax, label=cbar_label, fraction=0.08, pad=0.03)
     if classes:
-        _class_legend(fig, _draw_classes(ax, classes, arr.shape))
+        class_outlines.legend(fig, class_outlines.outline(ax, classes, arr.shape))
     return fig
 
 
@@ -336,10 +288,10 @@ def cmap_heatmaps(effects: Mapping[str, object], classes: Mapping[str, Sequence[
         im = ax.imshow(arr, aspect="auto", interpolation="nearest", cmap=DIVERGING, vmin=-m, vmax=m)
         _head_ticks(ax, n_l, n_h, (panel - 0.6) / n_h)
         ax.set(title=_wrap(name, panel), xlabel="head")
-        present = _draw_classes(ax, classes, arr.shape) if classes else []
+        present = class_outlines.outline(ax, classes, arr.shape) if classes else []
     axes[0][0].set_ylabel("layer")
     fig.colorbar(im, ax=list(axes[0]), label=cbar_label, fraction=0.05, pad=0.02)
-    _class_legend(fig, present)
+    class_outlines.legend(fig, present)
     if title:
         fig.suptitle(title)
     return fig
