@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: discover a model's IOI circuit on discovery prompts, measure it on held-out prompts,
     print it with its faithfulness and the time taken, save the heat maps."""
     t0 = time.perf_counter()
-    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m ioi_utils.circuits", description=main.__doc__)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--n", type=int, default=50, help="discovery prompts (and as many held-out prompts)")
     ap.add_argument("--seed", type=int, default=0)
