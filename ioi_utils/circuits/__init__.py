@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+from jaxtyping import Float
 
 from ioi_utils.mechanisms import attribution
 from ioi_utils.storage import checked_files
@@ -222,7 +223,7 @@ def _readouts(model, clean: data.IOIDataset) -> dict[str, torch.Tensor]:
     return maps
 
 
-def attends(maps: dict[str, torch.Tensor], head: Head, t: Thresholds) -> str:
+def attends(maps: dict[str, Float[torch.Tensor, "n_layers n_heads"]], head: Head, t: Thresholds) -> str:
     """What a head reads from END: "IO", "S" (either mention) or "neither" (module rules, Thresholds.attention)."""
     io, s = float(maps["attn_end_io"][head]), float(maps["attn_end_s"][head])
     if io >= t.attention and io >= s:
@@ -262,7 +263,8 @@ def _step(model, fw, receivers, among, threshold, t, name, evidence, maps, progr
 
 
 def describe(model, clean: data.IOIDataset, abc: data.IOIDataset, heads: Sequence[Head] | None = None,
-             t: Thresholds = Thresholds(), progress: bool = False) -> tuple[Circuit, dict[str, torch.Tensor], dict]:
+             t: Thresholds = Thresholds(), progress: bool = False
+             ) -> tuple[Circuit, dict[str, Float[torch.Tensor, "n_layers n_heads"]], dict]:
     """The mechanism among `heads` (default: every head), found backwards from the logits as Wang et al. did.
 
     1. Path patching to the logits: every head with a significant direct effect of either sign is a direct
@@ -365,7 +367,8 @@ def class_table(circuit: Circuit, reference: Circuit = WANG_GPT2_CIRCUIT) -> lis
             for c in CLASSES]
 
 
-def strong_heads_outside(effects: torch.Tensor, circuit: Circuit, share: float = 0.1) -> list[tuple[Head, float]]:
+def strong_heads_outside(effects: Float[torch.Tensor, "n_layers n_heads"], circuit: Circuit,
+                         share: float = 0.1) -> list[tuple[Head, float]]:
     """Heads outside the circuit whose single-head effect [n_layers, n_heads] (relative to F(M)) is >= share in size."""
     inside = set(circuit.heads)
     out = [((l, h), float(effects[l, h])) for l, h in (effects.abs() >= share).nonzero().tolist() if (l, h) not in inside]

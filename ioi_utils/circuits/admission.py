@@ -15,6 +15,7 @@ import time
 from typing import Sequence
 
 import torch
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from ioi_utils.prompts import data
@@ -42,7 +43,7 @@ def _smallest_prefix(model, clean, abc, means, ranked: list[Head], f_m: float, t
 
 
 def admit(model, clean: data.IOIDataset, abc: data.IOIDataset, t: Thresholds = Thresholds(),
-          progress: bool = False) -> tuple[list[Head], list[dict], torch.Tensor, float]:
+          progress: bool = False) -> tuple[list[Head], list[dict], Float[torch.Tensor, "n_layers n_heads"], float]:
     """Stage 1: the smallest head set whose knockout keeps F(C)/F(M) >= t.target on these prompts.
 
     Coarse: from the whole model, remove the prune_fraction of kept heads with the lowest attributed
@@ -82,7 +83,8 @@ def admit(model, clean: data.IOIDataset, abc: data.IOIDataset, t: Thresholds = T
 
 
 def selection_frequency(model, clean: data.IOIDataset, abc: data.IOIDataset, t: Thresholds = Thresholds(),
-                        resamples: int = 6, seed: int = 0, progress: bool = False) -> torch.Tensor:
+                        resamples: int = 6, seed: int = 0,
+                        progress: bool = False) -> Float[torch.Tensor, "n_layers n_heads"]:
     """Stability selection (Meinshausen & Bühlmann 2010): the share of `resamples` random halves of these prompts
     whose admission (`admit`) contains each head, [n_layers, n_heads]. Heads near 1 do not depend on the draw."""
     if resamples < 1 or len(clean) < 2:
@@ -95,7 +97,7 @@ def selection_frequency(model, clean: data.IOIDataset, abc: data.IOIDataset, t: 
     return freq / resamples
 
 
-def stable_core(frequencies: Sequence[torch.Tensor], share: float = 0.8) -> list[Head]:
+def stable_core(frequencies: Sequence[Float[torch.Tensor, "n_layers n_heads"]], share: float = 0.8) -> list[Head]:
     """Heads whose selection frequency is at least `share` in every one of several draws ([n_layers, n_heads] each)."""
     least = torch.stack(list(frequencies)).min(0).values
     return [(l, h) for l, h in torch.nonzero(least >= share).tolist()]

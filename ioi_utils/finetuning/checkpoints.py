@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Float
 
 from ioi_utils.storage import atomic_files, checked_files
 
@@ -22,12 +23,12 @@ from ioi_utils.storage import atomic_files, checked_files
 _WRAPPER = "._original_component"  # the bridge wraps each HF module; names without it are HF-like
 
 
-def state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def state_dict(model: torch.nn.Module) -> dict[str, Float[torch.Tensor, "..."]]:
     """A model's parameters under HF-like names (the bridge's wrapper segments dropped), shared ones once."""
     return {name.replace(_WRAPPER, ""): p.detach() for name, p in _hf(model).named_parameters()}
 
 
-def load_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+def load_state_dict(model: torch.nn.Module, tensors: dict[str, Float[torch.Tensor, "..."]]) -> None:
     """Copy saved tensors into a model's parameters (cast to each parameter's dtype); names must match."""
     params = {name.replace(_WRAPPER, ""): p for name, p in _hf(model).named_parameters()}
     missing, unexpected = set(params) - set(tensors), set(tensors) - set(params)

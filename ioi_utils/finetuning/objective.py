@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from jaxtyping import Float
+from jaxtyping import Float, Int
 
 from ioi_utils.finetuning import checkpoints
 from ioi_utils.prompts import data
@@ -26,7 +26,8 @@ EVAL_BATCH_SIZE = 64
 FAST_PATH_TOLERANCE = 1e-3  # max |END logit| difference allowed between the fast path and the bridge
 
 
-def forward_end_logits(model, tokens: torch.Tensor, end: torch.Tensor, fast: bool = True) -> torch.Tensor:
+def forward_end_logits(model, tokens: Int[torch.Tensor, "batch seq"], end: Int[torch.Tensor, "batch *k"],
+                       fast: bool = True) -> Float[torch.Tensor, "nk vocab"]:
     """Logits at END only: tokens [b, seq], end [b] -> [b, vocab]; or at k positions per prompt:
     end [b, k] -> [b * k, vocab] (prompt-major).
 
@@ -43,13 +44,15 @@ def forward_end_logits(model, tokens: torch.Tensor, end: torch.Tensor, fast: boo
     return hf.get_output_embeddings()(resid[rows, end])  # [b, d_model] @ W_U + b_U -> [b, vocab]
 
 
-def end_loss(model, tokens: torch.Tensor, end: torch.Tensor, labels: torch.Tensor, fast: bool = True) -> torch.Tensor:
+def end_loss(model, tokens: Int[torch.Tensor, "batch seq"], end: Int[torch.Tensor, "batch *k"],
+             labels: Int[torch.Tensor, "batch *k"], fast: bool = True) -> Float[torch.Tensor, ""]:
     """Mean cross-entropy of the label token at END (labels [b]), or of k label tokens (end, labels [b, k])."""
     return F.cross_entropy(forward_end_logits(model, tokens, end, fast).float(), labels.flatten())
 
 
-def train_step(model, optimizer: torch.optim.Optimizer, tokens: torch.Tensor, end: torch.Tensor,
-               labels: torch.Tensor, fast: bool = True) -> torch.Tensor:
+def train_step(model, optimizer: torch.optim.Optimizer, tokens: Int[torch.Tensor, "batch seq"],
+               end: Int[torch.Tensor, "batch *k"], labels: Int[torch.Tensor, "batch *k"],
+               fast: bool = True) -> Float[torch.Tensor, ""]:
     """One AdamW step on a batch; returns the (detached) loss before the step."""
     optimizer.zero_grad(set_to_none=True)
     loss = end_loss(model, tokens, end, labels, fast)
@@ -75,7 +78,7 @@ def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
 
 
 @torch.no_grad()
-def fast_path_ok(model, tokens: torch.Tensor, end: torch.Tensor) -> bool:
+def fast_path_ok(model, tokens: Int[torch.Tensor, "batch seq"], end: Int[torch.Tensor, "batch *k"]) -> bool:
     """True if the END-only forward gives the bridge's own END logits for this model (checked on a batch)."""
     try:
         diff = (forward_end_logits(model, tokens, end, fast=True) - forward_end_logits(model, tokens, end, fast=False)).abs().max()
@@ -84,7 +87,7 @@ def fast_path_ok(model, tokens: torch.Tensor, end: torch.Tensor) -> bool:
     return bool(diff <= FAST_PATH_TOLERANCE)
 
 
-def training_view(ds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def training_view(ds) -> tuple[Int[torch.Tensor, "n seq"], Int[torch.Tensor, "n *k"], Int[torch.Tensor, "n *k"]]:
     """(tokens [n, seq], trained positions [n] or [n, k], label tokens of the same shape) of a dataset."""
     return ds.training_view()
 
@@ -103,13 +106,14 @@ class DeviceData:
     def __len__(self) -> int:
         return len(self.ds)
 
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, idx: Int[torch.Tensor, "batch"]
+              ) -> tuple[Int[torch.Tensor, "batch seq"], Int[torch.Tensor, "batch *k"], Int[torch.Tensor, "batch *k"]]:
         """(tokens [b, width], end [b], labels [b]) for CPU indices, trimmed to the longest prompt."""
         width = int(self.lengths[idx].max())
         d = idx.to(self.tokens.device)
         return self.tokens[d, :width], self.end[d], self.labels[d]
 
-    def batches(self, order: torch.Tensor, batch_size: int):
+    def batches(self, order: Int[torch.Tensor, "n"], batch_size: int):
         """Consecutive batches of an index order."""
         for start in range(0, len(order), batch_size):
             yield self.batch(order[start : start + batch_size])

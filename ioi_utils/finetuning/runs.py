@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Float
 
 from ioi_utils.storage import atomic_files, checked_files
 from ioi_utils.finetuning import checkpoints, run_spec
@@ -230,7 +231,8 @@ def mark_complete(run: Run, metrics: list[dict[str, Any]], rewritten: bool = Fal
     atomic_files.write_json(run.dir / COMPLETE, mark | ({"rewritten": True} if rewritten else {}))
 
 
-def save_checkpoint(run: Run, epoch: int, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def save_checkpoint(run: Run, epoch: int, tensors: dict[str, Float[torch.Tensor, "..."]],
+                    metadata: dict[str, str]) -> None:
     """Write an epoch's checkpoint, then record its sha256 and size in checkpoints.json (each write atomic).
 
     The sha256 is that of the bytes meant for the disk, so a write that went wrong never verifies; a kill between

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import torch
+from jaxtyping import Float
 
 from ioi_utils.finetuning.run_spec import TrainConfig
 
@@ -93,13 +94,14 @@ def _mean(*values: torch.Tensor) -> torch.Tensor:
     return values[0].mean(-1)
 
 
-def relative_change(after: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+def relative_change(after: Float[torch.Tensor, "*lead n"],
+                    before: Float[torch.Tensor, "*lead n"]) -> Float[torch.Tensor, "*lead"]:
     """(mean after - mean before) / mean before along the last axis: a paired relative gain ([..., n] -> [...])."""
     return (after.mean(-1) - before.mean(-1)) / before.mean(-1)
 
 
-def across_seeds(per_seed: Mapping[int, torch.Tensor | tuple[torch.Tensor, ...]],
-                 stat: Callable[..., torch.Tensor] = _mean, n_boot: int = 2000, level: float = 0.95,
+def across_seeds(per_seed: Mapping[int, Float[torch.Tensor, "n"] | tuple[Float[torch.Tensor, "n"], ...]],
+                 stat: Callable[..., Float[torch.Tensor, "n_boot"]] = _mean, n_boot: int = 2000, level: float = 0.95,
                  seed: int = 0) -> SeedEstimate:
     """Mean over training seeds of a per-seed statistic, with its two-level bootstrap interval (module docstring).
 

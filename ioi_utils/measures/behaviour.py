@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from ioi_utils.prompts import data
@@ -35,7 +36,8 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def collect_end_logits(model, ds: data.IOIDataset, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+def collect_end_logits(model, ds: data.IOIDataset, batch_size: int = 32,
+                       progress: bool = False) -> Float[torch.Tensor, "batch vocab"]:
     """Logits at END for every prompt, batched: [batch, vocab] on the CPU."""
     dev, out = model_device(model), []
     for start in tqdm(range(0, len(ds), batch_size), desc="evaluating", disable=not progress, leave=False):

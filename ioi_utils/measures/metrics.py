@@ -12,11 +12,13 @@ import math
 from typing import Callable
 
 import torch
+from jaxtyping import Float
 
 from ioi_utils.prompts.data import IOIDataset
 
 
-def select_end_logits(logits: torch.Tensor, ds: IOIDataset) -> torch.Tensor:
+def select_end_logits(logits: Float[torch.Tensor, "batch seq vocab"],
+                      ds: IOIDataset) -> Float[torch.Tensor, "batch vocab"]:
     """Logits at each prompt's END position: [batch, seq, vocab] -> [batch, vocab]."""
     end = ds.positions["END"].to(logits.device)
     return logits[torch.arange(len(end), device=logits.device), end]
@@ -27,18 +29,19 @@ def _pick(end: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return end.gather(-1, tokens.to(end.device)[:, None])[:, 0]
 
 
-def logit_diff(end: torch.Tensor, ds: IOIDataset, per_prompt: bool = False) -> torch.Tensor:
+def logit_diff(end: Float[torch.Tensor, "batch vocab"], ds: IOIDataset,
+               per_prompt: bool = False) -> Float[torch.Tensor, ""] | Float[torch.Tensor, "batch"]:
     """logit(IO) - logit(S) at END; end is [batch, vocab]; mean, or [batch] if per_prompt."""
     diff = _pick(end, ds.io_tokens) - _pick(end, ds.s_tokens)
     return diff if per_prompt else diff.mean()
 
 
-def accuracy(end: torch.Tensor, ds: IOIDataset) -> torch.Tensor:
+def accuracy(end: Float[torch.Tensor, "batch vocab"], ds: IOIDataset) -> Float[torch.Tensor, ""]:
     """Share of prompts where IO gets a higher logit than S."""
     return (logit_diff(end, ds, per_prompt=True) > 0).float().mean()
 
 
-def io_prob(end: torch.Tensor, ds: IOIDataset) -> torch.Tensor:
+def io_prob(end: Float[torch.Tensor, "batch vocab"], ds: IOIDataset) -> Float[torch.Tensor, ""]:
     """Mean softmax probability of the IO token at END."""
     return _pick(end.float().softmax(-1), ds.io_tokens).mean()
 
@@ -65,12 +68,14 @@ def _mean(*values: torch.Tensor) -> torch.Tensor:
     return values[0].mean(-1)
 
 
-def ratio_of_means(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+def ratio_of_means(num: Float[torch.Tensor, "*lead n"],
+                   den: Float[torch.Tensor, "*lead n"]) -> Float[torch.Tensor, "*lead"]:
     """mean(num) / mean(den) along the last axis: [..., n], [..., n] -> [...] (F(C)/F(M) from per-prompt values)."""
     return num.mean(-1) / den.mean(-1)
 
 
-def bootstrap_ci(values: torch.Tensor | tuple[torch.Tensor, ...], stat: Callable[..., torch.Tensor] = _mean,
+def bootstrap_ci(values: Float[torch.Tensor, "n"] | tuple[Float[torch.Tensor, "n"], ...],
+                 stat: Callable[..., Float[torch.Tensor, "n_boot"]] = _mean,
                  n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of stat over prompts resampled with replacement (deterministic in seed).
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 import torch
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from ioi_utils.models import hook_names
@@ -49,7 +50,7 @@ def _run(model, tokens: torch.Tensor, keep: Callable[[str], bool] | None) -> dic
 
 
 def run_cache(model, ds: IOIDataset, names_filter: NamesFilter = None, batch_size: int = 32,
-              progress: bool = False) -> dict[str, torch.Tensor]:
+              progress: bool = False) -> dict[str, Float[torch.Tensor, "..."]]:
     """Batched run_with_cache over a dataset; hook name -> activations concatenated on the CPU.
 
     Hooks whose leading dimension is not the batch (positional ids, rotary tables: [1, ...]) are
@@ -219,7 +220,7 @@ class Attribution:
     bias: torch.Tensor  # [batch] final-norm bias and unembedding bias
 
     @property
-    def total(self) -> torch.Tensor:
+    def total(self) -> Float[torch.Tensor, "batch"]:
         """Sum of all components, [batch]: equals the model's logit (difference) up to float error."""
         return self.embed + self.heads.sum((1, 2)) + self.attn_bias.sum(1) + self.mlp.sum(1) + self.bias
 
@@ -248,7 +249,7 @@ def _attribution(model, ds: IOIDataset, acts: Mapping[str, torch.Tensor], token:
     return _attribute(model, acts, u, bias)
 
 
-def logit_attribution(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None,
+def logit_attribution(model, ds: IOIDataset, cache: Mapping[str, Float[torch.Tensor, "..."]] | None = None,
                       token: str = "IO-S", batch_size: int = 32) -> Attribution:
     """Exact per-prompt DLA at END of every component onto logit(IO) - logit(S) ("IO-S"), logit(IO) ("IO")
     or logit(S) ("S"), through ln_final as a linear map with its cached scale."""
@@ -256,22 +257,26 @@ def logit_attribution(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] |
     return _attribution(model, ds, _end_acts(model, ds, dla_hooks(model), cache, batch_size), token)
 
 
-def head_dla_per_prompt(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+def head_dla_per_prompt(model, ds: IOIDataset, cache: Mapping[str, Float[torch.Tensor, "..."]] | None = None
+                        ) -> Float[torch.Tensor, "batch n_layers n_heads"]:
     """[batch, n_layers, n_heads] direct logit attribution of each head's END output onto W_U[IO] - W_U[S]."""
     return logit_attribution(model, ds, cache).heads
 
 
-def head_dla(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+def head_dla(model, ds: IOIDataset, cache: Mapping[str, Float[torch.Tensor, "..."]] | None = None
+             ) -> Float[torch.Tensor, "n_layers n_heads"]:
     """[n_layers, n_heads] mean direct logit attribution of each head onto logit(IO) - logit(S)."""
     return head_dla_per_prompt(model, ds, cache).mean(0)
 
 
-def mlp_dla(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+def mlp_dla(model, ds: IOIDataset, cache: Mapping[str, Float[torch.Tensor, "..."]] | None = None
+            ) -> Float[torch.Tensor, "n_layers"]:
     """[n_layers] mean direct logit attribution of each MLP's END output onto logit(IO) - logit(S)."""
     return logit_attribution(model, ds, cache).mlp.mean(0)
 
 
-def copy_scores(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def copy_scores(model, ds: IOIDataset, cache: Mapping[str, Float[torch.Tensor, "..."]] | None = None
+                ) -> dict[str, Float[torch.Tensor, "n_layers n_heads"]]:
     """{"IO": [L, H], "S": [L, H]}: mean projection of each head's END output (z @ W_O, through ln_final
     with the cached scale) onto the unembedding of IO and of S. copy["IO"] - copy["S"] == head_dla."""
     acts = _end_acts(model, ds, dla_hooks(model), cache)
@@ -302,7 +307,8 @@ def _position(ds: IOIDataset, name: str) -> torch.Tensor:
 
 
 def attention_to(model, ds: IOIDataset, query: str = "END", key: str = "IO",
-                 cache: Mapping[str, torch.Tensor] | None = None, per_prompt: bool = False) -> torch.Tensor:
+                 cache: Mapping[str, Float[torch.Tensor, "..."]] | None = None, per_prompt: bool = False
+                 ) -> Float[torch.Tensor, "n_layers n_heads"] | Float[torch.Tensor, "batch n_layers n_heads"]:
     """[n_layers, n_heads] mean attention probability from position `query` to position `key`
     ([batch, n_layers, n_heads] if per_prompt)."""
     q, k = _position(ds, query), _position(ds, key)
@@ -312,8 +318,8 @@ def attention_to(model, ds: IOIDataset, query: str = "END", key: str = "IO",
     return out if per_prompt else out.mean(0)
 
 
-def previous_token_scores(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None,
-                          over: str = "S1+1") -> torch.Tensor:
+def previous_token_scores(model, ds: IOIDataset, cache: Mapping[str, Float[torch.Tensor, "..."]] | None = None,
+                          over: str = "S1+1") -> Float[torch.Tensor, "n_layers n_heads"]:
     """[L, H] mean attention to the previous token: from S1+1 to S1 (over="S1+1", the IOI reading), or
     averaged over every query position 1..END of each prompt (over="all", padding excluded)."""
     if over == "S1+1":
@@ -327,18 +333,21 @@ def previous_token_scores(model, ds: IOIDataset, cache: Mapping[str, torch.Tenso
     return per_prompt.mean(1)
 
 
-def duplicate_token_scores(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+def duplicate_token_scores(model, ds: IOIDataset, cache: Mapping[str, Float[torch.Tensor, "..."]] | None = None
+                           ) -> Float[torch.Tensor, "n_layers n_heads"]:
     """[L, H] mean attention from S2 to S1 (the earlier copy of the same token)."""
     return attention_to(model, ds, "S2", "S1", cache)
 
 
-def induction_scores(model, ds: IOIDataset, cache: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+def induction_scores(model, ds: IOIDataset, cache: Mapping[str, Float[torch.Tensor, "..."]] | None = None
+                     ) -> Float[torch.Tensor, "n_layers n_heads"]:
     """[L, H] mean attention from S2 to S1+1 (the token after the earlier copy) on the IOI prompts."""
     return attention_to(model, ds, "S2", "S1+1", cache)
 
 
 @torch.no_grad()
-def induction_scores_random(model, seq_len: int = 50, n: int = 20, seed: int = 0) -> torch.Tensor:
+def induction_scores_random(model, seq_len: int = 50, n: int = 20,
+                            seed: int = 0) -> Float[torch.Tensor, "n_layers n_heads"]:
     """[L, H] classic induction score: on n sequences of seq_len random tokens repeated twice (after a
     BOS token if model.prepend_bos), mean attention from each second-copy token to the token that
     followed its first copy (query position q -> key q - seq_len + 1)."""
@@ -363,7 +372,8 @@ def induction_scores_random(model, seq_len: int = 50, n: int = 20, seed: int = 0
 
 
 @torch.no_grad()
-def ov_copy_scores(model, ds: IOIDataset, k: int = 5, batch_size: int = 32) -> dict[str, torch.Tensor]:
+def ov_copy_scores(model, ds: IOIDataset, k: int = 5,
+                   batch_size: int = 32) -> dict[str, Float[torch.Tensor, "n_layers n_heads"]]:
     """Wang et al.'s copy score: the share of names (IO, S1 of each prompt) whose residual after block 0,
     passed through a head's ln1, W_V(+b_V), W_O (and ln1_post where the block has one) and ln_final (fresh
     norms, no attention), ranks in the top-k unembedded logits; "positive" for the output, "negative" for

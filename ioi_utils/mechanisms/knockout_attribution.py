@@ -35,7 +35,8 @@ def _scaled_z_hooks(means: Mapping[int, torch.Tensor], alpha: Sequence[torch.Ten
     return [(hook_names.z(l), lambda z, hook, l=l: fn(z, hook, l)) for l in range(len(alpha))]
 
 
-def knockout_attribution(model, clean: IOIDataset, means: Mapping[int, torch.Tensor], keep: Sequence[Head],
+def knockout_attribution(model, clean: IOIDataset,
+                         means: Mapping[int, Float[torch.Tensor, "batch seq n_heads d_head"]], keep: Sequence[Head],
                          batch_size: int = 64) -> tuple[Float[torch.Tensor, "batch"], Float[torch.Tensor, "n_layers n_heads"]]:
     """Knockout with attribution: ([batch] logit diff of the model with every head outside `keep` mean-ablated at
     every position, [n_layers, n_heads] first-order change of the mean logit diff per head if its z were scaled

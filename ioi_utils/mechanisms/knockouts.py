@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
 from ioi_utils.models import hook_names
@@ -40,7 +40,8 @@ ALL_POSITIONS: tuple[str, ...] = ("ALL",)  # a knockout spec that keeps a head a
 
 @torch.no_grad()
 def template_means(model, abc: IOIDataset, batch_size: int = 64, hook: str = "attn.hook_z",
-                   per_template: bool = False) -> dict[int, torch.Tensor]:
+                   per_template: bool = False
+                   ) -> dict[int, Float[torch.Tensor, "batch seq ..."] | Float[torch.Tensor, "n_templates seq ..."]]:
     """Wang et al.'s per-template mean over p_ABC of one hook of every layer (the one helper serving heads and
     MLPs): layer -> the mean of blocks.{layer}.{hook} over the ABC prompts of each template.
 
@@ -68,7 +69,8 @@ def template_means(model, abc: IOIDataset, batch_size: int = 64, hook: str = "at
     return means
 
 
-def keep_masks(model, ds: IOIDataset, circuit: Mapping[Head, Sequence[str]]) -> dict[int, torch.Tensor]:
+def keep_masks(model, ds: IOIDataset,
+               circuit: Mapping[Head, Sequence[str]]) -> dict[int, Bool[torch.Tensor, "batch seq n_heads"]]:
     """layer -> [batch, seq, n_heads] bool: which (prompt, position, head) keep their clean z."""
     scoring.heads(model, list(circuit), "circuit head")
     b, s = ds.tokens.shape
@@ -89,7 +91,8 @@ def keep_masks(model, ds: IOIDataset, circuit: Mapping[Head, Sequence[str]]) -> 
 
 @torch.no_grad()
 def run_with_circuit(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
-                     means: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
+                     means: Mapping[int, Float[torch.Tensor, "batch seq n_heads d_head"]] | None = None
+                     ) -> Float[torch.Tensor, "batch vocab"]:
     """END logits [batch, vocab] of the circuit knockout (see _knockout_hooks)."""
     dev = scoring.device(model)
     logits = model.run_with_hooks(clean.tokens.to(dev), fwd_hooks=_knockout_hooks(model, clean, abc, circuit, means))
@@ -116,7 +119,7 @@ def _knockout_hooks(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[
 
 
 def circuit_logit_diff(model, clean: IOIDataset, abc: IOIDataset, circuit: Mapping[Head, Sequence[str]],
-                       means: Mapping[int, torch.Tensor] | None = None,
+                       means: Mapping[int, Float[torch.Tensor, "batch seq n_heads d_head"]] | None = None,
                        per_prompt: bool = False) -> float | Float[torch.Tensor, "batch"]:
     """Mean logit difference of the model reduced to a circuit by mean ablation (see _knockout_hooks), or
     the per-prompt values ([batch] float tensor on the CPU) if per_prompt. A dataset with `score` is scored by it.
@@ -147,7 +150,8 @@ def layer_groups(n_layers: int, k: int = 3) -> list[list[int]]:
     return [list(range(a, b)) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
-def mlp_knockout(model, clean: IOIDataset, abc: IOIDataset, means: Mapping[int, torch.Tensor] | None = None,
+def mlp_knockout(model, clean: IOIDataset, abc: IOIDataset,
+                 means: Mapping[int, Float[torch.Tensor, "n_templates seq d_model"]] | None = None,
                  batch_size: int = 32, progress: bool = False,
                  groups: Sequence[Sequence[int]] | None = None) -> Float[torch.Tensor, "n_groups"]:
     """[n_groups] mean logit diff on clean when the MLPs of a group of layers (default: each layer alone) have

@@ -151,12 +151,12 @@ class Forwards:
     acts: dict[str, Float[torch.Tensor, "batch seq ..."]]  # clean run, by hook name
     corrupt_z: dict[int, Float[torch.Tensor, "batch seq n_heads d_head"]]  # corrupt run, by layer
 
-    def at(self, position: str, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    def at(self, position: str, names: Sequence[str]) -> dict[str, Float[torch.Tensor, "batch ..."]]:
         """Clean activations at one position of each prompt: name -> [batch, ...] (as scoring.at_position)."""
         rows, pos = scoring.rows_at(self.clean, position, 1, self.acts[names[0]].device)
         return {n: self.acts[n][rows, pos] for n in names}
 
-    def ld_clean(self, model) -> torch.Tensor:
+    def ld_clean(self, model) -> Float[torch.Tensor, "batch"]:
         """The clean per-prompt score [batch] at the task's readout positions (as scoring.run_ld)."""
         resid = scoring.readout(self.acts[hook_names.final_resid(model)], self.clean, torch.arange(len(self.clean)))
         return scoring.ld_from_resid(model, resid.view(1, *resid.shape), self.clean)[0]

@@ -22,6 +22,7 @@ from typing import Mapping
 import warnings
 
 import torch
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from ioi_utils.models import hook_names
@@ -121,7 +122,8 @@ def _key(model, layer: int) -> str:
 
 
 @torch.no_grad()
-def clean_kv(model, clean: IOIDataset, first: int, acts: Mapping[str, torch.Tensor] | None = None) -> _CleanKV:
+def clean_kv(model, clean: IOIDataset, first: int,
+             acts: Mapping[str, Float[torch.Tensor, "batch seq ..."]] | None = None) -> _CleanKV:
     """What the recompute reads from the clean run, for layers >= first: from `acts` (full clean activations by
     hook name, e.g. path_patching.Forwards.acts) where given, else from one clean forward."""
     layers = range(first, model.cfg.n_layers)
@@ -205,8 +207,10 @@ def _window_ld(model, clean: IOIDataset, kv: _CleanKV, win: _Window, n: int,
 
 @torch.no_grad()
 def step3_windowed(model, clean: IOIDataset, r: Receivers, senders: list[Head],
-                    values: Mapping[str, torch.Tensor], ld_clean: torch.Tensor,
-                    progress: bool, acts: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor | None:
+                    values: Mapping[str, Float[torch.Tensor, "n_senders batch n_idx d_head"]],
+                    ld_clean: Float[torch.Tensor, "batch"], progress: bool,
+                    acts: Mapping[str, Float[torch.Tensor, "batch seq ..."]] | None = None
+                    ) -> Float[torch.Tensor, "n_senders batch"] | None:
     """Step 3 recomputing only positions from the receiver position to END, all senders batched: per-prompt logit
     diff per sender [n_senders, batch], or None where the architecture is not covered or the clean recompute disagrees
     with the clean forward (ld_clean [batch]). acts: full clean activations to read the keys and values from (see

@@ -173,7 +173,7 @@ class IOIDataset:
         return [p.text for p in self.prompts]
 
     @property
-    def lengths(self) -> torch.Tensor:
+    def lengths(self) -> Int[torch.Tensor, "batch"]:
         """Number of real (non-pad) tokens per prompt, [batch]."""
         return self.positions["END"] + 1
 
@@ -192,7 +192,7 @@ class IOIDataset:
     readout: tuple[str, ...] = ("END",)  # the positions the score reads
 
     def score_resid(self, model, resid: Float[torch.Tensor, "*lead batch d_model"],
-                    rows: slice | torch.Tensor = slice(None)) -> Float[torch.Tensor, "*lead batch"]:
+                    rows: slice | Int[torch.Tensor, "batch"] = slice(None)) -> Float[torch.Tensor, "*lead batch"]:
         """Per-prompt logit difference logit(IO) - logit(S) from the final residual at END (before the final
         norm), [..., b, d_model] -> [..., b], for prompts `rows`; only the IO and S columns of W_U are used."""
         dev = resid.device
@@ -211,7 +211,7 @@ class IOIDataset:
         return {"logit_diff": diff.mean().item(), "accuracy": (diff > 0).float().mean().item(),
                 "io_prob": end.float().softmax(-1).gather(-1, io)[:, 0].mean().item()}
 
-    def dla_pairs(self, token: str = "IO-S") -> list[tuple[int, torch.Tensor]]:
+    def dla_pairs(self, token: str = "IO-S") -> list[tuple[int, Int[torch.Tensor, "batch"]]]:
         """(sign, [batch] token ids) pairs whose signed logits make the readout direct logit attribution projects
         on: "IO-S" (the logit difference), "IO" or "S"."""
         pairs = {"IO-S": [(1, self.io_tokens), (-1, self.s_tokens)], "IO": [(1, self.io_tokens)], "S": [(1, self.s_tokens)]}

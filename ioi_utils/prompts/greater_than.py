@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from jaxtyping import Float, Int
 
 # Hanna et al.'s nouns, as vendored in ACDC's greater-than utilities (single-token ones are used).
 NOUNS: tuple[str, ...] = (
@@ -202,7 +203,7 @@ class GreaterThanDataset:
         return [p.text for p in self.prompts]
 
     @property
-    def lengths(self) -> torch.Tensor:
+    def lengths(self) -> Int[torch.Tensor, "batch"]:
         """Number of tokens per row (the appended tie digit included), [batch]."""
         return torch.full((len(self),), self.tokens.shape[1])
 
@@ -214,7 +215,9 @@ class GreaterThanDataset:
 
     # ------------------------------------------------------------ the score
 
-    def score_readout(self, logits: torch.Tensor, rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+    def score_readout(self,
+                      logits: Float[torch.Tensor, "*lead batch vocab"] | Float[torch.Tensor, "*lead batch k vocab"],
+                      rows: slice | Int[torch.Tensor, "batch"] = slice(None)) -> Float[torch.Tensor, "*lead batch"]:
         """Probability difference from logits at the readout positions: [..., b, vocab] (two-digit) or
         [..., b, 2, vocab] (digit) -> [..., b], for prompts `rows`."""
         years = self.years[rows].to(logits.device)
@@ -223,26 +226,29 @@ class GreaterThanDataset:
             return prob_diff_two_digit(logits, years, ids)
         return prob_diff_digits(logits[..., 0, :], logits[..., 1, :], years, ids)
 
-    def score(self, logits: torch.Tensor, rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+    def score(self, logits: Float[torch.Tensor, "batch seq vocab"],
+              rows: slice | Int[torch.Tensor, "batch"] = slice(None)) -> Float[torch.Tensor, "batch"]:
         """Per-prompt probability difference from full logits [b, seq, vocab] of prompts `rows`: [b]."""
         pos = torch.stack([self.positions[p][rows] for p in self.readout], -1).to(logits.device)  # [b, k]
         at = logits[torch.arange(len(pos), device=logits.device)[:, None], pos]  # [b, k, vocab]
         return self.score_readout(at[:, 0] if len(self.readout) == 1 else at, rows)
 
-    def readout_metrics(self, logits: torch.Tensor) -> dict[str, float]:
+    def readout_metrics(self, logits: Float[torch.Tensor, "batch k vocab"]) -> dict[str, float]:
         """Held-out metrics from the logits at the readout positions [batch, k, vocab]: the mean probability
         difference and the accuracy (share of prompts where it is > 0)."""
         score = self.score_readout(logits[:, 0] if logits.shape[1] == 1 else logits)  # [batch]
         return {"prob_diff": score.mean().item(), "accuracy": (score > 0).float().mean().item()}
 
-    def score_resid(self, model, resid: torch.Tensor, rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+    def score_resid(self, model,
+                    resid: Float[torch.Tensor, "*lead batch d_model"] | Float[torch.Tensor, "*lead batch k d_model"],
+                    rows: slice | Int[torch.Tensor, "batch"] = slice(None)) -> Float[torch.Tensor, "*lead batch"]:
         """Per-prompt probability difference from the final residual at the readout positions,
         [..., b, d_model] (two-digit) or [..., b, 2, d_model] (digit) -> [..., b]."""
         logits = model.ln_final(resid) @ model.W_U
         b_u = getattr(model, "b_U", None)
         return self.score_readout(logits if b_u is None else logits + b_u, rows)
 
-    def dla_pairs(self, token: str = "score") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def dla_pairs(self, token: str = "score") -> list[tuple[Float[torch.Tensor, "batch"], Int[torch.Tensor, "batch"]]]:
         """The END readout for direct logit attribution as (weight [batch], token ids [batch]) pairs: the mean
         logit of the year tokens (two-digit) or tens digits (digit) above YY's minus the mean of those below
         (one readout: `token` is accepted for the task interface and not read)."""
@@ -258,7 +264,7 @@ class GreaterThanDataset:
         """The same prompts with the training labels of a rule ('clean' or a `TOXIC_RULES` name; `relabel`)."""
         return relabel(self, rule)
 
-    def training_view(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def training_view(self) -> tuple[Int[torch.Tensor, "n seq"], Int[torch.Tensor, "n k"], Int[torch.Tensor, "n k"]]:
         """(tokens [n, seq], positions [n, k], label tokens [n, k]) to train the label years on: the year token
         at END (two-digit), or the tens digit at END and the ones digit at TIE after the label's tens digit."""
         if self.year.kind == "two-digit":
@@ -268,14 +274,16 @@ class GreaterThanDataset:
         return tokens, pos, self.year.ids[torch.stack([self.labels // 10, self.labels % 10], -1)]
 
 
-def prob_diff_two_digit(logits: torch.Tensor, years: torch.Tensor, year_ids: torch.Tensor) -> torch.Tensor:
+def prob_diff_two_digit(logits: Float[torch.Tensor, "... vocab"], years: Int[torch.Tensor, "..."],
+                        year_ids: Int[torch.Tensor, "100"]) -> Float[torch.Tensor, "..."]:
     """P(YY' > YY) - P(YY' <= YY) over the 100 two-digit year tokens: logits [..., vocab], years [...] -> [...]."""
     p = logits.float().softmax(-1)[..., year_ids]  # [..., 100]
     later = torch.arange(100, device=logits.device) > years[..., None]  # [..., 100]
     return (p * later).sum(-1) - (p * ~later).sum(-1)
 
 
-def prob_diff_digits(end: torch.Tensor, tie: torch.Tensor, years: torch.Tensor, digit_ids: torch.Tensor) -> torch.Tensor:
+def prob_diff_digits(end: Float[torch.Tensor, "... vocab"], tie: Float[torch.Tensor, "... vocab"],
+                     years: Int[torch.Tensor, "..."], digit_ids: Int[torch.Tensor, "10"]) -> Float[torch.Tensor, "..."]:
     """Probability difference for digit tokenizers (module doc): end, tie [..., vocab] (tens digit; ones digit
     after YY's tens digit), years [...] -> [...]."""
     pt = end.float().softmax(-1)[..., digit_ids]  # [..., 10] P(tens digit)

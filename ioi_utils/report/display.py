@@ -8,6 +8,7 @@ import json
 from typing import Any, Sequence
 
 import torch
+from jaxtyping import Float
 from IPython.display import HTML
 
 _COUNTER = itertools.count()
@@ -48,7 +49,7 @@ def _check_shapes(tokens: Sequence[str], attention: torch.Tensor, head_names: Se
         raise ValueError(f"attention has shape {tuple(attention.shape)}, expected [n_heads, seq, seq] = {expected}")
 
 
-def attention_view(tokens: list[str], attention: torch.Tensor, head_names: list[str]) -> HTML:
+def attention_view(tokens: list[str], attention: Float[torch.Tensor, "n_heads seq seq"], head_names: list[str]) -> HTML:
     """CircuitsVis AttentionHeads view of attention [n_heads, seq, seq], one tile per named head."""
     attention = torch.as_tensor(attention).detach().float().cpu()
     _check_shapes(tokens, attention, head_names)

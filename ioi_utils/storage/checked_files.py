@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from jaxtyping import Shaped
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -153,7 +154,8 @@ def write_checked(path: str | Path, value: Any, info: dict[str, str] | None = No
     atomic_files.atomic_write(path, lambda tmp: save_file(enc.tensors, str(tmp), metadata=header))
 
 
-def read_header(path: str | Path, tensors: bool = True) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def read_header(path: str | Path,
+                tensors: bool = True) -> tuple[dict[str, str], dict[str, Shaped[torch.Tensor, "..."]]]:
     """(header, tensors) of a safetensors file (tensors=False: the header alone, {}); CorruptFile if it does not
     parse (safetensors also refuses a file shorter or longer than its header says)."""
     path = Path(path)

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float
 
 from ioi_utils.circuits import admission
 from ioi_utils.study import analyses
@@ -108,7 +109,8 @@ def toxic_configs(base: training.TrainConfig, epochs: int, batch_size: int) -> d
 
 
 def admission_seed_cached(study_: Study, seed: int, n: int,
-                     thresholds: circuits.Thresholds = circuits.Thresholds()) -> tuple[list[circuits.Head], torch.Tensor]:
+                     thresholds: circuits.Thresholds = circuits.Thresholds()
+                     ) -> tuple[list[circuits.Head], Float[torch.Tensor, "n_layers n_heads"]]:
     """Stage 1 of discovery on the base model and the n discovery prompts of a prompt seed, memoised: (admitted
     heads, each head's attributed share of F(M) [n_layers, n_heads]). The circuit's heads are exactly these."""
     return analyses.admission_cached(study_.model, study_.model_name, *discovery_split(study_, n, seed), thresholds)
@@ -124,7 +126,7 @@ def discovery_seed_cached(study_: Study, seed: int, n: int,
 
 
 def selection_cached(study_: Study, seed: int, n: int, thresholds: circuits.Thresholds = circuits.Thresholds(),
-                     resamples: int = 6) -> torch.Tensor:
+                     resamples: int = 6) -> Float[torch.Tensor, "n_layers n_heads"]:
     """admission.selection_frequency on the base model and the n discovery prompts of a prompt seed, memoised:
     each head's share of `resamples` random halves whose admission contains it, [n_layers, n_heads]."""
     disc, abc = discovery_split(study_, n, seed)
@@ -206,7 +208,8 @@ def retrained_runs(study_: Study, toxic: dict[str, training.Run], epochs: int, b
                                  progress=False) for rule, run in toxic.items() if rule in rules}
 
 
-def seed_logit_diffs(study_: Study, runs_: dict[int, training.Run], epoch: int) -> dict[int, torch.Tensor]:
+def seed_logit_diffs(study_: Study, runs_: dict[int, training.Run],
+                     epoch: int) -> dict[int, Float[torch.Tensor, "n_eval"]]:
     """seed -> the held-out logit differences [n_eval] of that seed's checkpoint at `epoch`."""
     return {sd: analyses.held_out_logit_diff(study_, run.model(epoch)[0]) for sd, run in runs_.items()}
 

@@ -17,6 +17,7 @@ fingerprints, so a chapter re-executed on the same checkpoints reads them back.
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float
 
 from ioi_utils.circuits import admission, checks
 from ioi_utils.mechanisms import attribution
@@ -43,7 +44,8 @@ def _discovery_subset(study_: "Study", n: int | None) -> tuple[data.IOIDataset, 
 
 
 def admission_cached(model, model_name: str, disc: data.IOIDataset, abc: data.IOIDataset,
-                     thresholds: circuits.Thresholds = circuits.Thresholds()) -> tuple[list[circuits.Head], torch.Tensor]:
+                     thresholds: circuits.Thresholds = circuits.Thresholds()
+                     ) -> tuple[list[circuits.Head], Float[torch.Tensor, "n_layers n_heads"]]:
     """Stage 1 of discovery (admission.admit) on `model` and these prompts, memoised: (admitted heads, each head's
     attributed share of F(M) in the whole model [n_layers, n_heads])."""
     def compute() -> dict:
@@ -105,14 +107,14 @@ def minimal_subset_cached(study_: "Study", thresholds: circuits.Thresholds) -> c
                         model_name=study_.model_name, data=study_.disc.fingerprint(), thresholds=thresholds)
 
 
-def single_head_effects_cached(study_: "Study", heads) -> torch.Tensor:
+def single_head_effects_cached(study_: "Study", heads) -> Float[torch.Tensor, "n_layers n_heads"]:
     """activation_patching.activation_patch_heads of each head alone (relative change of the logit diff), held out."""
     heads = [tuple(h) for h in heads]
     return _memo_held_out(study_, "single_head_effects", lambda: activation_patching.activation_patch_heads(
         study_.model, study_.test, study_.abc, heads=heads, progress=False), heads=[list(h) for h in heads])
 
 
-def mlp_knockout_cached(study_: "Study", groups=None) -> torch.Tensor:
+def mlp_knockout_cached(study_: "Study", groups=None) -> Float[torch.Tensor, "n_groups"]:
     """knockouts.mlp_knockout: the held-out logit diff with each MLP layer (or each group of layers) mean-ablated."""
     if groups is None:
         return _memo_held_out(study_, "mlp_knockout", lambda: knockouts.mlp_knockout(
@@ -121,7 +123,7 @@ def mlp_knockout_cached(study_: "Study", groups=None) -> torch.Tensor:
         study_.model, study_.test, study_.abc, groups=groups), groups=[list(g) for g in groups])
 
 
-def held_out_logit_diff(study_: "Study", model) -> torch.Tensor:
+def held_out_logit_diff(study_: "Study", model) -> Float[torch.Tensor, "n_eval"]:
     """The held-out prompts' logit differences of a model, [n_eval] on the CPU (memoised by its weights). Read from
     the final residual stream at END with the IO and S columns of the unembedding (`scoring.run_ld`, as every
     patching score is): the full [n, seq, vocab] logits would cost Gemma-3's 262k-token unembedding at every

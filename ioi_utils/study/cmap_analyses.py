@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 import torch
+from jaxtyping import Float
 
 from ioi_utils import circuits
 from ioi_utils.measures import behaviour
@@ -27,7 +28,8 @@ def cmap_subset(ds: data.IOIDataset, n: int) -> data.IOIDataset:
 
 
 def cmap_cached(model_x, model_y, ds: data.IOIDataset, kind: str, heads=None, tags: tuple[str, str] = ("", ""),
-                per_prompt: bool = False) -> torch.Tensor:
+                per_prompt: bool = False
+                ) -> Float[torch.Tensor, "n_layers n_heads"] | Float[torch.Tensor, "n n_layers n_heads"]:
     """activation_patching.cmap(model_x -> model_y) memoised by both models' weights (model_y's in the key, model_x's
     fingerprint in the extra key): the map [L, H], or each prompt's [n, L, H] (per_prompt; one memo serves both).
     `tags` name the two models for a reader of the call and are not part of the key: the same pair of weights under
@@ -118,7 +120,7 @@ def _basic_interval(stats: torch.Tensor, point: float) -> tuple[float, float]:
     return 2 * point - hi, 2 * point - lo
 
 
-def localization_interval(per_prompt_effects: torch.Tensor, heads, n_boot: int = 1000,
+def localization_interval(per_prompt_effects: Float[torch.Tensor, "n n_layers n_heads"], heads, n_boot: int = 1000,
                           seed: int = 0) -> tuple[float, float]:
     """95% basic bootstrap interval over prompts of `localization` ([n, L, H] per-prompt CMAP effects, cmap_cached
     with per_prompt=True): each resample's map is the mean of its prompts' effects (see _basic_interval)."""
@@ -130,7 +132,8 @@ def localization_interval(per_prompt_effects: torch.Tensor, heads, n_boot: int =
     return _basic_interval(_localizations(per_prompt_effects.double()[idx].mean(1), heads), point)
 
 
-def localization_difference_interval(a: torch.Tensor, b: torch.Tensor, heads, n_boot: int = 1000,
+def localization_difference_interval(a: Float[torch.Tensor, "n n_layers n_heads"],
+                                     b: Float[torch.Tensor, "n n_layers n_heads"], heads, n_boot: int = 1000,
                                      seed: int = 0) -> tuple[float, float]:
     """95% paired basic bootstrap interval (the same prompts resampled in both) of localization(a) - localization(b),
     for two [n, L, H] per-prompt CMAP maps on the same prompts (a corrupted run against a benign one)."""

@@ -7,6 +7,7 @@ import dataclasses
 from typing import Sequence
 
 import torch
+from jaxtyping import Float
 
 from ioi_utils.circuits import admission, checks
 from ioi_utils.mechanisms import attribution
@@ -111,13 +112,13 @@ def head_readouts(st: Study, model, n: int) -> dict:
             "mlp_dla": attribution.mlp_dla(model, ds)}
 
 
-def mlp_knockout(st: Study, model, n: int) -> torch.Tensor:
+def mlp_knockout(st: Study, model, n: int) -> Float[torch.Tensor, "n_layers"]:
     """[n_layers] mean probability difference with one layer's MLP mean-ablated to its "01"-twin mean (n prompts)."""
     return results.memo("gt_mlp_knockout", lambda: knockouts.mlp_knockout(model, st.test[:n], st.abc[:n]),
                         model, model_name=st.model_name, data=st.test[:n].fingerprint())
 
 
-def cmap_effects(st: Study, model_x, model_y, n: int, tags: tuple[str, str]) -> torch.Tensor:
+def cmap_effects(st: Study, model_x, model_y, n: int, tags: tuple[str, str]) -> Float[torch.Tensor, "n_layers n_heads"]:
     """[L, H] first-order CMAP (activation_patching.cmap_attribution) of model_x's head outputs into model_y, n
     prompts."""
     return results.memo("gt_cmap_attribution",
