@@ -14,7 +14,8 @@ from ioi_utils.prompts import data
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: evaluate a model on held-out IOI prompts."""
-    ap = argparse.ArgumentParser(prog="python -m ioi_utils.evaluate", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m ioi_utils.evaluate",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m", help=f"one of {', '.join(models.KNOWN_MODELS)}, a HF folder or hub name")
     ap.add_argument("--n", type=int, default=500, help="number of held-out prompts")
     ap.add_argument("--seed", type=int, default=0)

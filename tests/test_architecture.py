@@ -326,3 +326,31 @@ def test_hook_names_come_from_one_module(tmp_path):
     (tmp_path / "hook_names.py").write_text('def z(l):\n    return f"blocks.{l}.attn.hook_z"\n')
     (tmp_path / "other.py").write_text('A = "blocks.0.hook_resid_post"\nB = 1\nC = f"blocks.{B}.attn.hook_z"\n')
     assert hand_built_hook_names(tmp_path) == ["other.py:1", "other.py:3"]
+
+
+def bare_tensor_signatures(package: Path) -> list[str]:
+    """'file:function' of every public function whose parameters or return are annotated with a bare torch.Tensor
+    (no jaxtyping shape: Float / Int / Bool / Shaped[torch.Tensor, "dims"])."""
+    shaped = ("Float[", "Int[", "Bool[", "Shaped[")
+    bad = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+                args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                anns = [ast.unparse(a.annotation) for a in args if a.annotation]
+                anns += [ast.unparse(node.returns)] if node.returns else []
+                for text in anns:
+                    for piece in text.replace("|", ",").replace("[", ",").replace("]", ",").split(","):
+                        if piece.strip() in ("torch.Tensor", "Tensor") and not any(s in text for s in shaped):
+                            bad.append(f"{path.relative_to(package).as_posix()}:{node.name}")
+    return sorted(set(bad))
+
+
+def test_public_functions_annotate_tensor_shapes(tmp_path):
+    """A public function's tensors carry their shape in the signature (jaxtyping), not only in the docstring."""
+    assert bare_tensor_signatures(PACKAGE) == []
+    (tmp_path / "m.py").write_text("import torch\nfrom jaxtyping import Float\n"
+                                   "def f(x: torch.Tensor) -> int: ...\n"
+                                   "def g(x: Float[torch.Tensor, 'batch']) -> Float[torch.Tensor, '']: ...\n"
+                                   "def _h(x: torch.Tensor): ...\n")
+    assert bare_tensor_signatures(tmp_path) == ["m.py:f"]
