@@ -121,6 +121,29 @@ def test_checkpoint_row_memoised_and_rediscovery(tmp_path, monkeypatch):
     assert own_circuit.to_json() == C.discover(s.model, s.disc[first], s.disc_abc[first]).circuit.to_json()
 
 
+def test_rediscovered_row_reuses_the_rows_means_and_f_model(tmp_path, monkeypatch):
+    """A row computed with its re-discovery takes the template means once and F(M) once (the re-discovered
+    circuit is judged against the row's own F(M)), and its numbers equal a faithfulness computed from scratch."""
+    from ioi_utils.circuits import checks
+    from ioi_utils.mechanisms import knockouts
+
+    monkeypatch.setenv("IOI_UTILS_RESULTS", str(tmp_path))
+    torch.set_num_threads(1)
+    s = study.prepare("tiny", 24, 12, 0, "cpu", 8, n_discovery=10)
+    circuit = C.Circuit({"NM": [(1, 0)], "OTH": [(0, 1)]}, everywhere=True)
+    study.rediscover_cached(s, s.model, "base", 6)  # the re-discovery itself (memoised), outside the count below
+    calls = {"means": 0}
+    real = knockouts.template_means
+    monkeypatch.setattr(knockouts, "template_means", lambda *a, **k: calls.__setitem__("means", calls["means"] + 1)
+                        or real(*a, **k))
+    row = study.checkpoint_row(s, s.model, "base", circuit, 0, rediscover=True, n_rediscover=6)
+    assert calls["means"] == 1
+    own = C.Circuit.from_json(row["circuit"])
+    fresh = checks.faithfulness(s.model, s.test, s.abc, own)
+    assert row["faithfulness_own_circuit"] == fresh.ratio
+    assert row["faithfulness_own_interval"] == fresh.interval()
+
+
 def test_checkpoint_row_logit_diff_is_the_clean_models(tmp_path, monkeypatch):
     monkeypatch.setenv("IOI_UTILS_RESULTS", str(tmp_path))
     torch.set_num_threads(1)

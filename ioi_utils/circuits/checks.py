@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from jaxtyping import Float
 
 from ioi_utils.storage import checked_files
 from ioi_utils.measures import metrics
@@ -62,11 +63,15 @@ def _model_minus(model, heads: Sequence[Head]) -> dict[Head, tuple[str, ...]]:
     return {h: knockouts.ALL_POSITIONS for h in all_heads(model) if h not in drop}
 
 
-def faithfulness(model, clean, abc, circuit: Circuit, means=None) -> Faithfulness:
-    """Mean-ablation faithfulness of a circuit: F(C) with everything outside it ablated vs F(M)."""
+def faithfulness(model, clean, abc, circuit: Circuit, means=None,
+                 f_model: Float[torch.Tensor, "batch"] | None = None) -> Faithfulness:
+    """Mean-ablation faithfulness of a circuit: F(C) with everything outside it ablated vs F(M). `means` (the
+    template means of `abc`) and `f_model` (F(M) per prompt of this model on `clean`, e.g. from an earlier call's
+    `per_prompt_model`) are computed when not given: a second circuit of the same model needs neither again."""
     circuit.validate(model.cfg.n_layers, model.cfg.n_heads)
     means = means if means is not None else knockouts.template_means(model, abc)
-    f_m = knockouts.circuit_logit_diff(model, clean, abc, _model_minus(model, []), means, per_prompt=True)
+    f_m = (f_model if f_model is not None
+           else knockouts.circuit_logit_diff(model, clean, abc, _model_minus(model, []), means, per_prompt=True))
     f_c = knockouts.circuit_logit_diff(model, clean, abc, circuit.positions(), means, per_prompt=True)
     return Faithfulness(f_m.mean().item(), f_c.mean().item(), f_m, f_c)
 

@@ -152,8 +152,11 @@ def checkpoint_row(study_: "Study", model, tag: str, base_circuit: circuits.Circ
     END->S attention ([L, H] tensors). With rediscover=True also a circuit re-discovered in this model (on
     the first n_rediscover discovery prompts), its faithfulness, the share of the base circuit's heads it
     contains, each head's role transition (circuits.role_transitions) and, for reference, its Jaccard overlap."""
+    shared: dict = {}  # the template means, when this call computes the row: the re-discovered circuit reuses them
+
     def compute() -> dict:
-        f = checks.faithfulness(model, study_.test, study_.abc, base_circuit)
+        shared["means"] = knockouts.template_means(model, study_.abc)
+        f = checks.faithfulness(model, study_.test, study_.abc, base_circuit, shared["means"])
         ld = f.per_prompt_model  # F(M) keeps every head everywhere: the clean model's logit diff (one forward saved)
         row = {"epoch": epoch, "tag": tag, "logit_diff": ld.mean().item(), "accuracy": (ld > 0).float().mean().item(),
                "logit_diff_interval": metrics.bootstrap_ci(ld),
@@ -167,7 +170,8 @@ def checkpoint_row(study_: "Study", model, tag: str, base_circuit: circuits.Circ
     if rediscover:
         def own_part() -> dict:
             own = rediscover_cached(study_, model, tag, n_rediscover)
-            f = checks.faithfulness(model, study_.test, study_.abc, own)
+            f = checks.faithfulness(model, study_.test, study_.abc, own, shared.get("means"),
+                                    f_model=row["f_per_prompt"][0])  # F(M) is the row's: same model, same prompts
             return {"circuit": own.to_json(), "circuit_size": len(own.heads), "faithfulness_own_circuit": f.ratio,
                     "faithfulness_own_interval": f.interval(), "jaccard_base": circuits.jaccard(own, base_circuit),
                     "containment_base": circuits.containment(base_circuit, own),
