@@ -191,16 +191,26 @@ def test_complete_run_is_reused_not_retrained():
 
 
 def broken_writes(monkeypatch, name_part: str, error: OSError) -> None:
-    """Every byte write to a file whose name holds `name_part` writes half its bytes, then raises `error`."""
-    real = Path.write_bytes
+    """Every file write to a file whose name holds `name_part` writes half its bytes, then raises `error`: byte
+    writes (Path.write_bytes) and safetensors' streamed writes (save_file, as checkpoints are written)."""
+    import safetensors.torch as st
+
+    real_bytes, real_save = Path.write_bytes, st.save_file
 
     def write_bytes(self, payload):
         if name_part not in self.name:
-            return real(self, payload)
-        real(self, payload[: len(payload) // 2])
+            return real_bytes(self, payload)
+        real_bytes(self, payload[: len(payload) // 2])
+        raise error
+
+    def save_file(tensors, filename, metadata=None):
+        if name_part not in Path(filename).name:
+            return real_save(tensors, filename, metadata=metadata)
+        real_bytes(Path(filename), st.save(tensors, metadata=metadata)[:100])
         raise error
 
     monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    monkeypatch.setattr(st, "save_file", save_file)
 
 
 def test_interrupted_write_leaves_no_checkpoint(monkeypatch):

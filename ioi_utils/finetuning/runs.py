@@ -235,18 +235,24 @@ def save_checkpoint(run: Run, epoch: int, tensors: dict[str, Float[torch.Tensor,
                     metadata: dict[str, str]) -> None:
     """Write an epoch's checkpoint, then record its sha256 and size in checkpoints.json (each write atomic).
 
-    The sha256 is that of the bytes meant for the disk, so a write that went wrong never verifies; a kill between
-    the two writes leaves an unrecorded file, which is never loaded (training removes it).
+    safetensors streams the tensors into a staged temp file, which is fsynced and read back for its sha256 before
+    it is renamed into place: the record is that of the bytes on disk. A kill between the two writes leaves an
+    unrecorded file, which is never loaded (training removes it).
     """
-    from safetensors.torch import save
+    from safetensors.torch import save_file
 
     ensure_free_space(run.dir, sum(t.numel() * t.element_size() for t in tensors.values()))
     # own, contiguous memory: the bridge's GPT-2 q/k/v weights are strided views of one qkv tensor
     tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
-    payload = save(tensors, metadata=metadata)
     path = run.checkpoint_path(epoch)
-    atomic_files.atomic_write_bytes(path, payload)
-    checkpoints.write_records(run.dir, {**checkpoints.read_records(run.dir), epoch: checkpoints.record_of(path, payload)})
+    tmp = atomic_files.stage(path, lambda staged: save_file(tensors, str(staged), metadata=metadata))
+    try:
+        record = {**checkpoints.record_of(tmp), "file": path.name}
+        atomic_files.commit(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    checkpoints.write_records(run.dir, {**checkpoints.read_records(run.dir), epoch: record})
 
 
 def _verified_bytes(run: Run, epoch: int) -> bytes:
