@@ -441,7 +441,7 @@ def test_execute_chapter_reports_cells_and_stores_times(tmp_path) -> None:
 _KILLED_PUBLISHER = """
 import os, sys
 from pathlib import Path
-from ioi_utils import publication
+from ioi_utils.runner import publication
 
 calls, real = [0], os.replace
 
