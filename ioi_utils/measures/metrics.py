@@ -24,15 +24,10 @@ def select_end_logits(logits: Float[torch.Tensor, "batch seq vocab"],
     return logits[torch.arange(len(end), device=logits.device), end]
 
 
-def _pick(end: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """end[i, tokens[i]] for [batch, vocab] and [batch] -> [batch]."""
-    return end.gather(-1, tokens.to(end.device)[:, None])[:, 0]
-
-
 def logit_diff(end: Float[torch.Tensor, "batch vocab"], ds: IOIDataset,
                per_prompt: bool = False) -> Float[torch.Tensor, ""] | Float[torch.Tensor, "batch"]:
     """logit(IO) - logit(S) at END; end is [batch, vocab]; mean, or [batch] if per_prompt."""
-    diff = _pick(end, ds.io_tokens) - _pick(end, ds.s_tokens)
+    diff = ds.end_logit_diff(end)
     return diff if per_prompt else diff.mean()
 
 
@@ -43,7 +38,7 @@ def accuracy(end: Float[torch.Tensor, "batch vocab"], ds: IOIDataset) -> Float[t
 
 def io_prob(end: Float[torch.Tensor, "batch vocab"], ds: IOIDataset) -> Float[torch.Tensor, ""]:
     """Mean softmax probability of the IO token at END."""
-    return _pick(end.float().softmax(-1), ds.io_tokens).mean()
+    return ds.end_io_prob(end).mean()
 
 
 def faithfulness(f_circuit: float, f_model: float, kind: str = "ratio", eps: float = 1e-6) -> float:

@@ -202,14 +202,21 @@ class IOIDataset:
         b_u = getattr(model, "b_U", None)  # GPT-2 has an unembedding bias, Llama and Gemma do not
         return ld if b_u is None else ld + (b_u[io] - b_u[s])
 
+    def end_logit_diff(self, end: Float[torch.Tensor, "batch vocab"]) -> Float[torch.Tensor, "batch"]:
+        """logit(IO) - logit(S) of each prompt from its END logits [batch, vocab] (`metrics.logit_diff` reads it)."""
+        return _pick(end, self.io_tokens) - _pick(end, self.s_tokens)
+
+    def end_io_prob(self, end: Float[torch.Tensor, "batch vocab"]) -> Float[torch.Tensor, "batch"]:
+        """P(IO) of each prompt from its END logits [batch, vocab] (`metrics.io_prob` reads it)."""
+        return _pick(end.float().softmax(-1), self.io_tokens)
+
     def readout_metrics(self, logits: Float[torch.Tensor, "batch k vocab"]) -> dict[str, float]:
         """Held-out metrics from the logits at the readout (END, k = 1): the mean logit difference logit(IO) -
         logit(S), the accuracy (share of prompts with logit(IO) > logit(S)) and the mean P(IO)."""
         end = logits[:, 0]  # [batch, vocab]
-        io, s = self.io_tokens.to(end.device)[:, None], self.s_tokens.to(end.device)[:, None]
-        diff = end.gather(-1, io)[:, 0] - end.gather(-1, s)[:, 0]  # [batch]
+        diff = self.end_logit_diff(end)
         return {"logit_diff": diff.mean().item(), "accuracy": (diff > 0).float().mean().item(),
-                "io_prob": end.float().softmax(-1).gather(-1, io)[:, 0].mean().item()}
+                "io_prob": self.end_io_prob(end).mean().item()}
 
     def dla_pairs(self, token: str = "IO-S") -> list[tuple[int, Int[torch.Tensor, "batch"]]]:
         """(sign, [batch] token ids) pairs whose signed logits make the readout direct logit attribution projects
@@ -226,6 +233,12 @@ class IOIDataset:
     def relabel(self, rule: str) -> "IOIDataset":
         """The same prompts with a toxic rule's labels (`TOXIC_RULES`)."""
         return toxic_dataset(self, rule)
+
+
+def _pick(end: Float[torch.Tensor, "batch vocab"], tokens: Int[torch.Tensor, "batch"]
+          ) -> Float[torch.Tensor, "batch"]:
+    """end[i, tokens[i]] for [batch, vocab] and [batch] -> [batch]."""
+    return end.gather(-1, tokens.to(end.device)[:, None])[:, 0]
 
 
 def _three_names(rng: random.Random, names: Sequence[str], avoid: Iterable[str] = ()) -> list[str]:
