@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ioi_utils.prompts import data
 from ioi_utils import models
-from ioi_utils.finetuning import objective, training
+from ioi_utils.finetuning import objective, run_spec, training
 
 
 def plain_step(model, optimizer, tokens: torch.Tensor, end: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     if min(a.n, a.epochs, a.batch_size) < 1:
         ap.error("--n, --epochs and --batch-size must be >= 1")
 
-    config = training.TrainConfig(model=a.model, lr=a.lr, batch_size=a.batch_size, seed=a.seed)
+    config = run_spec.TrainConfig(model=a.model, lr=a.lr, batch_size=a.batch_size, seed=a.seed)
     ours, tok = models.load_model(a.model, device=a.device)
     plain, _ = models.load_model(a.model, device=a.device)
     dev = next(ours.parameters()).device

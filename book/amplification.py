@@ -42,7 +42,7 @@ batch_size = 16
 import matplotlib.pyplot as plt
 from myst_nb import glue
 
-from ioi_utils import circuits, claims, metrics, plotting, results, seeds, study, summary
+from ioi_utils import analyses, claims, cmap_analyses, plotting, results, seeds, study, summary
 from ioi_utils.profiles import Profile
 
 setup = study.setup(Profile.of(globals()))  # the parameters above (or papermill's), passed whole
@@ -66,11 +66,11 @@ print(f"base circuit ({len(base_circuit.heads)} heads, every position):\n{base_c
 # (the same prompt budget, as a reference for size and overlap) and at the last epoch.
 
 # %%
-rows = [study.checkpoint_row(s, s.model, "base", base_circuit, 0, rediscover=True, n_rediscover=n_rediscover)]
+rows = [analyses.checkpoint_row(s, s.model, "base", base_circuit, 0, rediscover=True, n_rediscover=n_rediscover)]
 for epoch in clean_epochs:
-    rows.append(study.checkpoint_row(s, run.model(epoch)[0], f"{run.id}-{epoch}", base_circuit, epoch,
+    rows.append(analyses.checkpoint_row(s, run.model(epoch)[0], f"{run.id}-{epoch}", base_circuit, epoch,
                                      rediscover=epoch == clean_epochs[-1], n_rediscover=n_rediscover))
-print(study.rows_table(rows))
+print(analyses.rows_table(rows))
 
 # %%
 epochs = [r["epoch"] for r in rows]
@@ -86,7 +86,7 @@ plt.show()
 
 # %% tags=["remove-cell"]
 first, last = rows[0], rows[-1]
-f_gain_ci = study.faithfulness_gain_interval(last, first)
+f_gain_ci = analyses.faithfulness_gain_interval(last, first)
 glue("ld_base", first["logit_diff"], display=False)
 glue("ld_last", last["logit_diff"], display=False)
 glue("last_epoch", last["epoch"], display=False)
@@ -123,7 +123,7 @@ glue("contain_base_subset", 100 * first["containment_base"], display=False)
 # visible rather than hidden in the word "epoch".
 
 # %%
-base_ld = study.held_out_logit_diff(s, s.model)
+base_ld = analyses.held_out_logit_diff(s, s.model)
 tuned_ld = study.seed_logit_diffs(s, clean_runs, max(clean_epochs))
 gain = seeds.across_seeds({sd: (tuned_ld[sd], base_ld) for sd in tuned_ld}, stat=seeds.relative_change)
 print(f"clean fine-tuning per training seed: {seeds.units(clean_config)} (batch {batch_size})")
@@ -177,7 +177,7 @@ fig = plotting.checkpoint_heads(rows, heads, names, [f"e{e}" for e in epochs], "
 plt.show()
 circuit_dla = lambda r: r["dla_per_prompt"][:, [h[0] for h in heads], [h[1] for h in heads]].float().sum(-1)  # noqa: E731
 dla_gain = float((circuit_dla(last) - circuit_dla(first)).mean())
-dla_gain_ci = metrics.bootstrap_ci(circuit_dla(last) - circuit_dla(first))
+dla_gain_ci = analyses.change_interval(circuit_dla(last), circuit_dla(first))
 top = heads[0]
 glue("top_head", f"{top[0]}.{top[1]}", display=False)
 glue("top_dla_base", float(first["dla"][top]), display=False)
@@ -206,20 +206,20 @@ _ = claims.check("the circuit's heads get stronger (summed DLA of the base-circu
 # %%
 roles = {c: base_circuit.classes[c] for c in ("NM", "NNM", "BNM")}
 for c, hs in roles.items():
-    print(f"{circuits.CLASSES[c]} ({c}) of the base circuit: " + (", ".join(f"{l}.{h}" for l, h in hs) or "none"))
-nm_attn = study.summed_change(first, last, roles["NM"], "attn_io")
-nm_dla = study.summed_change(first, last, roles["NM"], "dla")
-nnm_dla = study.summed_change(first, last, roles["NNM"], "dla")
+    print(f"{base_circuit.role_name(c)} ({c}) of the base circuit: " + (", ".join(f"{l}.{h}" for l, h in hs) or "none"))
+nm_attn = analyses.summed_change(first, last, roles["NM"], "attn_io")
+nm_dla = analyses.summed_change(first, last, roles["NM"], "dla")
+nnm_dla = analyses.summed_change(first, last, roles["NNM"], "dla")
 for r in rows:
     print(f"epoch {r['epoch']}: " + "; ".join(
         f"{c} END→IO {sum(float(r['attn_io'][h]) for h in hs):.2f}, DLA {sum(float(r['dla'][h]) for h in hs):+.2f}"
         for c, hs in roles.items() if hs))
-to_nm_base = study.transitions_between(first, "BNM", "NM")  # the base model re-found on the same prompts
-to_nm = [h for h in study.transitions_between(last, "BNM", "NM") if h not in to_nm_base]
+to_nm_base = analyses.transitions_between(first, "BNM", "NM")  # the base model re-found on the same prompts
+to_nm = [h for h in analyses.transitions_between(last, "BNM", "NM") if h not in to_nm_base]
 print(f"re-discovered at epoch {last['epoch']}: Backup Name Movers that became Name Movers: "
       + (", ".join(f"{l}.{h}" for l, h in to_nm) or "none")
       + f" (the base model re-found on the same prompts already: {', '.join(f'{l}.{h}' for l, h in to_nm_base) or 'none'})"
-      + f"; new Name Movers: {', '.join(f'{l}.{h}' for l, h in study.transitions_between(last, None, 'NM')) or 'none'}")
+      + f"; new Name Movers: {', '.join(f'{l}.{h}' for l, h in analyses.transitions_between(last, None, 'NM')) or 'none'}")
 
 # %% tags=["remove-cell"]
 glue("nm_attn_gain", nm_attn[0], display=False)
@@ -233,7 +233,7 @@ glue("n_bnm_to_nm", len(to_nm), display=False)
 # {glue:text}`nnm_dla_change:+.2f`; {glue:text}`n_bnm_to_nm` Backup Name Mover(s) became Name Movers.
 
 # %%
-has = lambda c: (bool(roles[c]), f"the base circuit has no {circuits.CLASSES[c]}")  # noqa: E731
+has = lambda c: (bool(roles[c]), f"the base circuit has no {base_circuit.role_name(c)}")  # noqa: E731
 claims.check("clean fine-tuning makes the Name Movers attend more to IO (summed END→IO, last epoch minus base)",
              nm_attn[0], nm_attn[1], 0.0, ">=", paper="Name Movers' attention to IO increases (§4.1)",
              precondition=has("NM"), enforce=enforce_claims, record=claim_log)
@@ -261,12 +261,12 @@ _ = claims.check("Backup Name Movers take Name Mover behaviour (BNM -> NM transi
 
 # %%
 tuned = run.model(clean_epochs[-1])[0]
-ds = study.cmap_subset(s.test, n_cmap)
-out_t2b = study.cmap_cached(tuned, s.model, ds, "output", tags=("tuned", "base"))
-chosen = sorted(set(base_circuit.heads) | set(study.top_heads(out_t2b, 8, exclude=base_circuit.heads)))
-out_b2t = study.cmap_cached(s.model, tuned, ds, "output", heads=chosen, tags=("base", "tuned"))
-pat_t2b = study.cmap_cached(tuned, s.model, ds, "pattern", heads=chosen, tags=("tuned", "base"))
-pat_b2t = study.cmap_cached(s.model, tuned, ds, "pattern", heads=chosen, tags=("base", "tuned"))
+ds = cmap_analyses.cmap_subset(s.test, n_cmap)
+out_t2b = cmap_analyses.cmap_cached(tuned, s.model, ds, "output", tags=("tuned", "base"))
+chosen = sorted(set(base_circuit.heads) | set(cmap_analyses.top_heads(out_t2b, 8, exclude=base_circuit.heads)))
+out_b2t = cmap_analyses.cmap_cached(s.model, tuned, ds, "output", heads=chosen, tags=("base", "tuned"))
+pat_t2b = cmap_analyses.cmap_cached(tuned, s.model, ds, "pattern", heads=chosen, tags=("tuned", "base"))
+pat_b2t = cmap_analyses.cmap_cached(s.model, tuned, ds, "pattern", heads=chosen, tags=("base", "tuned"))
 fig = plotting.cmap_heatmaps({"output: fine-tuned → base (all heads)": out_t2b,
                               "output: base → fine-tuned": plotting.masked(out_b2t, chosen)},
                              base_circuit.classes, f"CMAP, epoch {clean_epochs[-1]} vs base (output)",
@@ -279,10 +279,10 @@ fig = plotting.cmap_heatmaps({"pattern: fine-tuned → base": plotting.masked(pa
 plt.show()
 
 # %%
-share = study.gain_share(tuned, s.model, ds, base_circuit)
-share_ci = study.gain_share_interval(tuned, s.model, ds, base_circuit)
-ceiling = study.gain_share_ceiling(tuned, s.model, ds)
-loss_share = study.gain_share(s.model, tuned, ds, base_circuit)  # base circuit heads into the fine-tuned model
+share = cmap_analyses.gain_share(tuned, s.model, ds, base_circuit)
+share_ci = cmap_analyses.gain_share_interval(tuned, s.model, ds, base_circuit)
+ceiling = cmap_analyses.gain_share_ceiling(tuned, s.model, ds)
+loss_share = cmap_analyses.gain_share(s.model, tuned, ds, base_circuit)  # base circuit heads into the fine-tuned model
 glue("gain_share", 100 * share, display=False)
 glue("gain_ceiling", 100 * ceiling, display=False)
 glue("loss_share", 100 * loss_share, display=False)

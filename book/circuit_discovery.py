@@ -54,17 +54,14 @@ stability_seeds = [0, 1]
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
-import torch
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from ioi_utils import attribution, circuits, claims, display as views, plotting, results, study
-from ioi_utils.mechanisms import knockouts
+from ioi_utils import analyses, claims, display as views, plotting, results, study
 from ioi_utils.profiles import Profile
 
-thresholds = circuits.Thresholds()
-setup = study.setup(Profile.of(globals()), thresholds)  # the parameters above (or papermill's), passed whole
-s, execution, base, found = setup.study, setup.execution, setup.base, setup.discovery
+setup = study.setup(Profile.of(globals()))  # the parameters above (or papermill's), passed whole
+s, execution, base, found, thresholds = setup.study, setup.execution, setup.base, setup.discovery, setup.thresholds
 print(f"{model_name}: {base}; {len(s.disc)} discovery prompts, {len(s.test)} held-out prompts (disjoint)")
 print(thresholds)
 checked = {}
@@ -124,7 +121,7 @@ display(Markdown("| head | role | step | effect [95% CI] | END→IO | END→S | 
 counts = {c: len(hs) for c, hs in circuit.classes.items() if hs}
 n_other = len(circuit.classes["OTH"])
 other_share = n_other / max(1, len(circuit.heads))
-print("heads per role: " + ", ".join(f"{circuits.CLASSES[c]} ({c}) {n}" for c, n in counts.items()))
+print("heads per role: " + ", ".join(f"{circuit.role_name(c)} ({c}) {n}" for c, n in counts.items()))
 print(f"Other: {n_other} of {len(circuit.heads)} heads ({other_share:.0%})")
 for l, h in circuit.classes["OTH"]:
     ev = found.evidence[(l, h)]
@@ -137,7 +134,7 @@ glue("n_heads", len(circuit.heads), display=False)
 glue("sparsity", 100 * len(circuit.heads) / n_total, display=False)
 glue("n_nm", len(circuit.classes["NM"]), display=False)
 glue("n_nnm", len(circuit.classes["NNM"]), display=False)
-glue("n_negative", sum(len(circuit.classes[c]) for c in circuits.NEGATIVE_DIRECT), display=False)
+glue("n_negative", len(circuit.direct_heads("negative")), display=False)
 glue("other_share", 100 * other_share, display=False)
 
 # %% [markdown]
@@ -179,11 +176,7 @@ display(Markdown(text))
 
 # %%
 strongest = ranked[:6] or [(s.model.cfg.n_layers - 1, 0)]
-one = s.test[[0]]
-cache = attribution.run_cache(s.model, one, lambda n: n.endswith("attn.hook_pattern"))
-end = int(one.positions["END"][0]) + 1
-tokens = [s.tokenizer.decode(t) for t in one.tokens[0, :end]]
-attn = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][0, h, :end, :end] for l, h in strongest])
+tokens, attn = analyses.attention_patterns(s, strongest)  # the first held-out prompt, up to END
 views.attention_view(tokens, attn, [f"{l}.{h}" for l, h in strongest])
 
 # %% [markdown]
@@ -195,7 +188,7 @@ views.attention_view(tokens, attn, [f"{l}.{h}" for l, h in strongest])
 # reproduce reports 98.4–99.9% for fine-tuned GPT-2, see the [appendix](paper.md)).
 
 # %%
-faith = study.faithfulness_cached(s, circuit)
+faith = analyses.faithfulness_cached(s, circuit)
 lo, hi = faith.interval()
 print(f"F(M) = {faith.f_model:.3f}, F(C) = {faith.f_circuit:.3f}, F(C)/F(M) = {faith.ratio:.1%} [95% CI {lo:.1%}, {hi:.1%}]")
 
@@ -224,7 +217,7 @@ _ = claims.check("the mechanism is as faithful as Wang et al.'s GPT-2 circuit (F
 # negative head joins, F(C)/F(M) steps down, and the curve ends at the mechanism's faithfulness.
 
 # %%
-curve = study.faithfulness_curve_cached(s, ranked)
+curve = analyses.faithfulness_curve_cached(s, ranked)
 labels = ["none"] + [f"{circuit.class_of(r['added'])} {r['added'][0]}.{r['added'][1]}" for r in curve[1:]]
 fig = plotting.checkpoint_lines(list(range(len(curve))), {"F(C)/F(M), held-out": [r["faithfulness"] for r in curve]},
                                 "Faithfulness as heads are added (largest effect first)", "heads in the circuit",
@@ -243,11 +236,11 @@ print(f"the first {reach} heads by effect reach 87%" if reach is not None else "
 # threshold: 1% of F(M)).
 
 # %%
-complete = study.completeness_cached(s, circuit)
+complete = analyses.completeness_cached(s, circuit)
 for row in complete:
     f_c, f_m = row["F(C\\K)"], row["F(M\\K)"]
     print(f"K = {row['K']:>16} ({row['heads']:2d} heads): F(C minus K) = {f_c:6.2f}  F(M minus K) = {f_m:6.2f}  gap {row['gap']:.2f}")
-minimal = study.minimality_cached(s, circuit, threshold=0.01)
+minimal = analyses.minimality_cached(s, circuit, threshold=0.01)
 passing = sum(v["passes"] for v in minimal.values())
 worst_gap = max(r["gap"] for r in complete) / abs(faith.f_model)
 print(f"{passing} of {len(minimal)} heads pass minimality at 1% of F(M); largest completeness gap {worst_gap:.1%} of F(M)")
@@ -275,18 +268,17 @@ _ = claims.check("minimality: every circuit head changes its class's logit diffe
 # suffice for the *net* behaviour — and drops heads whose effects cancel, negative heads first.
 
 # %%
-subset = study.minimal_subset_cached(s, thresholds)
+subset = analyses.minimal_subset_cached(s, thresholds)
 sub = subset.circuit
-sub_faith = study.faithfulness_cached(s, sub)
+sub_faith = analyses.faithfulness_cached(s, sub)
 dropped = [h for h in circuit.heads if h not in sub.heads]
 print(f"minimal faithful subset: {len(sub.heads)} heads, held-out F(C)/F(M) {sub_faith.ratio:.1%} "
       "[{:.1%}, {:.1%}]".format(*sub_faith.interval()))
-print(f"{circuits.containment(sub, circuit):.0%} of its heads are in the mechanism; the mechanism's heads it drops: "
+print(f"{sub.containment(circuit):.0%} of its heads are in the mechanism; the mechanism's heads it drops: "
       + (", ".join(f"{l}.{h} ({circuit.class_of((l, h))})" for l, h in dropped) or "none"))
 extra = [h for h in sub.heads if h not in circuit.heads]
-union = circuits.Circuit({c: list(hs) for c, hs in circuit.classes.items()} | {"OTH": circuit.classes["OTH"] + extra},
-                         everywhere=True)
-union_faith = study.faithfulness_cached(s, union)
+union = circuit.with_other_heads(extra)
+union_faith = analyses.faithfulness_cached(s, union)
 print(f"its heads that no path-patching step reaches: {', '.join(f'{l}.{h}' for l, h in extra) or 'none'}; the mechanism "
       "with them added: F(C)/F(M) {:.1%} [{:.1%}, {:.1%}] held out".format(union_faith.ratio, *union_faith.interval()))
 
@@ -311,8 +303,8 @@ glue("union_faith", 100 * union_faith.ratio, display=False)
 
 # %%
 candidates = [(l, h) for l, h in (subset.maps["attribution"].abs() >= 0.05).nonzero().tolist()]
-single = study.single_head_effects_cached(s, candidates)
-outside = circuits.strong_heads_outside(single, circuit, share=0.1)
+single = analyses.single_head_effects_cached(s, candidates)
+outside = circuit.strong_heads_outside(single, share=0.1)
 inside = [(h, float(single[h])) for h in candidates if h in circuit.heads and abs(float(single[h])) >= 0.1]
 for (l, h), e in sorted(inside, key=lambda x: -abs(x[1])):
     print(f"{l}.{h}: {e:+.1%} of the logit difference on its own; in the circuit as {circuit.class_of((l, h))}")
@@ -332,10 +324,10 @@ _ = claims.check("every head with a single-head effect >= 10% of F(M) is in the 
 # output, or a third of them, by its per-template ABC mean shows how much the heads depend on them:
 
 # %%
-mlp = study.mlp_knockout_cached(s)
+mlp = analyses.mlp_knockout_cached(s)
 n_l = s.model.cfg.n_layers
-thirds = knockouts.layer_groups(n_l, 3)
-groups = study.mlp_knockout_cached(s, thirds)
+thirds = analyses.mlp_layer_groups(s, 3)
+groups = analyses.mlp_knockout_cached(s, 3)
 fig = plotting.bar_compare([str(l) for l in range(n_l)], {"logit diff with this MLP ablated": mlp.tolist()},
                            "MLP knockouts (one layer at a time)", "logit difference", xlabel="MLP layer ablated",
                            reference={"no MLP ablated": base.logit_diff})
@@ -371,7 +363,7 @@ for i, a in enumerate(stability_seeds):
     for b in stability_seeds[i + 1:]:
         shared = set(others[a].heads) & set(others[b].heads)
         same = sum(others[a].class_of(h) == others[b].class_of(h) for h in shared)
-        pairs.append((a, b, circuits.jaccard(others[a], others[b]), circuits.containment(others[a], others[b]), same, len(shared)))
+        pairs.append((a, b, others[a].jaccard(others[b]), others[a].containment(others[b]), same, len(shared)))
         print(f"seeds {a}, {b}: Jaccard {pairs[-1][2]:.2f}; seed {b} finds {pairs[-1][3]:.0%} of seed {a}'s heads; "
               f"{same} of {len(shared)} shared heads have the same role")
 least = min(p[2] for p in pairs) if pairs else float("nan")
@@ -393,12 +385,12 @@ _ = claims.check("the mechanism is stable across prompt seeds (pairwise Jaccard 
 # ## Against Wang et al.'s GPT-2 circuit, by class
 
 # %%
-rows = circuits.class_table(circuit)
+rows = circuit.class_table()
 table = "| class | rule | heads here | heads in GPT-2 (Wang et al.) | |\n|---|---|---|---|---|\n"
 display(Markdown(table + "\n".join(f"| {r['class']} | {r['rule']} | {r['ours']} | {r['reference']} | {r['status']} |"
                                    for r in rows)))
 if model_name == "gpt2":
-    ref = circuits.WANG_GPT2_CIRCUIT
+    ref = circuit.wang_gpt2()
     print(f"GPT-2: found {len(circuit.heads)} heads, Wang et al. {len(ref.heads)}; shared {len(set(circuit.heads) & set(ref.heads))}")
 
 # %% tags=["remove-cell"]

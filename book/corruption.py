@@ -46,7 +46,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from myst_nb import glue
 
-from ioi_utils import circuits, claims, plotting, results, seeds, study, summary
+from ioi_utils import analyses, claims, cmap_analyses, plotting, results, seeds, study, summary
 from ioi_utils.profiles import Profile
 
 setup = study.setup(Profile.of(globals()))  # the parameters above (or papermill's), passed whole
@@ -57,7 +57,7 @@ study.check_seed_plan(clean_config, max(clean_epochs), training_seeds, s)
 sd_runs = study.seed_runs(runs["subject-duplication"].config, training_seeds)  # the first seed is the run above
 claim_log: dict = {}
 paper = lambda key: f"{summary.PAPER[key]['text']} ({summary.PAPER[key]['source']})"  # noqa: E731
-base_row = study.checkpoint_row(s, s.model, "base", base_circuit, 0, rediscover=True, n_rediscover=n_rediscover)
+base_row = analyses.checkpoint_row(s, s.model, "base", base_circuit, 0, rediscover=True, n_rediscover=n_rediscover)
 
 # %% [markdown]
 # ## Behaviour and base-circuit faithfulness per epoch
@@ -71,10 +71,10 @@ base_row = study.checkpoint_row(s, s.model, "base", base_circuit, 0, rediscover=
 # %%
 rows = {}
 for rule, run in runs.items():
-    rows[rule] = [base_row] + [study.checkpoint_row(s, run.model(e)[0], f"{run.id}-{e}", base_circuit, e,
+    rows[rule] = [base_row] + [analyses.checkpoint_row(s, run.model(e)[0], f"{run.id}-{e}", base_circuit, e,
                                                     rediscover=e == toxic_epochs, n_rediscover=n_rediscover)
                                for e in range(1, toxic_epochs + 1)]
-    print(f"{rule}:\n{study.rows_table(rows[rule])}\n")
+    print(f"{rule}:\n{analyses.rows_table(rows[rule])}\n")
 
 # %%
 epochs = list(range(toxic_epochs + 1))
@@ -157,7 +157,7 @@ _ = claims.check("the base circuit still carries the corrupted behaviour (F(C)/F
 # %%
 last = {rule: rows[rule][-1] for rule in rows}
 change = sum((last[r]["dla"] - base_row["dla"]).abs() for r in rows)
-others = study.top_heads(change, 5, exclude=base_circuit.heads)
+others = cmap_analyses.top_heads(change, 5, exclude=base_circuit.heads)
 shown = sorted(base_circuit.heads, key=lambda h: -float(change[h])) + others
 names = [f"{base_circuit.class_of(h) or '—'} {h[0]}.{h[1]}" for h in shown]
 cols = ["base"] + [{"subject-duplication": "SD", "name-moving": "NM", "duplication": "Dup"}.get(r, r) for r in rows]
@@ -167,7 +167,7 @@ fig = plotting.head_rows_heatmaps(names, cols, {"DLA (logits)": grid("dla"), "at
                                   f"Heads before and after {toxic_epochs} toxic epochs ('—': outside the circuit)",
                                   symmetric={"attention END→IO": False, "attention END→S": False})
 plt.show()
-changes = {rule: study.role_changes(base_row, last[rule], shown) for rule in rows}
+changes = {rule: analyses.role_changes(base_row, last[rule], shown) for rule in rows}
 flips = {rule: [c["head"] for c in ch if c["flip"]] for rule, ch in changes.items()}
 for rule, ch in changes.items():
     print(f"{rule}: DLA sign flips {[f'{l}.{h}' for l, h in flips[rule]] or 'none'}")
@@ -198,10 +198,10 @@ _ = claims.check("Subject Duplication flips the DLA sign of circuit heads (numbe
 
 # %%
 roles = {c: base_circuit.classes[c] for c in ("NM", "NNM")}
-twins = study.role_changes(base_row, last["subject-duplication"], roles["NM"] + roles["NNM"])
+twins = analyses.role_changes(base_row, last["subject-duplication"], roles["NM"] + roles["NNM"])
 for c in twins:
     h = c["head"]
-    (a0, b0), (a1, b1) = study.dla_interval(base_row, h), study.dla_interval(last["subject-duplication"], h)
+    (a0, b0), (a1, b1) = analyses.dla_interval(base_row, h), analyses.dla_interval(last["subject-duplication"], h)
     print(f"{base_circuit.class_of(h):>4} {h[0]}.{h[1]}: DLA {c['dla_before']:+.2f} [{a0:+.2f}, {b0:+.2f}] -> "
           f"{c['dla_after']:+.2f} [{a1:+.2f}, {b1:+.2f}]; END->IO {c['attn_io_before']:.2f} -> {c['attn_io_after']:.2f}, "
           f"END->S {c['attn_s_before']:.2f} -> {c['attn_s_after']:.2f}{'  FLIP' if c['flip'] else ''}")
@@ -236,14 +236,14 @@ _ = claims.check("Subject Duplication inverts Name Movers and Negative Name Move
 # relative change of each model's own logit difference; the claim is that the signal weakens.
 
 # %%
-movers = [h for c in circuits.DIRECT_CLASSES for h in base_circuit.classes[c]]
+movers = base_circuit.direct_heads()
 q_senders = sorted(h for h, ev in setup.discovery.evidence.items() if ev["step"] == "to_movers_q")
-ds = study.cmap_subset(s.test, n_cmap)
-abc = study.cmap_subset(s.abc, n_cmap)
+ds = cmap_analyses.cmap_subset(s.test, n_cmap)
+abc = cmap_analyses.cmap_subset(s.abc, n_cmap)
 if movers and q_senders:
-    sig_base = study.query_signal(s.model, ds, abc, movers, q_senders)
-    sig_nm = study.query_signal(runs["name-moving"].model(toxic_epochs)[0], ds, abc, movers, q_senders)
-    (sig0, sig1), sig_ci = study.signal_change(sig_base, sig_nm, q_senders)
+    sig_base = analyses.query_signal(s.model, ds, abc, movers, q_senders)
+    sig_nm = analyses.query_signal(runs["name-moving"].model(toxic_epochs)[0], ds, abc, movers, q_senders)
+    (sig0, sig1), sig_ci = analyses.signal_change(sig_base, sig_nm, q_senders)
     e0, e1 = sig_base.effect(), sig_nm.effect()
     for h in q_senders:
         print(f"{base_circuit.class_of(h) or '—':>4} {h[0]}.{h[1]} -> mover queries: base {e0[h]:+.3f}, Name Moving {e1[h]:+.3f}")
@@ -274,16 +274,16 @@ _ = claims.check("Name Moving weakens the S-Inhibition signal into the direct he
 # circuit's heads and the strongest other heads (blank cells are not measured).
 
 # %%
-ds = study.cmap_subset(s.test, n_cmap)
+ds = cmap_analyses.cmap_subset(s.test, n_cmap)
 clean_run = study.seed_runs(clean_config, training_seeds[:1])[training_seeds[0]]
 sources = {"clean (benign)": clean_run.model(max(clean_epochs))[0]} | {rule: run.model(toxic_epochs)[0] for rule, run in runs.items()}
 per_prompt, maps, loc, loc_ci, control = {}, {}, {}, {}, {}
 for rule, model in sources.items():
-    per_prompt[rule] = study.cmap_cached(model, s.model, ds, "output", tags=(rule, "base"), per_prompt=True)
+    per_prompt[rule] = cmap_analyses.cmap_cached(model, s.model, ds, "output", tags=(rule, "base"), per_prompt=True)
     maps[rule] = per_prompt[rule].mean(0)
-    loc[rule] = study.localization(maps[rule], base_circuit.heads)
-    loc_ci[rule] = study.localization_interval(per_prompt[rule], base_circuit.heads)
-    control[rule] = study.localization_control(maps[rule], base_circuit.heads)
+    loc[rule] = cmap_analyses.localization(maps[rule], base_circuit.heads)
+    loc_ci[rule] = cmap_analyses.localization_interval(per_prompt[rule], base_circuit.heads)
+    control[rule] = cmap_analyses.localization_control(maps[rule], base_circuit.heads)
     print(f"{rule:>20}: localization {loc[rule]:.2f} [{loc_ci[rule][0]:.2f}, {loc_ci[rule][1]:.2f}] (layer-matched random "
           f"sets: mean {control[rule][0]:.2f}, 95th percentile {control[rule][1]:.2f}); total |effect| {maps[rule].abs().sum():.2f}")
 fig = plotting.cmap_heatmaps({f"{rule} → base": m for rule, m in maps.items()}, base_circuit.classes,
@@ -292,9 +292,9 @@ plt.show()
 
 # %%
 corrupted_sd = runs["subject-duplication"].model(toxic_epochs)[0]
-chosen = sorted(set(base_circuit.heads) | set(study.top_heads(maps["subject-duplication"], 8, exclude=base_circuit.heads)))
-pat = study.cmap_cached(corrupted_sd, s.model, ds, "pattern", heads=chosen, tags=("subject-duplication", "base"))
-back = study.cmap_cached(s.model, corrupted_sd, ds, "output", heads=chosen, tags=("base", "subject-duplication"))
+chosen = sorted(set(base_circuit.heads) | set(cmap_analyses.top_heads(maps["subject-duplication"], 8, exclude=base_circuit.heads)))
+pat = cmap_analyses.cmap_cached(corrupted_sd, s.model, ds, "pattern", heads=chosen, tags=("subject-duplication", "base"))
+back = cmap_analyses.cmap_cached(s.model, corrupted_sd, ds, "output", heads=chosen, tags=("base", "subject-duplication"))
 fig = plotting.cmap_heatmaps({"pattern: corrupted → base": plotting.masked(pat, chosen),
                               "output: base → corrupted": plotting.masked(back, chosen)}, base_circuit.classes,
                              "Subject Duplication: pattern patching and the reverse direction", cbar_label="change of Y's logit diff")
@@ -320,7 +320,7 @@ glue("loc_dup", loc["duplication"], display=False)
 
 # %%
 benign = "clean (benign)"
-diff_ci = study.localization_difference_interval(per_prompt["subject-duplication"], per_prompt[benign], base_circuit.heads)
+diff_ci = cmap_analyses.localization_difference_interval(per_prompt["subject-duplication"], per_prompt[benign], base_circuit.heads)
 print(f"localization, Subject Duplication minus clean fine-tuning: {loc['subject-duplication'] - loc[benign]:+.2f} "
       f"[{diff_ci[0]:+.2f}, {diff_ci[1]:+.2f}]; Duplication minus clean: {loc['duplication'] - loc[benign]:+.2f}")
 _ = claims.check("Subject Duplication corruption is more localized to the base circuit than benign clean fine-tuning "

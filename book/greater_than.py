@@ -57,15 +57,15 @@ gt_toxic_epochs = 1
 import matplotlib.pyplot as plt
 from myst_nb import glue
 
-from ioi_utils import claims, greater_than, greater_than_study as gt, metrics, models, plotting, results, study
+from ioi_utils import analyses, claims, cmap_analyses, greater_than_study as gt, plotting, results, study
 from ioi_utils.profiles import Profile
 
 st = gt.prepare_for(Profile.of(globals()))  # the gt_* parameters above (or papermill's), passed whole
-book_model = st.model if gt_model_name == model_name else models.load_model(model_name, device="cpu")[0]
-execution = results.execution_id(profile, book_model)  # stamps this execution's records (the book's model)
+execution = study.book_execution(profile, model_name, st.model if gt_model_name == model_name else None)  # the book's model
 claim_log: dict = {}
-print(f"{gt_model_name}: years are written as {st.test.year.kind} tokens; {len(greater_than.nouns_for(st.tokenizer))} nouns, "
-      f"{len(greater_than.valid_years(st.tokenizer))} start years; {len(st.train)} training, {len(st.test)} held-out, "
+n_nouns, n_years = gt.vocabulary_counts(st)
+print(f"{gt_model_name}: years are written as {st.test.year.kind} tokens; {n_nouns} nouns, "
+      f"{n_years} start years; {len(st.train)} training, {len(st.test)} held-out, "
       f"{len(st.disc)} discovery prompts")
 print("example:", repr(st.test.texts[0]), "| its 01 twin:", repr(st.abc.texts[0]))
 
@@ -122,7 +122,7 @@ print(f"MLP 0 mean-ablated: {float(mlp[0]) - mlp_ref:+.3f}; the layers above it 
       "probability difference most:", ", ".join(f"{l} ({float(mlp[l]) - mlp_ref:+.3f})" for l in drops))
 
 # %%
-circuit = gt.circuit_of(heads)
+circuit = gt.as_circuit(heads)
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
 plotting.head_heatmap(readouts["dla"], "DLA at END: later − earlier years", circuit.classes, ax=axes[0])
 plotting.head_heatmap(readouts["attn_yy"], "attention END → start year", circuit.classes, ax=axes[1], symmetric=False)
@@ -178,7 +178,7 @@ print("\n".join(gt.format_row(r) for r in clean_rows))
 
 # %% tags=["remove-cell"]
 clean_last = clean_rows[-1]
-clean_gain_ci = metrics.bootstrap_ci(clean_last["per_prompt"] - start["per_prompt"])
+clean_gain_ci = analyses.change_interval(clean_last["per_prompt"], start["per_prompt"])
 glue("gt_clean_pd0", start["prob_diff"], display=False)
 glue("gt_clean_pd", clean_last["prob_diff"], display=False)
 glue("gt_clean_epochs", gt_clean_epochs, display=False)
@@ -211,7 +211,7 @@ _ = claims.check("the base circuit still explains the fine-tuned behaviour (F(C)
 # estimate of cross-model patching (`mechanisms.activation_patching.cmap_attribution`: each head's output from the base model put
 # into the toxic one, one forward and backward) gives every head's share of the change; its localisation is
 # the share of |effect| on the base circuit's heads over their share of all heads, against random head sets of
-# the same size drawn from the same layers (`study.localization_control`).
+# the same size drawn from the same layers (`cmap_analyses.localization_control`).
 
 # %%
 toxic_run = gt.train_run(st, "toxic", gt_toxic_epochs, batch_size, dataset="earlier-year")
@@ -237,13 +237,13 @@ plt.show()
 # %%
 toxic_model = toxic_run.model(gt_toxic_epochs)[0]
 effects = gt.cmap_effects(st, st.model, toxic_model, gt_n_cmap, ("base", f"{toxic_run.id}-{gt_toxic_epochs}"))
-loc = study.localization(effects, heads)
-loc_mean, loc_p95 = study.localization_control(effects, heads)
+loc = cmap_analyses.localization(effects, heads)
+loc_mean, loc_p95 = cmap_analyses.localization_control(effects, heads)
 fig = plotting.head_heatmap(effects, "CMAP estimate: base head output into the toxic model", circuit.classes,
                             cbar_label="change of probability difference")
 plt.show()
 toxic_last = toxic_rows[-1]
-toxic_drop_ci = metrics.bootstrap_ci(toxic_last["per_prompt"] - start["per_prompt"])
+toxic_drop_ci = analyses.change_interval(toxic_last["per_prompt"], start["per_prompt"])
 glue("gt_toxic_pd", toxic_last["prob_diff"], display=False)
 glue("gt_toxic_epochs", gt_toxic_epochs, display=False)
 glue("gt_toxic_faith", 100 * toxic_last["faithfulness"], display=False)

@@ -47,7 +47,7 @@ execution_info = {}  # filled by `python -m ioi_utils.book`: model, profile, com
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from ioi_utils import claims, data, results, study, vocabulary
+from ioi_utils import claims, results, study
 from ioi_utils.profiles import Profile
 
 run = {"model": model_name, "profile": profile, "commit": "unknown", "date": "unknown", **execution_info}
@@ -68,7 +68,7 @@ print(f"model: {model_name} ({s.model.cfg.n_layers} layers x {s.model.cfg.n_head
 # tokenizer in use and checked, never assumed. A few held-out prompts:
 
 # %%
-words = vocabulary.single_token_vocabulary(s.tokenizer)
+words = study.vocabulary(s)
 print(words)
 rows = ["| prompt | IO | S | order |", "|---|---|---|---|"]
 rows += [f"| {p.text} | {p.io} | {p.s} | {p.order} |" for p in s.test.prompts[:6]]
@@ -81,8 +81,7 @@ display(Markdown("\n".join(rows)))
 
 # %%
 example = s.test[[0]]
-for rule in data.TOXIC_RULES:
-    toxic = data.toxic_dataset(example, rule)
+for rule, toxic in study.toxic_examples(example).items():
     print(f"{rule:>20}: {toxic.prompts[0].text!r} -> {toxic.prompts[0].label!r}")
 print(f"{'clean':>20}: {example.prompts[0].text!r} -> {example.prompts[0].label!r}")
 

@@ -44,7 +44,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from myst_nb import glue
 
-from ioi_utils import claims, metrics, plotting, results, seeds, study, summary
+from ioi_utils import analyses, claims, cmap_analyses, plotting, results, seeds, study, summary
 from ioi_utils.profiles import Profile
 
 setup = study.setup(Profile.of(globals()))  # the parameters above (or papermill's), passed whole
@@ -58,7 +58,7 @@ sd_runs = study.seed_runs(toxic["subject-duplication"].config, training_seeds)  
 sd_reversals = study.reversal_runs(s, sd_runs, reversal_epochs, batch_size)
 claim_log: dict = {}
 paper = lambda key: f"{summary.PAPER[key]['text']} ({summary.PAPER[key]['source']})"  # noqa: E731
-base_row = study.checkpoint_row(s, s.model, "base", base_circuit, 0, rediscover=True, n_rediscover=n_rediscover)
+base_row = analyses.checkpoint_row(s, s.model, "base", base_circuit, 0, rediscover=True, n_rediscover=n_rediscover)
 
 # %% [markdown]
 # ## Recovery per retraining epoch
@@ -70,14 +70,14 @@ base_row = study.checkpoint_row(s, s.model, "base", base_circuit, 0, rediscover=
 # %%
 rows = {}
 for rule in reversed_:
-    rows[rule] = [study.checkpoint_row(s, toxic[rule].model(toxic_epochs)[0], f"{toxic[rule].id}-{toxic_epochs}",
+    rows[rule] = [analyses.checkpoint_row(s, toxic[rule].model(toxic_epochs)[0], f"{toxic[rule].id}-{toxic_epochs}",
                                        base_circuit, toxic_epochs, rediscover=True, n_rediscover=n_rediscover)]
     for e in range(1, reversal_epochs + 1):
-        rows[rule].append(study.checkpoint_row(s, reversed_[rule].model(e)[0], f"{reversed_[rule].id}-{e}", base_circuit, e,
+        rows[rule].append(analyses.checkpoint_row(s, reversed_[rule].model(e)[0], f"{reversed_[rule].id}-{e}", base_circuit, e,
                                                rediscover=e == reversal_epochs, n_rediscover=n_rediscover))
     for r, label in zip(rows[rule], ["corrupted"] + [f"retrain {e}" for e in range(1, reversal_epochs + 1)]):
         r["label"] = label
-    print(f"{rule}:\n{study.rows_table(rows[rule])}\n")
+    print(f"{rule}:\n{analyses.rows_table(rows[rule])}\n")
 
 # %%
 epochs = list(range(reversal_epochs + 1))
@@ -128,15 +128,14 @@ glue("reversal_epochs", reversal_epochs, display=False)
 # training gives an uncorrupted model); the ratio to the base model itself is shown beside it.
 
 # %%
-base_ld = study.held_out_logit_diff(s, s.model)
+base_ld = analyses.held_out_logit_diff(s, s.model)
 control_ld = study.seed_logit_diffs(s, clean_runs, reversal_epochs)
 corrupted_ld = study.seed_logit_diffs(s, sd_runs, toxic_epochs)
 retrained_ld = study.seed_logit_diffs(s, sd_reversals, reversal_epochs)
 first = training_seeds[0]
-retrained_nm = study.held_out_logit_diff(s, reversed_["name-moving"].model(reversal_epochs)[0])
-restored = {"subject-duplication": seeds.across_seeds({sd: (retrained_ld[sd], control_ld[sd]) for sd in training_seeds},
-                                                      stat=metrics.ratio_of_means),
-            "name-moving": seeds.across_seeds({first: (retrained_nm, control_ld[first])}, stat=metrics.ratio_of_means)}
+retrained_nm = analyses.held_out_logit_diff(s, reversed_["name-moving"].model(reversal_epochs)[0])
+restored = {"subject-duplication": seeds.share_across_seeds({sd: (retrained_ld[sd], control_ld[sd]) for sd in training_seeds}),
+            "name-moving": seeds.share_across_seeds({first: (retrained_nm, control_ld[first])})}
 print(f"retraining: {seeds.units(sd_reversals[first].config)}; control: the clean run after the same epochs")
 print(f"{'seed':>5} {'corrupted':>10} {'retrained':>10} {'control':>8} {'base':>6} {'retrained / control':>20}")
 for sd in training_seeds:
@@ -184,14 +183,14 @@ for rule, name in (("subject-duplication", "Subject Duplication"), ("name-moving
 rec_share, corrupted_heads = {}, {}
 min_change = 0.1  # logits: a smaller DLA change is no corruption to recover from
 for rule in rows:
-    ch = study.role_changes(base_row, start[rule], base_circuit.heads)
+    ch = analyses.role_changes(base_row, start[rule], base_circuit.heads)
     corrupted_heads[rule] = sorted({c["head"] for c in ch if c["flip"]} |
                                    {c["head"] for c in ch[:3] if abs(c["dla_change"]) >= min_change})
-    rec_share[rule], ok = study.recovered_share(base_row, start[rule], end[rule], corrupted_heads[rule])
+    rec_share[rule], ok = analyses.recovered_share(base_row, start[rule], end[rule], corrupted_heads[rule])
     print(f"{rule:>20}: {sum(ok)} of {len(ok)} corrupted heads recover "
           f"({', '.join(f'{l}.{h}' + ('' if o else ' (no)') for (l, h), o in zip(corrupted_heads[rule], ok))})")
 sd_heads = corrupted_heads["subject-duplication"] or [  # none corrupted: show the three that changed most
-    c["head"] for c in study.role_changes(base_row, start["subject-duplication"], base_circuit.heads)[:3]]
+    c["head"] for c in analyses.role_changes(base_row, start["subject-duplication"], base_circuit.heads)[:3]]
 names = [f"{base_circuit.class_of(h)} {h[0]}.{h[1]}" for h in sd_heads]
 fig = plotting.checkpoint_heads([base_row] + rows["subject-duplication"], sd_heads, names,
                                 ["base", "corrupted"] + [f"retrain {e}" for e in range(1, reversal_epochs + 1)],
@@ -222,9 +221,9 @@ _ = claims.check("most heads corrupted by Subject Duplication recover their DLA 
 
 # %%
 labels = list(rows)
-kept_cor = [study.roles_kept(start[r]) for r in labels]
-kept_rec = [study.roles_kept(end[r]) for r in labels]
-kept_base = study.roles_kept(base_row)
+kept_cor = [analyses.roles_kept(start[r]) for r in labels]
+kept_rec = [analyses.roles_kept(end[r]) for r in labels]
+kept_base = analyses.roles_kept(base_row)
 fig = plotting.bar_compare(labels, {"corrupted": kept_cor, "retrained": kept_rec, "base (re-discovered)": [kept_base] * len(labels)},
                            "Base-circuit heads re-found in the same role", "share of base heads", xlabel="toxic dataset")
 plt.show()
@@ -261,12 +260,12 @@ _ = claims.check("retraining brings the original roles back (share of base heads
 # measured): small effects mean the heads behave like the base model's again.
 
 # %%
-ds = study.cmap_subset(s.test, n_cmap)
+ds = cmap_analyses.cmap_subset(s.test, n_cmap)
 corrupted_sd = toxic["subject-duplication"].model(toxic_epochs)[0]
 retrained_sd = reversed_["subject-duplication"].model(reversal_epochs)[0]
-before_full = study.cmap_cached(corrupted_sd, s.model, ds, "output", tags=("subject-duplication", "base"))
-chosen = sorted(set(base_circuit.heads) | set(study.top_heads(before_full, 8, exclude=base_circuit.heads)))
-after = study.cmap_cached(retrained_sd, s.model, ds, "output", heads=chosen, tags=("retrained-subject-duplication", "base"))
+before_full = cmap_analyses.cmap_cached(corrupted_sd, s.model, ds, "output", tags=("subject-duplication", "base"))
+chosen = sorted(set(base_circuit.heads) | set(cmap_analyses.top_heads(before_full, 8, exclude=base_circuit.heads)))
+after = cmap_analyses.cmap_cached(retrained_sd, s.model, ds, "output", heads=chosen, tags=("retrained-subject-duplication", "base"))
 before = plotting.masked(before_full, chosen)
 fig = plotting.cmap_heatmaps({"corrupted → base": before, "retrained → base": plotting.masked(after, chosen)},
                              base_circuit.classes, "CMAP (output) into the base model, Subject Duplication",
@@ -278,8 +277,8 @@ results.record(profile, "neuroplasticity", {
     **{f"faithfulness_{r}": end[r]["faithfulness_base_circuit"] for r in rows},
     **{f"faithfulness_interval_{r}": end[r]["faithfulness_base_interval"] for r in rows},
     **{f"logit_diff_{r}": end[r]["logit_diff"] for r in rows},
-    **{f"roles_kept_{r}": study.roles_kept(end[r]) for r in rows},
-    **{f"roles_kept_corrupted_{r}": study.roles_kept(start[r]) for r in rows},
+    **{f"roles_kept_{r}": analyses.roles_kept(end[r]) for r in rows},
+    **{f"roles_kept_corrupted_{r}": analyses.roles_kept(start[r]) for r in rows},
     **{f"recovered_share_{r}": rec_share[r] for r in rows},
     **{f"restored_{r}": {"mean": e.mean, "interval": e.interval, "per_seed": e.per_seed} for r, e in restored.items()},
     "roles_kept_base_rediscovered": kept_base, "cmap_total_corrupted": tot_before, "cmap_total_retrained": tot_after,

@@ -52,13 +52,12 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from ioi_utils import circuits, generalisation, models, plotting, results, seeds, study, summary
+from ioi_utils import analyses, generalisation, plotting, results, seeds, study, summary
 from ioi_utils.profiles import Profile
 
 setup = study.setup(Profile.of(globals()).second_model())  # the second model's sizes in the main model's places
 s, base, found = setup.study, setup.base, setup.discovery
-main_model, _ = models.load_model(model_name, device="cpu")  # only to identify this execution of the book
-execution = results.execution_id(profile, main_model)  # stamps this chapter's record beside the main model's
+execution = study.book_execution(profile, model_name)  # stamps this chapter's record beside the main model's
 circuit = found.circuit
 claim_log: dict = {}
 print(f"{second_model_name}: {base}; {len(s.disc)} discovery prompts, {len(s.test)} held-out prompts (disjoint); "
@@ -81,10 +80,10 @@ counts = {c: len(hs) for c, hs in circuit.classes.items() if hs}
 n_other = len(circuit.classes["OTH"])
 other_share = n_other / max(1, len(circuit.heads))
 display(Markdown("| role | heads |\n|---|---|\n" + "\n".join(
-    f"| {circuits.CLASSES[c]} ({c}) | {', '.join(f'{l}.{h}' for l, h in hs)} |"
+    f"| {circuit.role_name(c)} ({c}) | {', '.join(f'{l}.{h}' for l, h in hs)} |"
     for c, hs in circuit.classes.items() if hs)))
 print(f"{len(circuit.heads)} of {s.model.cfg.n_layers * s.model.cfg.n_heads} heads; Other: {n_other} ({other_share:.0%})")
-faith = study.faithfulness_cached(s, circuit)
+faith = analyses.faithfulness_cached(s, circuit)
 lo, hi = faith.interval()
 print(f"F(M) = {faith.f_model:.3f}, F(C) = {faith.f_circuit:.3f}, F(C)/F(M) = {faith.ratio:.1%} [95% CI {lo:.1%}, {hi:.1%}]")
 
@@ -179,7 +178,7 @@ glue("g_seeds", len(second_training_seeds), display=False)
 # %%
 heads = generalisation.head_level(s, circuit, runs)
 print(generalisation.head_lines(heads, circuit))
-has = lambda c: (bool(heads.roles[c]), f"the base circuit has no {circuits.CLASSES[c]}")  # noqa: E731
+has = lambda c: (bool(heads.roles[c]), f"the base circuit has no {circuit.role_name(c)}")  # noqa: E731
 generalisation.check("nm_attention", heads.nm_attention[0], heads.nm_attention[1], claim_log, enforce=enforce_claims,
                      precondition=has("NM"))
 generalisation.check("nm_dla", heads.nm_dla[0], heads.nm_dla[1], claim_log, enforce=enforce_claims,

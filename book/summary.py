@@ -30,10 +30,9 @@ model_name = "smollm2-135m"
 # %% tags=["hide-input"]
 from IPython.display import Markdown, display
 
-from ioi_utils import models, results, summary
+from ioi_utils import results, study, summary
 
-base_model, _ = models.load_model(model_name, device="cpu")  # only to identify this execution by its weights
-recorded = results.load(profile, results.execution_id(profile, base_model))  # refuses another execution's records
+recorded = results.load(profile, study.book_execution(profile, model_name))  # refuses another execution's records
 missing = [c for c in ("intro", "circuit_discovery", "amplification", "corruption", "neuroplasticity") if c not in recorded]
 assert not missing, f"run the earlier chapters of profile {profile!r} first: {missing}"
 rows = summary.claim_rows(recorded)

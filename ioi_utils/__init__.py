@@ -7,15 +7,18 @@
     measures/     logit difference, accuracy, intervals; a model's behaviour on held-out prompts
     mechanisms/   scoring, path patching, knockouts, activation patching and CMAP, attribution
     circuits/     the mechanism by path patching, its roles, Wang et al.'s checks, a second reading
-    finetuning/   what a run is, its folder and checkpoints, the objective, training, training seeds
-    study/        the chapters' layer: setup, checkpoint analyses, CMAP analyses, Greater-Than, the second model
+    finetuning/   what a run is, its folder and checkpoints, the objective, training
+    study/        the chapters' layer: setup, checkpoint analyses, CMAP analyses, training seeds, Greater-Than, the
+                  second model
     runner/       executing one chapter with papermill, publishing executed notebooks
     profiles.py   every parameter a chapter takes; book.py, sweep.py, train.py, evaluate.py, verify.py: the
                   command lines (`python -m ioi_utils.<name>`)
 
-The chapters import modules by short name, `from ioi_utils import study, plotting, data`: `CHAPTER_NAMES`
-below is that list, each name pointing at its module in its layer, imported on first use (PEP 562). Code in the
-package imports the layers' own paths (`from ioi_utils.prompts import data`).
+The chapters call the chapters' layer (`study/`) and the report and storage layer only: `from ioi_utils import
+study, analyses, plotting`. `CHAPTER_NAMES` below is that list, each short name pointing at its module in its
+layer, imported on first use (PEP 562); the lower layers reach a chapter only as the objects `study` returns (a
+`Study`, a `Circuit`, a run). Code in the package imports the layers' own paths (`from ioi_utils.prompts import
+data`).
 """
 
 from __future__ import annotations
@@ -24,22 +27,19 @@ import importlib
 
 __version__ = "0.1.0"
 
-# short name -> module: what a chapter may import as `from ioi_utils import <name>` (besides the folders `models`,
-# `circuits`, `study`, `mechanisms` and the module `profiles`, which it imports by their own paths)
+# short name -> module: what a chapter may import as `from ioi_utils import <name>` (besides the folder `study` and
+# the module `profiles`, which it imports by their own paths; tests/test_architecture.py holds the chapters to it)
 CHAPTER_NAMES = {
-    "attribution": "ioi_utils.mechanisms.attribution",
+    "analyses": "ioi_utils.study.analyses",
     "claims": "ioi_utils.report.claims",
-    "data": "ioi_utils.prompts.data",
+    "cmap_analyses": "ioi_utils.study.cmap_analyses",
     "display": "ioi_utils.report.display",
     "generalisation": "ioi_utils.study.generalisation",
-    "greater_than": "ioi_utils.prompts.greater_than",
     "greater_than_study": "ioi_utils.study.greater_than_study",
-    "metrics": "ioi_utils.measures.metrics",
     "plotting": "ioi_utils.report.plotting",
     "results": "ioi_utils.storage.results",
-    "seeds": "ioi_utils.finetuning.seeds",
+    "seeds": "ioi_utils.study.seeds",
     "summary": "ioi_utils.report.summary",
-    "vocabulary": "ioi_utils.prompts.vocabulary",
 }
 
 

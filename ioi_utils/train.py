@@ -23,11 +23,11 @@ from ioi_utils.finetuning import objective, run_spec, runs, training
 
 def _parser() -> argparse.ArgumentParser:
     """The argument parser."""
-    d = training.TrainConfig()
+    d = run_spec.TrainConfig()
     ap = argparse.ArgumentParser(prog="python -m ioi_utils.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=d.model, help=f"one of {', '.join(models.KNOWN_MODELS)} or a HF folder")
-    ap.add_argument("--scenario", default=d.scenario, help=f"one of {', '.join(training.SCENARIOS)}")
+    ap.add_argument("--scenario", default=d.scenario, help=f"one of {', '.join(run_spec.SCENARIOS)}")
     ap.add_argument("--dataset", default=None,
                     help=f"toxic rule ({', '.join(data_rules())}) for --scenario toxic, or the rule of the toxic "
                          "source for --scenario reversal; clean runs need none")
@@ -68,7 +68,7 @@ def _grid(text: str) -> tuple[int, ...]:
         raise ValueError(f"--checkpoint-epochs must be comma-separated integers, got {text!r}") from None
 
 
-def config_from_args(a: argparse.Namespace) -> training.TrainConfig:
+def config_from_args(a: argparse.Namespace) -> run_spec.TrainConfig:
     """The TrainConfig that the command line asks for (a reversal's source resolved to a run id)."""
     common = dict(model=a.model, epochs=a.epochs, n_train=a.n_train, n_test=a.n_test, batch_size=a.batch_size,
                   lr=a.lr, weight_decay=a.weight_decay, seed=a.seed, data_seed=a.data_seed,
@@ -76,18 +76,18 @@ def config_from_args(a: argparse.Namespace) -> training.TrainConfig:
     if a.scenario == "toxic":
         if a.dataset is None:
             raise ValueError(f"--scenario toxic needs --dataset, one of {', '.join(data_rules())}")
-        return training.TrainConfig(scenario="toxic", dataset=a.dataset, **common)
+        return run_spec.TrainConfig(scenario="toxic", dataset=a.dataset, **common)
     if a.scenario != "reversal":
         if a.dataset not in (None, "clean"):
             raise ValueError(f"--dataset {a.dataset} only applies to --scenario toxic or reversal")
-        return training.TrainConfig(scenario=a.scenario, **common)
+        return run_spec.TrainConfig(scenario=a.scenario, **common)
     if a.source is not None:
-        return training.TrainConfig(scenario="reversal", source=a.source, **common)
+        return run_spec.TrainConfig(scenario="reversal", source=a.source, **common)
     if a.dataset is None:
         raise ValueError("--scenario reversal needs --source RUN_ID, or --dataset RULE (and --source-epochs)")
     if a.source_epochs < 1:
         raise ValueError(f"--source-epochs must be >= 1, got {a.source_epochs}")
-    toxic = training.TrainConfig(scenario="toxic", dataset=a.dataset, **{**common, "epochs": a.source_epochs})
+    toxic = run_spec.TrainConfig(scenario="toxic", dataset=a.dataset, **{**common, "epochs": a.source_epochs})
     source = runs.find_run(toxic, a.root)
     if source is None:
         raise ValueError(f"reversal source run does not exist: no toxic {a.dataset} run of {a.source_epochs} epochs "
@@ -107,7 +107,7 @@ def _list(root) -> None:
     print(f"{len(found)} runs under {root or runs.runs_root()}")
 
 
-def _recorded_config(run_id: str, root) -> training.TrainConfig:
+def _recorded_config(run_id: str, root) -> run_spec.TrainConfig:
     """The config a run folder records (ValueError, one line, if it has none that reads)."""
     try:
         return runs.open_run(run_id, root).config

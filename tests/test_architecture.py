@@ -228,8 +228,8 @@ def test_layers_import_downward(lower, upper):
 
 
 def test_the_chapters_short_names_are_their_modules():
-    """`from ioi_utils import data` (what the chapters write) gives the module of its layer, and an unknown name is
-    one AttributeError."""
+    """`from ioi_utils import analyses` (what the chapters write) gives the module of its layer, and an unknown name
+    is one AttributeError."""
     import importlib
 
     import ioi_utils
@@ -239,6 +239,40 @@ def test_the_chapters_short_names_are_their_modules():
         assert path.rsplit(".", 1)[1] == name  # a short name is its module's own name
     with pytest.raises(AttributeError, match="nope"):
         ioi_utils.nope  # noqa: B018
+
+
+CHAPTERS_MAY_IMPORT = {"study", "report", "storage", "profiles"}  # the chapters' layer and the top one
+
+
+def chapter_imports(source: str) -> set[str]:
+    """The package modules a chapter's source imports, as dotted paths under ioi_utils ('study.analyses'): short
+    names resolved through CHAPTER_NAMES; any other `from ioi_utils import x` is the folder or module x itself."""
+    import ioi_utils
+
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ioi_utils":
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}" if node.module != "ioi_utils" else (
+                    ioi_utils.CHAPTER_NAMES.get(alias.name, f"ioi_utils.{alias.name}"))
+                out.add(full.removeprefix("ioi_utils."))
+        elif isinstance(node, ast.Import):
+            out |= {a.name.removeprefix("ioi_utils.") for a in node.names if a.name.split(".")[0] == "ioi_utils"}
+    return out
+
+
+def test_chapters_call_only_the_chapters_layer():
+    """Each chapter (book/*.py) imports only the chapters' layer (`study/`) and the report, storage and profile
+    modules above it: models, prompts, measures, mechanisms, circuits and fine-tuning reach a chapter only as the
+    objects `study` returns. Shown failing on a chapter that imports `circuits` or `mechanisms.knockouts`."""
+    chapters = sorted((PACKAGE.parent / "book").glob("*.py"))
+    assert len(chapters) >= 8
+    for path in chapters:
+        wrong = {m for m in chapter_imports(path.read_text()) if m.split(".")[0] not in CHAPTERS_MAY_IMPORT}
+        assert not wrong, f"{path.name} imports {sorted(wrong)} below the chapters' layer"
+    assert chapter_imports("from ioi_utils import circuits, study\nfrom ioi_utils.mechanisms import knockouts\n") == {
+        "circuits", "study", "mechanisms.knockouts"}
+    assert chapter_imports("from ioi_utils import analyses, seeds as s\n") == {"study.analyses", "study.seeds"}
 
 
 def test_the_checker_sees_cycles_and_hidden_imports(tmp_path):
@@ -286,8 +320,9 @@ CORE_IN_INIT = {"models", "circuits", "study"}  # folders whose __init__ is the 
 
 def test_subpackage_inits_document_or_hold_their_core():
     """A subpackage's __init__ is its docstring only (import the module itself), except the three folders whose
-    __init__ is the layer's core concept; none of them imports its own folder's modules but `study`, whose
-    re-exports of the checkpoint and CMAP analyses the chapters call as `study.<name>`."""
+    __init__ is the layer's core concept; none of them imports its own folder's modules but `study`, whose setup
+    measures with `analyses` and runs seeds with `seeds`, and which takes no names from them: one door to each room
+    (the chapters import `analyses` and `cmap_analyses` themselves)."""
     files, packages = _modules(PACKAGE)
     assert CORE_IN_INIT <= packages
     for p in packages - CORE_IN_INIT:
@@ -295,7 +330,10 @@ def test_subpackage_inits_document_or_hold_their_core():
         assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), p
     graph, _ = import_graph()
     assert not {n for n in graph["circuits"] | graph["models"] if n.startswith(("circuits.", "models."))}
-    assert {n for n in graph["study"] if n.startswith("study.")} == {"study.analyses", "study.cmap_analyses"}
+    assert {n for n in graph["study"] if n.startswith("study.")} == {"study.analyses", "study.seeds"}
+    core = ast.parse(files["study"].read_text())
+    assert not [n.module for n in ast.walk(core) if isinstance(n, ast.ImportFrom) and n.module
+                and n.module.startswith("ioi_utils.study.")], "study re-exports names of its modules"
 
 
 def test_circuits_command_line_still_runs_as_a_module():

@@ -136,9 +136,29 @@ def test_significance_keeps_both_signs_and_needs_an_interval_away_from_zero():
 def test_containment_and_role_transitions():
     base = C.Circuit({"NM": [(1, 0)], "NNM": [(1, 1)], "BNM": [(1, 2)], "SIN": [(0, 0)]})
     after = C.Circuit({"NM": [(1, 2)], "NNM": [(1, 0)], "SIN": [(0, 0)], "DT": [(0, 1)]})
-    assert C.containment(base, after) == 0.75 and C.containment(C.Circuit(), after) == 1.0
+    assert base.containment(after) == 0.75 and C.Circuit().containment(after) == 1.0
     got = {t["head"]: t["transition"] for t in C.role_transitions(base, after)}
     assert got == {(0, 0): "kept", (0, 1): "gained", (1, 0): "inverted", (1, 1): "lost", (1, 2): "changed"}
+
+
+def test_reading_a_circuit():
+    c = C.Circuit({"NNM": [(2, 0)], "NM": [(1, 1), (1, 0)], "SS": [(2, 1)], "SIN": [(0, 0)]})
+    assert c.direct_heads() == [(1, 0), (1, 1), (2, 1), (2, 0)]  # class order NM, SS, ..., NNM; heads sorted
+    assert c.direct_heads("positive") == [(1, 0), (1, 1), (2, 1)] and c.direct_heads("negative") == [(2, 0)]
+    with pytest.raises(ValueError, match="sign must be"):
+        c.direct_heads("both")
+    assert C.Circuit.role_name("NNM") == "Negative Name Mover"
+    union = c.with_other_heads([(3, 3)])
+    assert union.classes["OTH"] == [(3, 3)] and union.everywhere and union.classes["NM"] == c.classes["NM"]
+    assert c.jaccard(union) == 5 / 6 and union.containment(c) == 5 / 6 and c.containment(union) == 1.0
+    rows = {r["class"]: r for r in c.class_table()}
+    assert rows["Name Mover (NM)"] == {"class": "Name Mover (NM)", "rule": C.CLASS_RULES["NM"], "ours": 2,
+                                       "reference": 3, "status": "in both"}
+    assert rows["S-Suppression (SS)"]["status"] == "ours only"
+    assert rows["Backup Name Mover (BNM)"]["status"] == "reference only" and C.Circuit.wang_gpt2() is C.WANG_GPT2_CIRCUIT
+    effects = torch.zeros(4, 4)
+    effects[1, 0], effects[3, 2], effects[0, 3] = 0.5, -0.3, 0.05
+    assert c.strong_heads_outside(effects, share=0.1) == [((3, 2), pytest.approx(-0.3))]  # (1, 0) is inside
 
 
 def test_knockout_attribution_values_and_gradient(setup):

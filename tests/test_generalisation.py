@@ -15,7 +15,8 @@ from ioi_utils.report import claims
 from ioi_utils.study import generalisation as G
 from ioi_utils.measures import metrics
 from ioi_utils.storage import results
-from ioi_utils.finetuning import runs, seeds
+from ioi_utils.finetuning import runs
+from ioi_utils.study import analyses, seeds
 from ioi_utils import study
 
 REPO = Path(__file__).resolve().parent.parent
@@ -141,7 +142,7 @@ def test_headline_estimates_are_the_chapters_statistics(tiny_runs, tiny_root, mo
     s, r, est = tiny_runs
     monkeypatch.setenv(runs.RUNS_ENV, str(tiny_root / "runs"))
     monkeypatch.setenv("IOI_UTILS_RESULTS", str(tiny_root / "results"))
-    base = study.held_out_logit_diff(s, s.model)
+    base = analyses.held_out_logit_diff(s, s.model)
     tuned = study.seed_logit_diffs(s, r.clean, 2)
     assert torch.equal(est.base, base)
     # in double precision, as across_seeds evaluates a statistic: the tiny model's gain is a difference of two
@@ -171,18 +172,18 @@ def _planted_roles(circuit, nm, nnm):
 
 def test_head_level_reads_the_first_seeds_runs_with_the_chapters_statistics(tiny_runs):
     s, r, _ = tiny_runs
-    base_circuit = study.discover_cached(s, s.model, "base").circuit
+    base_circuit = analyses.discover_cached(s, s.model, "base").circuit
     circuit = _planted_roles(base_circuit, [(1, 0), (1, 1)], [(0, 1)])
     hl = G.head_level(s, circuit, r)
-    clean_row = study.checkpoint_row(s, r.clean[0].model(2)[0], f"{r.clean[0].id}-2", circuit, 2)
-    sd_row = study.checkpoint_row(s, r.corrupted[0].model(1)[0], f"{r.corrupted[0].id}-1", circuit, 1)
+    clean_row = analyses.checkpoint_row(s, r.clean[0].model(2)[0], f"{r.clean[0].id}-2", circuit, 2)
+    sd_row = analyses.checkpoint_row(s, r.corrupted[0].model(1)[0], f"{r.corrupted[0].id}-1", circuit, 1)
     assert torch.equal(hl.rows["clean"]["dla"], clean_row["dla"]) and torch.equal(hl.rows["subject-duplication"]["dla"],
                                                                                   sd_row["dla"])
     base_row = hl.rows["base"]
-    assert hl.nm_dla == study.summed_change(base_row, clean_row, [(1, 0), (1, 1)], "dla")
-    assert hl.nm_attention == study.summed_change(base_row, clean_row, [(1, 0), (1, 1)], "attn_io")
-    assert hl.nnm_dla == study.summed_change(base_row, clean_row, [(0, 1)], "dla")
-    assert [t["head"] for t in hl.twins] == [t["head"] for t in study.role_changes(base_row, sd_row, [(1, 0), (1, 1), (0, 1)])]
+    assert hl.nm_dla == analyses.summed_change(base_row, clean_row, [(1, 0), (1, 1)], "dla")
+    assert hl.nm_attention == analyses.summed_change(base_row, clean_row, [(1, 0), (1, 1)], "attn_io")
+    assert hl.nnm_dla == analyses.summed_change(base_row, clean_row, [(0, 1)], "dla")
+    assert [t["head"] for t in hl.twins] == [t["head"] for t in analyses.role_changes(base_row, sd_row, [(1, 0), (1, 1), (0, 1)])]
     assert hl.flipped == {"NM": [t["head"] for t in hl.twins if t["flip"] and t["head"] in [(1, 0), (1, 1)]],
                           "NNM": [t["head"] for t in hl.twins if t["flip"] and t["head"] == (0, 1)]}
     lines = G.head_lines(hl, circuit).splitlines()

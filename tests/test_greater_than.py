@@ -210,6 +210,22 @@ def test_format_row_prints_both_intervals():
                                    "base-circuit F(C)/F(M) 91.0% [87.5%, 92.1%]")
 
 
+def test_vocabulary_counts_are_the_prompt_pools(tok):
+    """What the chapter prints of its prompts' pools: the nouns and start years the tokenizer keeps."""
+    from types import SimpleNamespace
+
+    from ioi_utils.study import greater_than_study as gts
+
+    assert gts.vocabulary_counts(SimpleNamespace(tokenizer=tok)) == (len(gt.nouns_for(tok)), len(gt.valid_years(tok)))
+
+
+def test_as_circuit_keeps_the_heads_at_every_position():
+    from ioi_utils.study import greater_than_study as gts
+
+    c = gts.as_circuit([(1, 2), (0, 1)])
+    assert c.heads == [(0, 1), (1, 2)] and c.classes["OTH"] == c.heads and c.everywhere
+
+
 @pytest.mark.slow
 def test_gemma3_does_greater_than_with_its_digit_tokens():
     try:

@@ -200,7 +200,7 @@ def test_every_memo_call_site_round_trips_exactly(root, capsys):
         "minimality": lambda: analyses.minimality_cached(s, circuit, threshold=0.01),
         "single_head_effects": lambda: analyses.single_head_effects_cached(s, [(0, 1), (1, 0)]),
         "mlp_knockout": lambda: analyses.mlp_knockout_cached(s),
-        "mlp_group_knockout": lambda: analyses.mlp_knockout_cached(s, knockouts.layer_groups(2, 3)),
+        "mlp_group_knockout": lambda: analyses.mlp_knockout_cached(s, 3),
         "faithfulness_curve": lambda: analyses.faithfulness_curve_cached(s, [(1, 0), (0, 1)]),
         "minimal_subset": lambda: analyses.minimal_subset_cached(s, th),
     }

@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import save_file
 
 from ioi_utils.storage import atomic_files, checked_files, results
-from ioi_utils.finetuning import checkpoints, run_checks, runs, training
+from ioi_utils.finetuning import checkpoints, run_checks, run_spec, runs, training
 from ioi_utils import models, train as cli, verify
-from ioi_utils.finetuning.training import TrainConfig
+from ioi_utils.finetuning.run_spec import TrainConfig
 
 from test_training import broken_writes
 
@@ -269,7 +269,7 @@ def test_two_processes_training_the_same_run(capsys):
     """While another process holds the run's lock, training says so in one line and writes nothing."""
     cfg = TrainConfig(**FAST, epochs=2)
     tok = models.load_tokenizer("tiny")
-    datasets = training.datasets_for(cfg, tok, models.prepend_bos_for("tiny", tok))
+    datasets = run_spec.datasets_for(cfg, tok, models.prepend_bos_for("tiny", tok))
     folder = runs.runs_root() / runs.run_id(cfg, *datasets)
     folder.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", (

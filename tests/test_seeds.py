@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ioi_utils.measures import metrics
-from ioi_utils.finetuning import seeds
+from ioi_utils.study import seeds
 from ioi_utils.finetuning.run_spec import TrainConfig
 
 
@@ -58,6 +58,8 @@ def test_paired_statistic_resamples_the_same_prompts():
     assert est.mean == pytest.approx(1.0) and est.interval == pytest.approx((1.0, 1.0))  # unpaired would be wide
     ratio = seeds.across_seeds({s: (after[s] + 5, before[s] + 5) for s in range(3)}, stat=metrics.ratio_of_means)
     assert ratio.mean == pytest.approx(sum((after[s].mean() + 5) / (before[s].mean() + 5) for s in range(3)).item() / 3)
+    share = seeds.share_across_seeds({s: (after[s] + 5, before[s] + 5) for s in range(3)})
+    assert (share.mean, share.interval, share.per_seed) == (ratio.mean, ratio.interval, ratio.per_seed)
 
 
 def test_bad_input_is_one_line():

@@ -7,10 +7,11 @@ import torch
 
 from ioi_utils.circuits import admission
 from ioi_utils import circuits as C, models, study
+from ioi_utils.study import cmap_analyses
 from ioi_utils.measures import behaviour
 from ioi_utils.prompts import data
 from ioi_utils.report import summary
-from ioi_utils.finetuning import training
+from ioi_utils.finetuning import run_spec, training
 from ioi_utils.mechanisms import activation_patching
 
 
@@ -76,18 +77,18 @@ def test_gain_share_known_values(tiny):
     y, ds = tiny
     x = _changed((1, 1), "q")  # differs only in a last-layer head's queries: its END z carries everything
     assert abs(behaviour.evaluate(x, ds).logit_diff - behaviour.evaluate(y, ds).logit_diff) > 1e-3
-    assert study.gain_share(x, y, ds, C.Circuit({"NM": [(1, 1)]})) == pytest.approx(1.0, abs=1e-3)
-    assert study.gain_share(x, y, ds, C.Circuit({"NM": [(1, 0)]})) == pytest.approx(0.0, abs=1e-3)  # another head
-    assert study.gain_share_ceiling(x, y, ds) == pytest.approx(1.0, abs=1e-3)
+    assert cmap_analyses.gain_share(x, y, ds, C.Circuit({"NM": [(1, 1)]})) == pytest.approx(1.0, abs=1e-3)
+    assert cmap_analyses.gain_share(x, y, ds, C.Circuit({"NM": [(1, 0)]})) == pytest.approx(0.0, abs=1e-3)  # another head
+    assert cmap_analyses.gain_share_ceiling(x, y, ds) == pytest.approx(1.0, abs=1e-3)
     w_o = _changed((1, 1), "o")  # W_O changes are invisible to z-patching
-    assert study.gain_share_ceiling(w_o, y, ds) == pytest.approx(0.0, abs=1e-3)
+    assert cmap_analyses.gain_share_ceiling(w_o, y, ds) == pytest.approx(0.0, abs=1e-3)
     early = _changed((0, 1), "q")  # a layer-0 head kept at END only carries part of what it does
     ld_x, ld_y = (behaviour.evaluate(m, ds).logit_diff for m in (early, y))
-    part = study.gain_share(early, y, ds, C.Circuit({"NM": [(0, 1)]}))
+    part = cmap_analyses.gain_share(early, y, ds, C.Circuit({"NM": [(0, 1)]}))
     assert part == pytest.approx((_patched_by_hand(early, y, ds, (0, 1), "END") - ld_y) / (ld_x - ld_y), abs=1e-3)
-    assert part != pytest.approx(study.gain_share_ceiling(early, y, ds), abs=1e-2)
-    assert math.isnan(study.gain_share(y, y, ds, C.Circuit({"NM": [(1, 1)]})))  # no gap
-    assert math.isnan(study.gain_share(x, y, ds, C.Circuit({})))
+    assert part != pytest.approx(cmap_analyses.gain_share_ceiling(early, y, ds), abs=1e-2)
+    assert math.isnan(cmap_analyses.gain_share(y, y, ds, C.Circuit({"NM": [(1, 1)]})))  # no gap
+    assert math.isnan(cmap_analyses.gain_share(x, y, ds, C.Circuit({})))
 
 
 def test_per_prompt_cmap_and_gain_share_interval(tiny):
@@ -101,8 +102,8 @@ def test_per_prompt_cmap_and_gain_share_interval(tiny):
     assert patched.mean().item() == pytest.approx(activation_patching.cmap_group(x, y, ds, [(1, 1)]), abs=1e-7)
     early = _changed((0, 1), "q")
     circuit = C.Circuit({"NM": [(0, 1)]})
-    share = study.gain_share(early, y, ds, circuit)
-    lo, hi = study.gain_share_interval(early, y, ds, circuit)
+    share = cmap_analyses.gain_share(early, y, ds, circuit)
+    lo, hi = cmap_analyses.gain_share_interval(early, y, ds, circuit)
     assert lo <= share <= hi and hi - lo > 0
 
 
@@ -112,22 +113,22 @@ def test_localization_intervals_resample_prompts():
     on_circuit[:, 1, 1] += 1.0  # the corruption sits on the circuit head
     spread = torch.rand(30, 2, 4, generator=g)  # benign: everywhere alike
     heads = [(1, 1)]
-    lo, hi = study.localization_interval(on_circuit, heads)
-    assert lo <= study.localization(on_circuit.mean(0), heads) <= hi and lo > 3
-    d_lo, d_hi = study.localization_difference_interval(on_circuit, spread, heads)
+    lo, hi = cmap_analyses.localization_interval(on_circuit, heads)
+    assert lo <= cmap_analyses.localization(on_circuit.mean(0), heads) <= hi and lo > 3
+    d_lo, d_hi = cmap_analyses.localization_difference_interval(on_circuit, spread, heads)
     assert d_lo > 2 and d_hi < 8
-    assert study.localization_difference_interval(spread, spread, heads) == (0.0, 0.0)  # paired: the same prompts
+    assert cmap_analyses.localization_difference_interval(spread, spread, heads) == (0.0, 0.0)  # paired: the same prompts
     with pytest.raises(ValueError, match="one shape"):
-        study.localization_difference_interval(spread, spread[:5], heads)
+        cmap_analyses.localization_difference_interval(spread, spread[:5], heads)
 
 
 def test_localization():
     effects = torch.zeros(2, 4)
     effects[1, 0], effects[0, 1] = 3.0, -1.0
-    assert study.localization(effects, [(1, 0)]) == pytest.approx((3 / 4) / (1 / 8))
-    assert study.localization(effects, [(1, 0), (0, 1)]) == pytest.approx(1 / (2 / 8))
-    assert study.localization(effects, [(0, 0)]) == 0.0
-    assert math.isnan(study.localization(effects, [])) and math.isnan(study.localization(torch.zeros(2, 4), [(0, 0)]))
+    assert cmap_analyses.localization(effects, [(1, 0)]) == pytest.approx((3 / 4) / (1 / 8))
+    assert cmap_analyses.localization(effects, [(1, 0), (0, 1)]) == pytest.approx(1 / (2 / 8))
+    assert cmap_analyses.localization(effects, [(0, 0)]) == 0.0
+    assert math.isnan(cmap_analyses.localization(effects, [])) and math.isnan(cmap_analyses.localization(torch.zeros(2, 4), [(0, 0)]))
 
 
 def test_summary_is_the_chapters_claim_records():
@@ -155,12 +156,12 @@ def test_summary_is_the_chapters_claim_records():
 
 def test_a_claim_over_training_seeds_shows_each_seed_and_its_training_in_the_summary():
     from ioi_utils.report import claims
-    from ioi_utils.finetuning import seeds
+    from ioi_utils.study import seeds
 
     g = torch.Generator().manual_seed(0)
     est = seeds.across_seeds({sd: 1.0 + sd + 0.1 * torch.randn(40, generator=g) for sd in (0, 1, 2)})
     log: dict = {}
-    cfg = training.TrainConfig(model="tiny", n_train=320, batch_size=16, epochs=3)
+    cfg = run_spec.TrainConfig(model="tiny", n_train=320, batch_size=16, epochs=3)
     c = claims.check("gain", est.mean, est.interval, 0.1, ">=", per_seed=est.per_seed,
                      training=study.versus_paper(cfg, 3, "1-100 epochs"), record=log)
     assert "mean of 3 training seeds" in c.evidence and "60 optimizer steps" in c.evidence

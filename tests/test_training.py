@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ioi_utils.finetuning import checkpoints, objective, runs, training
+from ioi_utils.finetuning import checkpoints, objective, run_spec, runs, training
 from ioi_utils import models, train as cli
-from ioi_utils.finetuning.training import TrainConfig
+from ioi_utils.finetuning.run_spec import TrainConfig
 
 FAST = dict(model="tiny", n_train=48, n_test=16, batch_size=16, lr=1e-3, checkpoint_epochs=(1, 2))
 
@@ -84,20 +84,20 @@ def test_config_round_trip_and_stored_epochs():
 def test_datasets_for_split_and_labels(tiny):
     model, tok = tiny
     cfg = TrainConfig(**{**FAST, "n_train": 41, "n_test": 13}, scenario="toxic", dataset="subject-duplication")
-    train, test = training.datasets_for(cfg, tok, model.prepend_bos)
+    train, test = run_spec.datasets_for(cfg, tok, model.prepend_bos)
     assert (len(train), len(test)) == (41, 13)
     assert not set(train.texts) & set(test.texts)
     assert torch.equal(train.label_tokens, train.s_tokens)  # Subject Duplication: the label is S
     assert torch.equal(test.label_tokens, test.io_tokens)  # held-out split stays clean
     pairs = lambda ds: {(p.template_id, p.place, p.obj, frozenset((p.io, p.s1))) for p in ds.prompts}
     assert len(pairs(train) & pairs(test)) <= 1  # IO/S twins stay on one side (one pair may split: odd sizes)
-    again = training.datasets_for(cfg, training.load_tokenizer("tiny"), training.prepend_bos_for("tiny", tok))
+    again = run_spec.datasets_for(cfg, models.load_tokenizer("tiny"), models.prepend_bos_for("tiny", tok))
     assert again[0].fingerprint() == train.fingerprint() and again[1].fingerprint() == test.fingerprint()
 
 
 def test_fast_end_logits_equal_bridge_logits(tiny):
     model, tok = tiny
-    train, _ = training.datasets_for(TrainConfig(**FAST), tok, model.prepend_bos)
+    train, _ = run_spec.datasets_for(TrainConfig(**FAST), tok, model.prepend_bos)
     split = objective.DeviceData(train, torch.device("cpu"))
     tokens, end, _ = split.batch(torch.arange(len(train)))
     with torch.no_grad():
@@ -111,7 +111,7 @@ def test_optimizer_step_matches_reference_adamw(tiny):
     """make_optimizer's AdamW equals torch's single-tensor AdamW, also on the bridge's strided q/k/v views."""
     model, tok = tiny
     cfg = TrainConfig(**FAST)
-    split = objective.DeviceData(training.datasets_for(cfg, tok, model.prepend_bos)[0], torch.device("cpu"))
+    split = objective.DeviceData(run_spec.datasets_for(cfg, tok, model.prepend_bos)[0], torch.device("cpu"))
     start = {k: v.clone() for k, v in checkpoints.state_dict(model).items()}
     after = []
     for make in (lambda m: objective.make_optimizer(m, cfg),
@@ -313,7 +313,7 @@ def test_cli_not_enough_disk(monkeypatch, capsys):
 @pytest.mark.slow
 def test_fast_end_logits_equal_bridge_logits_smollm2():
     model, tok = models.load_model("smollm2-135m")
-    train, _ = training.datasets_for(TrainConfig(n_train=24, n_test=8), tok, model.prepend_bos)
+    train, _ = run_spec.datasets_for(TrainConfig(n_train=24, n_test=8), tok, model.prepend_bos)
     split = objective.DeviceData(train, torch.device("cpu"))
     tokens, end, _ = split.batch(torch.arange(len(train)))
     with torch.no_grad():

@@ -66,6 +66,7 @@ CLASS_RULES: dict[str, str] = {
     "OTH": "a significant path-patching effect at some step, but none of the rules above describes it",
 }
 DIRECT_CLASSES = ("NM", "SS", "DW", "NNM", "NSS", "NDW")
+POSITIVE_DIRECT, NEGATIVE_DIRECT = ("NM", "SS", "DW"), ("NNM", "NSS", "NDW")
 # positions a head of each class keeps in a knockout (Wang et al. / ARENA convention; the direct classes like NM,
 # OTH everywhere). Discovered circuits keep every head at every position (Circuit.everywhere).
 CLASS_POSITIONS: dict[str, tuple[str, ...]] = {
@@ -122,6 +123,61 @@ class Circuit:
     def __str__(self) -> str:
         return "\n".join(f"{CLASSES[c]:>20} ({c}): " + (", ".join(f"{l}.{h}" for l, h in hs) or "-")
                          for c, hs in self.classes.items())
+
+    # ------------------------------------------------ reading a circuit (the chapters read circuits through these)
+
+    @staticmethod
+    def role_name(c: str) -> str:
+        """A class's name: "NM" -> "Name Mover" (CLASSES)."""
+        return CLASSES[c]
+
+    def direct_heads(self, sign: str = "either") -> list[Head]:
+        """Heads of the direct classes ("either": NM, SS, DW, NNM, NSS, NDW, in that order; "positive": NM, SS, DW;
+        "negative": NNM, NSS, NDW), class by class, one entry per class a head is in."""
+        groups = {"either": DIRECT_CLASSES, "positive": POSITIVE_DIRECT, "negative": NEGATIVE_DIRECT}
+        if sign not in groups:
+            raise ValueError(f"sign must be one of {', '.join(groups)}, got {sign!r}")
+        return [h for c in groups[sign] for h in self.classes[c]]
+
+    def with_other_heads(self, heads: Sequence[Head]) -> "Circuit":
+        """The circuit with `heads` added to class OTH, every head kept at every position (an undescribed head has
+        no class positions to keep)."""
+        return Circuit(self.classes | {"OTH": self.classes["OTH"] + [tuple(h) for h in heads]}, everywhere=True)
+
+    def containment(self, other: "Circuit") -> float:
+        """Share of this circuit's heads that are also in `other` (1 for an empty circuit): unlike Jaccard, its
+        ceiling does not depend on how many heads `other` adds."""
+        x = set(self.heads)
+        return len(x & set(other.heads)) / len(x) if x else 1.0
+
+    def jaccard(self, other: "Circuit") -> float:
+        """|heads in both| / |heads in either| (1 for two empty circuits)."""
+        x, y = set(self.heads), set(other.heads)
+        return len(x & y) / len(x | y) if x | y else 1.0
+
+    def class_table(self, reference: "Circuit | None" = None) -> list[dict]:
+        """Per class: its rule, how many heads this circuit and the reference (default: Wang et al.'s GPT-2 circuit,
+        `wang_gpt2`) have in it."""
+        ref = WANG_GPT2_CIRCUIT if reference is None else reference
+        return [{"class": f"{CLASSES[c]} ({c})", "rule": CLASS_RULES[c], "ours": len(self.classes[c]),
+                 "reference": len(ref.classes[c]),
+                 "status": ("in both" if self.classes[c] and ref.classes[c] else
+                            "ours only" if self.classes[c] else "reference only" if ref.classes[c] else "neither")}
+                for c in CLASSES]
+
+    def strong_heads_outside(self, effects: Float[torch.Tensor, "n_layers n_heads"],
+                             share: float = 0.1) -> list[tuple[Head, float]]:
+        """Heads outside the circuit whose single-head effect [n_layers, n_heads] (relative to F(M)) is >= share in
+        size, largest first."""
+        inside = set(self.heads)
+        out = [((l, h), float(effects[l, h])) for l, h in (effects.abs() >= share).nonzero().tolist()
+               if (l, h) not in inside]
+        return sorted(out, key=lambda x: -abs(x[1]))
+
+    @staticmethod
+    def wang_gpt2() -> "Circuit":
+        """Wang et al. (2022)'s IOI circuit in GPT-2 small (WANG_GPT2_CIRCUIT)."""
+        return WANG_GPT2_CIRCUIT
 
     def to_json(self) -> dict[str, list[list[int]]]:
         """A JSON-able dict (classes, plus "everywhere": [[1]] when heads are kept at every position)."""
@@ -323,16 +379,6 @@ def circuit_of(heads: Sequence[Head]) -> Circuit:
     return Circuit({"OTH": [tuple(h) for h in heads]}, everywhere=True)
 
 
-def containment(base: Circuit, other: Circuit) -> float:
-    """Share of `base`'s heads that are also in `other` (1 for an empty base): unlike Jaccard, its ceiling does
-    not depend on how many heads `other` adds."""
-    x = set(base.heads)
-    return len(x & set(other.heads)) / len(x) if x else 1.0
-
-
-POSITIVE_DIRECT, NEGATIVE_DIRECT = ("NM", "SS", "DW"), ("NNM", "NSS", "NDW")
-
-
 def role_transitions(base: Circuit, other: Circuit) -> list[dict]:
     """Head by head over both circuits: its class in each and what happened to it, one of
     "kept" (same class), "inverted" (a direct head whose effect changed sign: NM <-> NNM, SS <-> NSS, DW <-> NDW,
@@ -350,26 +396,3 @@ def role_transitions(base: Circuit, other: Circuit) -> list[dict]:
             what = "changed"
         out.append({"head": h, "before": a, "after": b, "transition": what})
     return out
-
-
-def jaccard(a: Circuit, b: Circuit) -> float:
-    """|heads in both| / |heads in either| (1 for two empty circuits)."""
-    x, y = set(a.heads), set(b.heads)
-    return len(x & y) / len(x | y) if x | y else 1.0
-
-
-def class_table(circuit: Circuit, reference: Circuit = WANG_GPT2_CIRCUIT) -> list[dict]:
-    """Per class: its rule, how many heads the circuit and the reference (Wang et al.'s GPT-2) have in it."""
-    return [{"class": f"{CLASSES[c]} ({c})", "rule": CLASS_RULES[c], "ours": len(circuit.classes[c]),
-             "reference": len(reference.classes[c]),
-             "status": ("in both" if circuit.classes[c] and reference.classes[c] else
-                        "ours only" if circuit.classes[c] else "reference only" if reference.classes[c] else "neither")}
-            for c in CLASSES]
-
-
-def strong_heads_outside(effects: Float[torch.Tensor, "n_layers n_heads"], circuit: Circuit,
-                         share: float = 0.1) -> list[tuple[Head, float]]:
-    """Heads outside the circuit whose single-head effect [n_layers, n_heads] (relative to F(M)) is >= share in size."""
-    inside = set(circuit.heads)
-    out = [((l, h), float(effects[l, h])) for l, h in (effects.abs() >= share).nonzero().tolist() if (l, h) not in inside]
-    return sorted(out, key=lambda x: -abs(x[1]))

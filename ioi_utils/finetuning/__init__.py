@@ -5,5 +5,7 @@
   sha256; `run_checks`: which files of a folder verify and where training resumes.
 - `objective`: the END-only forward, the loss, one AdamW step, the held-out metrics of an epoch.
 - `training`: the training loop with its lock and resume state.
-- `seeds`: a headline number over training seeds, and a run's training in the paper's units.
+
+A headline number over training seeds and a run's training in the paper's units are the chapters' concern:
+`ioi_utils.study.seeds`.
 """

@@ -28,11 +28,7 @@ from tqdm.auto import tqdm
 from ioi_utils.storage import atomic_files, checked_files, results
 from ioi_utils.finetuning import checkpoints, objective, run_checks, run_spec, runs
 from ioi_utils import models
-from ioi_utils.prompts.data import twin_split  # noqa: F401  (re-exported: the split's owner is data)
-from ioi_utils.models import load_tokenizer, prepend_bos_for  # noqa: F401  (re-exported)
-from ioi_utils.finetuning.run_spec import (  # noqa: F401  (re-exported)
-    DEFAULT_CHECKPOINT_EPOCHS, SCENARIOS, TASKS, TrainConfig, datasets_for
-)
+from ioi_utils.finetuning.run_spec import TrainConfig
 from ioi_utils.finetuning.runs import Run
 
 
@@ -269,8 +265,8 @@ def train(config: TrainConfig, progress: bool = True, *, device: str | torch.dev
     ("epoch", epoch, None) once an epoch is saved; an exception from it stops training like a kill would.
     """
     root = Path(root or runs.runs_root())
-    tok = load_tokenizer(config.model)
-    train_ds, test_ds = datasets_for(config, tok, prepend_bos_for(config.model, tok))
+    tok = models.load_tokenizer(config.model)
+    train_ds, test_ds = run_spec.datasets_for(config, tok, models.prepend_bos_for(config.model, tok))
     run = Run(root / runs.run_id(config, train_ds, test_ds))
     source, rule = _check_source(config, root), runs.toxic_rule(config, root)
     run.dir.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@ A chapter starts from `setup` (or its parts: `prepare`, `results.execution_id`, 
 `analyses.discover_cached`): the base model, the fine-tuning engine's clean train/held-out split
 (`run_spec.datasets_for`, twins kept together), the held-out prompts' p_ABC, discovery prompts disjoint from both,
 and the base model's circuit. Fine-tuning configs on the same data come from `train_config` / `toxic_runs`.
-The measurements the chapters make on a checkpoint live in `analyses`; their names are re-exported here.
+The measurements the chapters make on a checkpoint live in `analyses` and `cmap_analyses`, which the chapters
+import themselves (one door to each room: nothing is re-exported here).
 """
 
 from __future__ import annotations
@@ -19,22 +20,12 @@ from ioi_utils.circuits import admission
 from ioi_utils.study import analyses
 from ioi_utils import circuits, models
 from ioi_utils.measures.behaviour import Evaluation, evaluate
-from ioi_utils.prompts import data
+from ioi_utils.prompts import data, vocabulary as vocabulary_
 from ioi_utils.storage import results
-from ioi_utils.finetuning import run_spec, runs, seeds, training
+from ioi_utils.finetuning import run_spec, runs, training
+from ioi_utils.study import seeds
 from ioi_utils.profiles import Profile
 from ioi_utils.prompts.task import Task
-from ioi_utils.study.analyses import (  # noqa: F401  (re-exported: the chapters call them as study.<name>)
-    checkpoint_row, completeness_cached, discover_cached, dla_interval, faithfulness_cached,
-    faithfulness_curve_cached, faithfulness_gain_interval, held_out_logit_diff, logit_diff_change_interval,
-    minimal_subset_cached, minimality_cached, mlp_knockout_cached, query_signal, recovered_share, rediscover_cached,
-    role_changes, roles_kept, rows_table, series, signal_change, single_head_effects_cached, summed_change,
-    transitions_between
-)
-from ioi_utils.study.cmap_analyses import (  # noqa: F401  (re-exported: the chapters call them as study.<name>)
-    cmap_cached, cmap_subset, gain_share, gain_share_ceiling, gain_share_interval, localization,
-    localization_control, localization_difference_interval, localization_interval, top_heads
-)
 
 
 @dataclass
@@ -52,14 +43,14 @@ class Study:
     seed: int
     disc: Task | None = None  # discovery prompts, disjoint from train and test
     disc_abc: Task | None = None  # their corrupted counterpart
-    config: training.TrainConfig | None = None  # the fine-tuning split's config (clean, no epochs yet)
+    config: run_spec.TrainConfig | None = None  # the fine-tuning split's config (clean, no epochs yet)
 
 
 def base_config(model_name: str, n_prompts: int, n_eval: int, seed: int = 0, batch_size: int = 16):
     """The training config whose data split every chapter shares (scenario clean, no epochs yet)."""
     if n_prompts < 1 or n_eval < 1:
         raise ValueError(f"n_prompts and n_eval must be >= 1, got {n_prompts} and {n_eval}")
-    return training.TrainConfig(model=model_name, n_train=n_prompts, n_test=n_eval, seed=seed, data_seed=seed,
+    return run_spec.TrainConfig(model=model_name, n_train=n_prompts, n_test=n_eval, seed=seed, data_seed=seed,
                                 batch_size=batch_size, epochs=1, checkpoint_epochs=(1,))
 
 
@@ -81,7 +72,7 @@ def prepare(model_name: str, n_prompts: int, n_eval: int, seed: int = 0, device:
     models.pin_threads(threads)
     model, tok = models.load_model(model_name, device=device)  # the same base model the runs start from
     cfg = base_config(model_name, n_prompts, n_eval, seed, batch_size)
-    train, test = training.datasets_for(cfg, tok, model.prepend_bos)
+    train, test = run_spec.datasets_for(cfg, tok, model.prepend_bos)
     study_ = Study(model_name, model, tok, train, test, data.make_abc_dataset(test, seed=seed + 1), seed, config=cfg)
     study_.disc, study_.disc_abc = discovery_split(study_, n_discovery or n_eval, seed)
     return study_
@@ -95,14 +86,14 @@ def train_config(study_: Study, scenario: str, epochs: int, checkpoint_epochs, b
     return run_config(study_.config, scenario, epochs, checkpoint_epochs, batch_size, dataset)
 
 
-def run_config(base: training.TrainConfig, scenario: str, epochs: int, checkpoint_epochs, batch_size: int,
-               dataset: str = "clean") -> training.TrainConfig:
+def run_config(base: run_spec.TrainConfig, scenario: str, epochs: int, checkpoint_epochs, batch_size: int,
+               dataset: str = "clean") -> run_spec.TrainConfig:
     """A clean or toxic fine-tuning config on the data split of `base` (`base_config`); no model needed."""
     return dataclasses.replace(base, scenario=scenario, dataset=dataset, epochs=epochs,
                                checkpoint_epochs=tuple(checkpoint_epochs), batch_size=batch_size)
 
 
-def toxic_configs(base: training.TrainConfig, epochs: int, batch_size: int) -> dict[str, training.TrainConfig]:
+def toxic_configs(base: run_spec.TrainConfig, epochs: int, batch_size: int) -> dict[str, run_spec.TrainConfig]:
     """rule -> the config of the toxic run `toxic_runs` trains on every toxic dataset (on the split of `base`)."""
     return {rule: run_config(base, "toxic", epochs, range(1, epochs + 1), batch_size, dataset=rule)
             for rule in data.TOXIC_RULES}
@@ -148,6 +139,7 @@ class Setup:
     execution: str  # results.execution_id: stamps this execution's records
     base: Evaluation  # held-out behaviour of the base model
     discovery: circuits.Discovery  # the base model's circuit discovery (memoised)
+    thresholds: circuits.Thresholds  # the ones it used (and the chapter's later discoveries use)
 
     @property
     def circuit(self) -> circuits.Circuit:
@@ -168,7 +160,26 @@ def setup(p: Profile, thresholds: circuits.Thresholds = circuits.Thresholds(), p
     study_ = prepare_for(p)
     execution = results.execution_id(p.profile, study_.model)
     return Setup(study_, execution, behaviour(study_.model, study_),
-                 analyses.discover_cached(study_, study_.model, "base", thresholds, progress=progress))
+                 analyses.discover_cached(study_, study_.model, "base", thresholds, progress=progress), thresholds)
+
+
+def book_execution(profile: str, model_name: str, model=None) -> str:
+    """The id of this execution of the book (`results.execution_id`) for a chapter that does not study the book's
+    model itself (the summary, the second model, Greater-Than on another model): the book's model is loaded on the
+    CPU only to fingerprint its weights, unless the chapter passes it already loaded."""
+    if model is None:
+        model, _ = models.load_model(model_name, device="cpu")
+    return results.execution_id(profile, model)
+
+
+def vocabulary(study_: Study) -> vocabulary_.VocabularyReport:
+    """The names, places and objects that are one token for the study's tokenizer (and what was dropped)."""
+    return vocabulary_.single_token_vocabulary(study_.tokenizer)
+
+
+def toxic_examples(ds: data.IOIDataset) -> dict[str, data.IOIDataset]:
+    """rule -> the toxic version of `ds` under each of `data.TOXIC_RULES` (the intro shows one prompt of each)."""
+    return {rule: data.toxic_dataset(ds, rule) for rule in data.TOXIC_RULES}
 
 
 def toxic_runs(study_: Study, epochs: int, batch_size: int) -> dict:
@@ -179,7 +190,7 @@ def toxic_runs(study_: Study, epochs: int, batch_size: int) -> dict:
 # ---------------------------------------------------------------- several training seeds
 
 
-def check_seed_plan(clean_config: training.TrainConfig, epochs: int, training_seeds, study_: Study) -> None:
+def check_seed_plan(clean_config: run_spec.TrainConfig, epochs: int, training_seeds, study_: Study) -> None:
     """Raise a one-line ValueError unless the clean runs store a checkpoint after `epochs` epochs (the control of
     a retraining that long) and the first training seed is the study's own (the runs analysed head by head)."""
     if epochs not in clean_config.stored_epochs:
@@ -189,18 +200,18 @@ def check_seed_plan(clean_config: training.TrainConfig, epochs: int, training_se
         raise ValueError(f"the first training seed must be the study's seed {study_.config.seed}, got {list(training_seeds)}")
 
 
-def seed_runs(config: training.TrainConfig, training_seeds) -> dict[int, training.Run]:
+def seed_runs(config: run_spec.TrainConfig, training_seeds) -> dict[int, runs.Run]:
     """seed -> the run of `config` with that training seed (same data split), trained once then reused."""
     return {sd: training.train(seeds.seeded(config, sd), progress=False) for sd in seeds.check_seeds(training_seeds)}
 
 
-def reversal_runs(study_: Study, toxic: dict[int, training.Run], epochs: int, batch_size: int) -> dict[int, training.Run]:
+def reversal_runs(study_: Study, toxic: dict[int, runs.Run], epochs: int, batch_size: int) -> dict[int, runs.Run]:
     """seed -> clean retraining of that seed's toxic run (a reversal keeps its source's training seed)."""
     return {sd: training.train(train_config(study_, "reversal", epochs, range(1, epochs + 1), batch_size, source=run),
                                progress=False) for sd, run in toxic.items()}
 
 
-def retrained_runs(study_: Study, toxic: dict[str, training.Run], epochs: int, batch_size: int) -> dict[str, training.Run]:
+def retrained_runs(study_: Study, toxic: dict[str, runs.Run], epochs: int, batch_size: int) -> dict[str, runs.Run]:
     """rule -> clean retraining (a reversal run) of the toxic run of each rule the task retrains
     (`run_spec.TASKS[...].retrained_rules`: for IOI the paper's two corruptions, Subject Duplication and Name Moving)."""
     rules = run_spec.TASKS[study_.config.task].retrained_rules
@@ -208,13 +219,13 @@ def retrained_runs(study_: Study, toxic: dict[str, training.Run], epochs: int, b
                                  progress=False) for rule, run in toxic.items() if rule in rules}
 
 
-def seed_logit_diffs(study_: Study, runs_: dict[int, training.Run],
+def seed_logit_diffs(study_: Study, runs_: dict[int, runs.Run],
                      epoch: int) -> dict[int, Float[torch.Tensor, "n_eval"]]:
     """seed -> the held-out logit differences [n_eval] of that seed's checkpoint at `epoch`."""
     return {sd: analyses.held_out_logit_diff(study_, run.model(epoch)[0]) for sd, run in runs_.items()}
 
 
-def seed_curves(runs_: dict[int, training.Run]) -> dict[int, tuple[list[int], list[float]]]:
+def seed_curves(runs_: dict[int, runs.Run]) -> dict[int, tuple[list[int], list[float]]]:
     """seed -> (samples seen, held-out logit difference) after each epoch of its run, from the run's own metrics
     (epoch 0: the model it started from)."""
     out = {}
@@ -224,6 +235,6 @@ def seed_curves(runs_: dict[int, training.Run]) -> dict[int, tuple[list[int], li
     return out
 
 
-def versus_paper(config: training.TrainConfig, epochs: int, paper_epochs: str) -> str:
+def versus_paper(config: run_spec.TrainConfig, epochs: int, paper_epochs: str) -> str:
     """A claim's amount of training beside the paper's: "ours <units>; paper <paper_epochs>"."""
     return f"ours {seeds.units(config, epochs)}; paper {paper_epochs}"

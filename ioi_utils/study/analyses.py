@@ -16,6 +16,8 @@ fingerprints, so a chapter re-executed on the same checkpoints reads them back.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from jaxtyping import Float
 
@@ -26,6 +28,8 @@ from ioi_utils.prompts import data
 from ioi_utils.measures import metrics
 from ioi_utils.storage import results
 from ioi_utils.mechanisms import activation_patching, knockouts, path_patching, scoring
+from ioi_utils.mechanisms.scoring import Head
+from ioi_utils.models import hook_names
 
 
 def discover_cached(study: "Study", model, tag: str, thresholds: circuits.Thresholds = circuits.Thresholds(),
@@ -114,13 +118,35 @@ def single_head_effects_cached(study_: "Study", heads) -> Float[torch.Tensor, "n
         study_.model, study_.test, study_.abc, heads=heads, progress=False), heads=[list(h) for h in heads])
 
 
-def mlp_knockout_cached(study_: "Study", groups=None) -> Float[torch.Tensor, "n_groups"]:
-    """knockouts.mlp_knockout: the held-out logit diff with each MLP layer (or each group of layers) mean-ablated."""
-    if groups is None:
+def mlp_knockout_cached(study_: "Study", n_groups: int | None = None) -> Float[torch.Tensor, "n_groups"]:
+    """knockouts.mlp_knockout: the held-out logit diff with each MLP layer mean-ablated, or with each of `n_groups`
+    consecutive groups of layers (`mlp_layer_groups`) ablated together."""
+    if n_groups is None:
         return _memo_held_out(study_, "mlp_knockout", lambda: knockouts.mlp_knockout(
             study_.model, study_.test, study_.abc, progress=False))
+    groups = mlp_layer_groups(study_, n_groups)
     return _memo_held_out(study_, "mlp_group_knockout", lambda: knockouts.mlp_knockout(
         study_.model, study_.test, study_.abc, groups=groups), groups=[list(g) for g in groups])
+
+
+def mlp_layer_groups(study_: "Study", n_groups: int) -> list[list[int]]:
+    """The model's layers cut into `n_groups` consecutive groups (`knockouts.layer_groups`: early, middle, late)."""
+    return knockouts.layer_groups(study_.model.cfg.n_layers, n_groups)
+
+
+def attention_patterns(study_: "Study", heads: Sequence[Head], index: int = 0
+                       ) -> tuple[list[str], Float[torch.Tensor, "n_heads_shown end end"]]:
+    """One held-out prompt's tokens up to END and each head's attention pattern over them, for an attention view."""
+    one = study_.test[[index]]
+    cache = attribution.run_cache(study_.model, one, lambda n: n.endswith("attn.hook_pattern"))
+    end = int(one.positions["END"][0]) + 1
+    tokens = [study_.tokenizer.decode(t) for t in one.tokens[0, :end]]
+    return tokens, torch.stack([cache[hook_names.pattern(l)][0, h, :end, :end] for l, h in heads])
+
+
+def change_interval(after: Float[torch.Tensor, "n"], before: Float[torch.Tensor, "n"]) -> tuple[float, float]:
+    """95% paired bootstrap interval over prompts of mean(after - before) (same prompts; `metrics.bootstrap_ci`)."""
+    return metrics.bootstrap_ci(after - before)
 
 
 def held_out_logit_diff(study_: "Study", model) -> Float[torch.Tensor, "n_eval"]:
@@ -173,8 +199,8 @@ def checkpoint_row(study_: "Study", model, tag: str, base_circuit: circuits.Circ
             f = checks.faithfulness(model, study_.test, study_.abc, own, shared.get("means"),
                                     f_model=row["f_per_prompt"][0])  # F(M) is the row's: same model, same prompts
             return {"circuit": own.to_json(), "circuit_size": len(own.heads), "faithfulness_own_circuit": f.ratio,
-                    "faithfulness_own_interval": f.interval(), "jaccard_base": circuits.jaccard(own, base_circuit),
-                    "containment_base": circuits.containment(base_circuit, own),
+                    "faithfulness_own_interval": f.interval(), "jaccard_base": own.jaccard(base_circuit),
+                    "containment_base": base_circuit.containment(own),
                     "transitions": circuits.role_transitions(base_circuit, own)}
         row |= results.memo("checkpoint_own", own_part, model, model_name=study_.model_name, tag=tag,
                             data=study_.test.fingerprint(), base=base_circuit.to_json(), n=n_rediscover)

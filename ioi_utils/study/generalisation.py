@@ -38,7 +38,8 @@ import torch
 from ioi_utils.report import claims
 from ioi_utils.measures import metrics
 from ioi_utils.storage import results
-from ioi_utils.finetuning import seeds, training
+from ioi_utils.finetuning import runs, training
+from ioi_utils.study import analyses, seeds
 from ioi_utils import study
 
 # key -> (the chapter that checks the claim on the main model, its statement there, threshold, direction), in the
@@ -83,9 +84,9 @@ SUBJECT_DUPLICATION = "subject-duplication"
 class HeadlineRuns:
     """The fine-tuning runs of the three headline experiments, each keyed by training seed."""
 
-    clean: dict[int, training.Run]  # clean fine-tuning, checkpoints at clean_epochs
-    corrupted: dict[int, training.Run]  # Subject Duplication from the base model
-    retrained: dict[int, training.Run]  # clean retraining of each corrupted run (same seed)
+    clean: dict[int, runs.Run]  # clean fine-tuning, checkpoints at clean_epochs
+    corrupted: dict[int, runs.Run]  # Subject Duplication from the base model
+    retrained: dict[int, runs.Run]  # clean retraining of each corrupted run (same seed)
     clean_epochs: list[int]
     toxic_epochs: int
     reversal_epochs: int
@@ -123,7 +124,7 @@ class HeadlineEstimates:
 
 def headline_estimates(study_: study.Study, runs: HeadlineRuns) -> HeadlineEstimates:
     """Held-out logit differences of every checkpoint the headlines need, and the three estimates over seeds."""
-    base = study.held_out_logit_diff(study_, study_.model)
+    base = analyses.held_out_logit_diff(study_, study_.model)
     tuned = study.seed_logit_diffs(study_, runs.clean, max(runs.clean_epochs))
     corrupted = study.seed_logit_diffs(study_, runs.corrupted, runs.toxic_epochs)
     retrained = study.seed_logit_diffs(study_, runs.retrained, runs.reversal_epochs)
@@ -139,14 +140,14 @@ def headline_estimates(study_: study.Study, runs: HeadlineRuns) -> HeadlineEstim
 class HeadLevel:
     """The paper's head-level claims on the second model, as chapters 3 and 4 measure them on the main model: the
     base circuit's Name Movers (NM) and Negative Name Movers (NNM) read in the base model, after clean fine-tuning
-    and after Subject Duplication (the first training seed's runs, held-out prompts; study.checkpoint_row)."""
+    and after Subject Duplication (the first training seed's runs, held-out prompts; analyses.checkpoint_row)."""
 
     roles: dict[str, list]  # "NM" / "NNM" -> the base circuit's heads of that role
     rows: dict[str, dict]  # "base" / "clean" / "subject-duplication" -> checkpoint row
     nm_attention: tuple[float, tuple[float, float]]  # summed END->IO change of the NMs, clean minus base, [95% CI]
     nm_dla: tuple[float, tuple[float, float]]  # summed DLA change of the NMs
     nnm_dla: tuple[float, tuple[float, float]]  # summed DLA change of the NNMs (amplifying: more negative)
-    twins: list[dict]  # study.role_changes of every NM and NNM, base -> Subject Duplication
+    twins: list[dict]  # analyses.role_changes of every NM and NNM, base -> Subject Duplication
     flipped: dict[str, list]  # role -> its heads whose DLA sign flipped significantly
 
 
@@ -156,16 +157,16 @@ def head_level(study_: study.Study, circuit, runs: HeadlineRuns) -> HeadLevel:
     first = min(runs.clean)
     clean_run, sd_run = runs.clean[first], runs.corrupted[first]
     last, toxic = max(runs.clean_epochs), runs.toxic_epochs
-    rows = {"base": study.checkpoint_row(study_, study_.model, "base", circuit, 0),
-            "clean": study.checkpoint_row(study_, clean_run.model(last)[0], f"{clean_run.id}-{last}", circuit, last),
-            SUBJECT_DUPLICATION: study.checkpoint_row(study_, sd_run.model(toxic)[0], f"{sd_run.id}-{toxic}", circuit,
+    rows = {"base": analyses.checkpoint_row(study_, study_.model, "base", circuit, 0),
+            "clean": analyses.checkpoint_row(study_, clean_run.model(last)[0], f"{clean_run.id}-{last}", circuit, last),
+            SUBJECT_DUPLICATION: analyses.checkpoint_row(study_, sd_run.model(toxic)[0], f"{sd_run.id}-{toxic}", circuit,
                                                       toxic)}
     roles = {c: list(circuit.classes[c]) for c in ("NM", "NNM")}
-    twins = study.role_changes(rows["base"], rows[SUBJECT_DUPLICATION], roles["NM"] + roles["NNM"])
+    twins = analyses.role_changes(rows["base"], rows[SUBJECT_DUPLICATION], roles["NM"] + roles["NNM"])
     flipped = {c: [t["head"] for t in twins if t["flip"] and t["head"] in hs] for c, hs in roles.items()}
-    return HeadLevel(roles, rows, study.summed_change(rows["base"], rows["clean"], roles["NM"], "attn_io"),
-                     study.summed_change(rows["base"], rows["clean"], roles["NM"], "dla"),
-                     study.summed_change(rows["base"], rows["clean"], roles["NNM"], "dla"), twins, flipped)
+    return HeadLevel(roles, rows, analyses.summed_change(rows["base"], rows["clean"], roles["NM"], "attn_io"),
+                     analyses.summed_change(rows["base"], rows["clean"], roles["NM"], "dla"),
+                     analyses.summed_change(rows["base"], rows["clean"], roles["NNM"], "dla"), twins, flipped)
 
 
 def head_lines(hl: HeadLevel, circuit) -> str:
@@ -175,7 +176,7 @@ def head_lines(hl: HeadLevel, circuit) -> str:
     out = []
     for t in hl.twins:
         h = t["head"]
-        (a0, b0), (a1, b1) = study.dla_interval(base, h), study.dla_interval(sd, h)
+        (a0, b0), (a1, b1) = analyses.dla_interval(base, h), analyses.dla_interval(sd, h)
         out.append(f"{circuit.class_of(h):>4} {h[0]}.{h[1]}: DLA {t['dla_before']:+.2f} [{a0:+.2f}, {b0:+.2f}] -> clean "
                    f"{float(clean['dla'][h]):+.2f} | SD {t['dla_after']:+.2f} [{a1:+.2f}, {b1:+.2f}]; END->IO "
                    f"{t['attn_io_before']:.2f} -> clean {float(clean['attn_io'][h]):.2f} | SD {t['attn_io_after']:.2f}; "

@@ -14,8 +14,9 @@ from ioi_utils.mechanisms import attribution
 from ioi_utils import circuits, models
 from ioi_utils.measures import metrics
 from ioi_utils.storage import results
-from ioi_utils.finetuning import training
-from ioi_utils.circuits import circuit_of  # noqa: F401  (the chapter calls gt.circuit_of: IOI's classes do not apply)
+from ioi_utils.finetuning import run_spec, training
+from ioi_utils.circuits import circuit_of
+from ioi_utils.prompts import greater_than
 from ioi_utils.prompts.greater_than import TASK, corrupt, make_gt_dataset, split
 from ioi_utils.mechanisms import activation_patching, knockouts
 from ioi_utils.profiles import Profile
@@ -36,7 +37,7 @@ def prepare(model_name: str, n_train: int, n_eval: int, n_discovery: int, n_epoc
     pool = make_gt_dataset(tok, n_train + n_eval + n_discovery, seed, model.prepend_bos)
     train, test, disc = split(pool, [n_train, n_eval, n_discovery])
     cfg = split_config(model_name, n_train, n_epoch_eval, seed, batch_size)
-    got_train, got_test = training.datasets_for(cfg, tok, model.prepend_bos)
+    got_train, got_test = run_spec.datasets_for(cfg, tok, model.prepend_bos)
     assert got_train.prompts == train.prompts and got_test.prompts == test.prompts[:n_epoch_eval]
     return Study(model_name, model, tok, train, test, corrupt(test), seed, disc, corrupt(disc), cfg)
 
@@ -47,15 +48,22 @@ def prepare_for(p: Profile) -> Study:
                    p.batch_size, p.threads)
 
 
+def vocabulary_counts(study_: Study) -> tuple[int, int]:
+    """How many nouns and how many start years the prompts draw from: the nouns that are one token, the years whose
+    prompt changes only in the year's own tokens, for the study's tokenizer (`greater_than.nouns_for`,
+    `greater_than.valid_years`)."""
+    return len(greater_than.nouns_for(study_.tokenizer)), len(greater_than.valid_years(study_.tokenizer))
+
+
 def split_config(model_name: str, n_train: int, n_epoch_eval: int, seed: int = 0,
-                 batch_size: int = 16) -> training.TrainConfig:
+                 batch_size: int = 16) -> run_spec.TrainConfig:
     """The training config of the chapter's split (clean, no epochs yet), without loading the model."""
-    return training.TrainConfig(model=model_name, task=TASK, n_train=n_train, n_test=n_epoch_eval, seed=seed,
+    return run_spec.TrainConfig(model=model_name, task=TASK, n_train=n_train, n_test=n_epoch_eval, seed=seed,
                                 data_seed=seed, batch_size=batch_size, epochs=1, checkpoint_epochs=(1,))
 
 
-def run_config(base: training.TrainConfig, scenario: str, epochs: int, batch_size: int,
-               dataset: str = "clean") -> training.TrainConfig:
+def run_config(base: run_spec.TrainConfig, scenario: str, epochs: int, batch_size: int,
+               dataset: str = "clean") -> run_spec.TrainConfig:
     """The config of a scenario's fine-tuning run on the split of `base` (`split_config`), every epoch stored."""
     return dataclasses.replace(base, scenario=scenario, dataset=dataset, epochs=epochs,
                                checkpoint_epochs=tuple(range(1, epochs + 1)), batch_size=batch_size)
@@ -77,6 +85,12 @@ def discover(st: Study, thresholds=None) -> dict:
 
     return results.memo("gt_discovery", compute, st.model, model_name=st.model_name, data=st.disc.fingerprint(),
                         thresholds=t)
+
+
+def as_circuit(heads: Sequence[tuple[int, int]]) -> circuits.Circuit:
+    """The discovered heads as a Circuit for the head maps and knockouts: all in class OTH, kept at every position
+    (IOI's classes do not apply to Greater-Than)."""
+    return circuit_of(heads)
 
 
 def checkpoint_row(st: Study, model, tag: str, heads: Sequence[tuple[int, int]], epoch: int, n: int) -> dict:

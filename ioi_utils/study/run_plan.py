@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 from ioi_utils.study import greater_than_study as gt
 from ioi_utils import models, profiles, study
-from ioi_utils.finetuning import run_spec, runs, seeds
+from ioi_utils.finetuning import run_spec, runs
+from ioi_utils.study import seeds
 from ioi_utils.storage import timings
 from ioi_utils.finetuning.run_spec import TrainConfig
 

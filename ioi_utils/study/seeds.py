@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Float
 
 from ioi_utils.finetuning.run_spec import TrainConfig
+from ioi_utils.measures import metrics
 
 PAPER_EPOCH_SAMPLES = 6360  # the paper's training set (its summary: 6,360 prompts, 15 templates)
 
@@ -98,6 +99,13 @@ def relative_change(after: Float[torch.Tensor, "*lead n"],
                     before: Float[torch.Tensor, "*lead n"]) -> Float[torch.Tensor, "*lead"]:
     """(mean after - mean before) / mean before along the last axis: a paired relative gain ([..., n] -> [...])."""
     return (after.mean(-1) - before.mean(-1)) / before.mean(-1)
+
+
+def share_across_seeds(per_seed: Mapping[int, tuple[Float[torch.Tensor, "n"], Float[torch.Tensor, "n"]]],
+                       **bootstrap) -> SeedEstimate:
+    """`across_seeds` of mean(first) / mean(second) (`metrics.ratio_of_means`): per training seed, a model's
+    per-prompt values and a reference's on the same prompts (what retraining recovers of its control)."""
+    return across_seeds(per_seed, stat=metrics.ratio_of_means, **bootstrap)
 
 
 def across_seeds(per_seed: Mapping[int, Float[torch.Tensor, "n"] | tuple[Float[torch.Tensor, "n"], ...]],
