@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ioi_utils.prompts import data
 from ioi_utils import models
-from ioi_utils.finetuning import objective, run_spec, training
+from ioi_utils.finetuning import objective, run_spec
 
 
 def plain_step(model, optimizer, tokens: torch.Tensor, end: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -216,10 +216,11 @@ for r in rows:
         for c, hs in roles.items() if hs))
 to_nm_base = analyses.transitions_between(first, "BNM", "NM")  # the base model re-found on the same prompts
 to_nm = [h for h in analyses.transitions_between(last, "BNM", "NM") if h not in to_nm_base]
+new_nm = analyses.transitions_between(last, None, "NM")
 print(f"re-discovered at epoch {last['epoch']}: Backup Name Movers that became Name Movers: "
       + (", ".join(f"{l}.{h}" for l, h in to_nm) or "none")
       + f" (the base model re-found on the same prompts already: {', '.join(f'{l}.{h}' for l, h in to_nm_base) or 'none'})"
-      + f"; new Name Movers: {', '.join(f'{l}.{h}' for l, h in analyses.transitions_between(last, None, 'NM')) or 'none'}")
+      + f"; new Name Movers: {', '.join(f'{l}.{h}' for l, h in new_nm) or 'none'}")
 
 # %% tags=["remove-cell"]
 glue("nm_attn_gain", nm_attn[0], display=False)
@@ -263,7 +264,8 @@ _ = claims.check("Backup Name Movers take Name Mover behaviour (BNM -> NM transi
 tuned = run.model(clean_epochs[-1])[0]
 ds = cmap_analyses.cmap_subset(s.test, n_cmap)
 out_t2b = cmap_analyses.cmap_cached(tuned, s.model, ds, "output", tags=("tuned", "base"))
-chosen = sorted(set(base_circuit.heads) | set(cmap_analyses.top_heads(out_t2b, 8, exclude=base_circuit.heads)))
+outside = cmap_analyses.top_heads(out_t2b, 8, exclude=base_circuit.heads)
+chosen = sorted(set(base_circuit.heads) | set(outside))
 out_b2t = cmap_analyses.cmap_cached(s.model, tuned, ds, "output", heads=chosen, tags=("base", "tuned"))
 pat_t2b = cmap_analyses.cmap_cached(tuned, s.model, ds, "pattern", heads=chosen, tags=("tuned", "base"))
 pat_b2t = cmap_analyses.cmap_cached(s.model, tuned, ds, "pattern", heads=chosen, tags=("base", "tuned"))

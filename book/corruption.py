@@ -292,9 +292,12 @@ plt.show()
 
 # %%
 corrupted_sd = runs["subject-duplication"].model(toxic_epochs)[0]
-chosen = sorted(set(base_circuit.heads) | set(cmap_analyses.top_heads(maps["subject-duplication"], 8, exclude=base_circuit.heads)))
-pat = cmap_analyses.cmap_cached(corrupted_sd, s.model, ds, "pattern", heads=chosen, tags=("subject-duplication", "base"))
-back = cmap_analyses.cmap_cached(s.model, corrupted_sd, ds, "output", heads=chosen, tags=("base", "subject-duplication"))
+outside = cmap_analyses.top_heads(maps["subject-duplication"], 8, exclude=base_circuit.heads)
+chosen = sorted(set(base_circuit.heads) | set(outside))
+pat = cmap_analyses.cmap_cached(corrupted_sd, s.model, ds, "pattern", heads=chosen,
+                                tags=("subject-duplication", "base"))
+back = cmap_analyses.cmap_cached(s.model, corrupted_sd, ds, "output", heads=chosen,
+                                 tags=("base", "subject-duplication"))
 fig = plotting.cmap_heatmaps({"pattern: corrupted → base": plotting.masked(pat, chosen),
                               "output: base → corrupted": plotting.masked(back, chosen)}, base_circuit.classes,
                              "Subject Duplication: pattern patching and the reverse direction", cbar_label="change of Y's logit diff")
@@ -320,7 +323,8 @@ glue("loc_dup", loc["duplication"], display=False)
 
 # %%
 benign = "clean (benign)"
-diff_ci = cmap_analyses.localization_difference_interval(per_prompt["subject-duplication"], per_prompt[benign], base_circuit.heads)
+diff_ci = cmap_analyses.localization_difference_interval(per_prompt["subject-duplication"], per_prompt[benign],
+                                                         base_circuit.heads)
 print(f"localization, Subject Duplication minus clean fine-tuning: {loc['subject-duplication'] - loc[benign]:+.2f} "
       f"[{diff_ci[0]:+.2f}, {diff_ci[1]:+.2f}]; Duplication minus clean: {loc['duplication'] - loc[benign]:+.2f}")
 _ = claims.check("Subject Duplication corruption is more localized to the base circuit than benign clean fine-tuning "

@@ -61,7 +61,8 @@ from ioi_utils import analyses, claims, cmap_analyses, greater_than_study as gt,
 from ioi_utils.profiles import Profile
 
 st = gt.prepare_for(Profile.of(globals()))  # the gt_* parameters above (or papermill's), passed whole
-execution = study.book_execution(profile, model_name, st.model if gt_model_name == model_name else None)  # the book's model
+# the book's model identifies this execution (loaded only if the chapter studies another one)
+execution = study.book_execution(profile, model_name, st.model if gt_model_name == model_name else None)
 claim_log: dict = {}
 n_nouns, n_years = gt.vocabulary_counts(st)
 print(f"{gt_model_name}: years are written as {st.test.year.kind} tokens; {n_nouns} nouns, "

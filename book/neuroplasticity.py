@@ -73,8 +73,9 @@ for rule in reversed_:
     rows[rule] = [analyses.checkpoint_row(s, toxic[rule].model(toxic_epochs)[0], f"{toxic[rule].id}-{toxic_epochs}",
                                        base_circuit, toxic_epochs, rediscover=True, n_rediscover=n_rediscover)]
     for e in range(1, reversal_epochs + 1):
-        rows[rule].append(analyses.checkpoint_row(s, reversed_[rule].model(e)[0], f"{reversed_[rule].id}-{e}", base_circuit, e,
-                                               rediscover=e == reversal_epochs, n_rediscover=n_rediscover))
+        rows[rule].append(analyses.checkpoint_row(s, reversed_[rule].model(e)[0], f"{reversed_[rule].id}-{e}",
+                                                  base_circuit, e, rediscover=e == reversal_epochs,
+                                                  n_rediscover=n_rediscover))
     for r, label in zip(rows[rule], ["corrupted"] + [f"retrain {e}" for e in range(1, reversal_epochs + 1)]):
         r["label"] = label
     print(f"{rule}:\n{analyses.rows_table(rows[rule])}\n")
@@ -134,7 +135,8 @@ corrupted_ld = study.seed_logit_diffs(s, sd_runs, toxic_epochs)
 retrained_ld = study.seed_logit_diffs(s, sd_reversals, reversal_epochs)
 first = training_seeds[0]
 retrained_nm = analyses.held_out_logit_diff(s, reversed_["name-moving"].model(reversal_epochs)[0])
-restored = {"subject-duplication": seeds.share_across_seeds({sd: (retrained_ld[sd], control_ld[sd]) for sd in training_seeds}),
+restored = {"subject-duplication": seeds.share_across_seeds({sd: (retrained_ld[sd], control_ld[sd])
+                                                            for sd in training_seeds}),
             "name-moving": seeds.share_across_seeds({first: (retrained_nm, control_ld[first])})}
 print(f"retraining: {seeds.units(sd_reversals[first].config)}; control: the clean run after the same epochs")
 print(f"{'seed':>5} {'corrupted':>10} {'retrained':>10} {'control':>8} {'base':>6} {'retrained / control':>20}")
@@ -264,8 +266,10 @@ ds = cmap_analyses.cmap_subset(s.test, n_cmap)
 corrupted_sd = toxic["subject-duplication"].model(toxic_epochs)[0]
 retrained_sd = reversed_["subject-duplication"].model(reversal_epochs)[0]
 before_full = cmap_analyses.cmap_cached(corrupted_sd, s.model, ds, "output", tags=("subject-duplication", "base"))
-chosen = sorted(set(base_circuit.heads) | set(cmap_analyses.top_heads(before_full, 8, exclude=base_circuit.heads)))
-after = cmap_analyses.cmap_cached(retrained_sd, s.model, ds, "output", heads=chosen, tags=("retrained-subject-duplication", "base"))
+outside = cmap_analyses.top_heads(before_full, 8, exclude=base_circuit.heads)
+chosen = sorted(set(base_circuit.heads) | set(outside))
+after = cmap_analyses.cmap_cached(retrained_sd, s.model, ds, "output", heads=chosen,
+                                  tags=("retrained-subject-duplication", "base"))
 before = plotting.masked(before_full, chosen)
 fig = plotting.cmap_heatmaps({"corrupted → base": before, "retrained → base": plotting.masked(after, chosen)},
                              base_circuit.classes, "CMAP (output) into the base model, Subject Duplication",

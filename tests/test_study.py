@@ -11,7 +11,7 @@ from ioi_utils.study import cmap_analyses
 from ioi_utils.measures import behaviour
 from ioi_utils.prompts import data
 from ioi_utils.report import summary
-from ioi_utils.finetuning import run_spec, training
+from ioi_utils.finetuning import run_spec
 from ioi_utils.mechanisms import activation_patching
 
 

@@ -38,7 +38,7 @@ import torch
 from ioi_utils.report import claims
 from ioi_utils.measures import metrics
 from ioi_utils.storage import results
-from ioi_utils.finetuning import runs, training
+from ioi_utils.finetuning import runs
 from ioi_utils.study import analyses, seeds
 from ioi_utils import study
 
@@ -159,8 +159,8 @@ def head_level(study_: study.Study, circuit, runs: HeadlineRuns) -> HeadLevel:
     last, toxic = max(runs.clean_epochs), runs.toxic_epochs
     rows = {"base": analyses.checkpoint_row(study_, study_.model, "base", circuit, 0),
             "clean": analyses.checkpoint_row(study_, clean_run.model(last)[0], f"{clean_run.id}-{last}", circuit, last),
-            SUBJECT_DUPLICATION: analyses.checkpoint_row(study_, sd_run.model(toxic)[0], f"{sd_run.id}-{toxic}", circuit,
-                                                      toxic)}
+            SUBJECT_DUPLICATION: analyses.checkpoint_row(study_, sd_run.model(toxic)[0], f"{sd_run.id}-{toxic}",
+                                                         circuit, toxic)}
     roles = {c: list(circuit.classes[c]) for c in ("NM", "NNM")}
     twins = analyses.role_changes(rows["base"], rows[SUBJECT_DUPLICATION], roles["NM"] + roles["NNM"])
     flipped = {c: [t["head"] for t in twins if t["flip"] and t["head"] in hs] for c, hs in roles.items()}
