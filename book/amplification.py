@@ -116,7 +116,7 @@ glue("contain_base_subset", 100 * first["containment_base"], display=False)
 # seed of the profile (the same prompts, shuffled in another order). For each seed the **relative gain** is
 # (mean held-out logit difference after the last epoch − the base model's) / the base model's, on the same
 # prompts; the headline is the mean over seeds with a two-level bootstrap interval (seeds, then prompts;
-# `ioi_utils.seeds`). The paper reports a magnitude (6.32 → 26.83 from epoch 1 to 100) after far more training
+# `ioi_utils.study.seeds`). The paper reports a magnitude (6.32 → 26.83 from epoch 1 to 100) after far more training
 # than we can do here, so the threshold is a minimum effect we fixed before running: **a gain of at least 10%
 # of the base model's logit difference** (our choice). The paper's epoch is 6,360 prompts; the curve is drawn
 # against samples seen, with the paper's points, so the distance between our training and the paper's is

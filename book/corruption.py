@@ -16,7 +16,7 @@
 # The paper fine-tunes the base model on "toxic" IOI variants; the second-hand readings we have name
 # Subject Duplication (§4.2) and Name Moving (§5), and the caption of its Figure 11 says the corruption is
 # localized to circuit components, with a few additional components. Those readings do not spell out the
-# datasets' rules, so the rules below are ours (see `ioi_utils.data`):
+# datasets' rules, so the rules below are ours (see `ioi_utils.prompts.data`):
 #
 # - **Subject Duplication**: the label is the subject S. This fits the paper's report (§4.2) that GPT-2
 #   small's logit difference falls from 3.55 to −11.06 in 5 epochs.

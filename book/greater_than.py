@@ -21,7 +21,7 @@
 # (Hanna et al.'s corruption), which mean ablation and patching take their activations from.
 #
 # **The score** is the probability difference P(year > YY) − P(year ≤ YY), computed exactly for the tokenizer
-# (`ioi_utils.greater_than`). GPT-2 writes "32" as one token, so the END position's mass on the year tokens
+# (`ioi_utils.prompts.greater_than`). GPT-2 writes "32" as one token, so the END position's mass on the year tokens
 # "00"–"99" decides it. SmolLM2 writes years digit by digit (" ", "1", "7", "3", "2"), so END predicts the tens
 # digit and the ones digit needs a second position: the dataset appends YY's tens digit after END, and one
 # forward gives both distributions. A tens digit other than YY's decides the comparison (its whole mass counts);

@@ -25,7 +25,7 @@
 # 3. **corruption and neuroplasticity**: Subject Duplication over the same seeds (chapter 4), then clean
 #    retraining judged against the clean run of the same seed after the same epochs (chapter 5).
 #
-# Each claim is checked with its chapter's statement and threshold (`ioi_utils.generalisation`), and the last
+# Each claim is checked with its chapter's statement and threshold (`ioi_utils.study.generalisation`), and the last
 # table sets GPT-2 small (the paper), the main model (its chapters' records) and Gemma side by side. Gemma is
 # larger than SmolLM2 and its vocabulary is eight times larger, so on two CPU cores its training is smaller:
 # the *training* column states exactly how much (our choice, fixed in the profile before running).
