@@ -96,6 +96,20 @@ def test_single_token_filter_reports_and_refuses(smol_tok):
         vocabulary.single_token_vocabulary(smol_tok, names=["Vanessa", "Mary"], min_names=2)
 
 
+def test_the_vocabulary_warning_names_the_callers_line(smol_tok):
+    """The warning points at the line that asked for the vocabulary, here or through study.vocabulary (a chapter's
+    cell shows it there), never inside the package."""
+    from types import SimpleNamespace
+
+    from ioi_utils import study
+
+    with pytest.warns(UserWarning, match="dropped names") as direct:
+        vocabulary.single_token_vocabulary(smol_tok)
+    with pytest.warns(UserWarning, match="dropped names") as wrapped:
+        study.vocabulary(SimpleNamespace(tokenizer=smol_tok))
+    assert direct[0].filename == wrapped[0].filename == __file__
+
+
 def test_abc_keeps_template_and_positions(tiny_tok):
     ds = data.make_ioi_dataset(tiny_tok, n=60, seed=0)
     abc = data.make_abc_dataset(ds)

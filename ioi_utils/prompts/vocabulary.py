@@ -59,9 +59,10 @@ def token_id(tokenizer, word: str) -> int | None:
 
 def single_token_vocabulary(
     tokenizer, names: Sequence[str] = NAMES, places: Sequence[str] = PLACES,
-    objects: Sequence[str] = OBJECTS, min_names: int = 10,
+    objects: Sequence[str] = OBJECTS, min_names: int = 10, stacklevel: int = 2,
 ) -> VocabularyReport:
-    """Keep the words that are one token (with a leading space); warn about the rest; refuse if too few."""
+    """Keep the words that are one token (with a leading space); warn about the rest (the warning names the caller's
+    line, or `stacklevel` - 1 frames above it for a wrapper); refuse if too few."""
     kept, dropped = {}, {}
     for kind, words in (("names", names), ("places", places), ("objects", objects)):
         words = sorted(set(words))
@@ -71,7 +72,7 @@ def single_token_vocabulary(
     if len(report.names) < min_names or not report.places or not report.objects:
         raise ValueError(f"too few single-token words for this tokenizer ({report}); need >= {min_names} names")
     if any(dropped.values()):
-        warnings.warn(f"IOI vocabulary: {report}", stacklevel=2)
+        warnings.warn(f"IOI vocabulary: {report}", stacklevel=stacklevel)
     return report
 
 

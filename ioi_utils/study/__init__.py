@@ -173,8 +173,9 @@ def book_execution(profile: str, model_name: str, model=None) -> str:
 
 
 def vocabulary(study_: Study) -> vocabulary_.VocabularyReport:
-    """The names, places and objects that are one token for the study's tokenizer (and what was dropped)."""
-    return vocabulary_.single_token_vocabulary(study_.tokenizer)
+    """The names, places and objects that are one token for the study's tokenizer (and what was dropped, in a
+    warning that names the caller's line, as `vocabulary.single_token_vocabulary` called there would)."""
+    return vocabulary_.single_token_vocabulary(study_.tokenizer, stacklevel=3)
 
 
 def toxic_examples(ds: data.IOIDataset) -> dict[str, data.IOIDataset]:
