@@ -11,8 +11,8 @@
     study/        the chapters' layer: setup, checkpoint analyses, CMAP analyses, training seeds, Greater-Than, the
                   second model
     runner/       executing one chapter with papermill, publishing executed notebooks
-    profiles.py   every parameter a chapter takes; book.py, sweep.py, train.py, evaluate.py, verify.py: the
-                  command lines (`python -m ioi_utils.<name>`)
+    profiles.py   every parameter a chapter takes; book.py, compare.py, sweep.py, train.py, evaluate.py, verify.py:
+                  the command lines (`python -m ioi_utils.<name>`)
 
 The chapters call the chapters' layer (`study/`) and the report and storage layer only: `from ioi_utils import
 study, analyses, plotting`. `CHAPTER_NAMES` below is that list, each short name pointing at its module in its

@@ -168,7 +168,7 @@ LAYERS = [
     {"finetuning"},
     {"study"},
     {"runner"},
-    {"book", "sweep", "train", "evaluate", "verify", "circuits.__main__"},
+    {"book", "compare", "sweep", "train", "evaluate", "verify", "circuits.__main__"},
 ]
 
 
@@ -197,7 +197,7 @@ def test_layers_are_folders_that_import_downward():
     assert not upward, "imports that run up a layer:\n" + "\n".join(sorted(upward))
     files, _ = _modules(PACKAGE)
     top = {m for m in files if "." not in m and files[m].parent == PACKAGE}
-    assert top == {"__init__", "profiles", "book", "sweep", "train", "evaluate", "verify"}, top
+    assert top == {"__init__", "profiles", "book", "compare", "sweep", "train", "evaluate", "verify"}, top
 
 
 def test_no_function_level_imports_of_the_package():
