@@ -175,9 +175,7 @@ heads = sorted(base_circuit.heads, key=lambda h: -abs(float(last["dla"][h])))
 names = [f"{base_circuit.class_of(h)} {h[0]}.{h[1]}" for h in heads]
 fig = plotting.checkpoint_heads(rows, heads, names, [f"e{e}" for e in epochs], "Base-circuit heads across clean epochs")
 plt.show()
-circuit_dla = lambda r: r["dla_per_prompt"][:, [h[0] for h in heads], [h[1] for h in heads]].float().sum(-1)  # noqa: E731
-dla_gain = float((circuit_dla(last) - circuit_dla(first)).mean())
-dla_gain_ci = analyses.change_interval(circuit_dla(last), circuit_dla(first))
+dla_gain, dla_gain_ci = analyses.summed_change(first, last, heads, "dla")  # the base circuit's summed DLA, per prompt
 top = heads[0]
 glue("top_head", f"{top[0]}.{top[1]}", display=False)
 glue("top_dla_base", float(first["dla"][top]), display=False)

@@ -142,7 +142,7 @@ class Circuit:
     def with_other_heads(self, heads: Sequence[Head]) -> "Circuit":
         """The circuit with `heads` added to class OTH, every head kept at every position (an undescribed head has
         no class positions to keep)."""
-        return Circuit(self.classes | {"OTH": self.classes["OTH"] + [tuple(h) for h in heads]}, everywhere=True)
+        return Circuit(self.classes | {"OTH": self.classes["OTH"] + list(heads)}, everywhere=True)  # tupled on init
 
     def containment(self, other: "Circuit") -> float:
         """Share of this circuit's heads that are also in `other` (1 for an empty circuit): unlike Jaccard, its

@@ -288,7 +288,7 @@ def faithfulness_gain_interval(after: dict, before: dict, n_boot: int = 1000) ->
 
 def logit_diff_change_interval(after: dict, before: dict) -> tuple[float, float]:
     """95% paired bootstrap interval of the mean logit difference of `after` minus `before` (same prompts)."""
-    return metrics.bootstrap_ci(after["logit_diff_per_prompt"] - before["logit_diff_per_prompt"])
+    return change_interval(after["logit_diff_per_prompt"], before["logit_diff_per_prompt"])
 
 
 def query_signal(model, ds: data.IOIDataset, abc: data.IOIDataset, movers, senders) -> path_patching.PathPatchPrompts:
