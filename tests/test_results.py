@@ -7,12 +7,15 @@ import hashlib
 import math
 import pathlib
 import struct
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 
+import ioi_utils
 from ioi_utils.storage import checked_files, results
+from ioi_utils.finetuning import runs
 from ioi_utils.circuits import checks as CC
 from ioi_utils import circuits as C, models
 
@@ -49,7 +52,27 @@ def test_model_fingerprint_tracks_weights(tiny):
 def test_code_version_is_a_hash_of_the_sources():
     v = results.code_version()
     assert len(v) == 16 and v == results.code_version()
-    assert v == results.sources_hash(pathlib.Path(results.__file__).parent)
+    package = pathlib.Path(ioi_utils.__file__).resolve().parent
+    assert results.PACKAGE == package
+    assert v == results.sources_hash(package)  # every layer's sources, not only storage/'s
+
+
+def test_run_provenance_asks_git_about_the_whole_package(monkeypatch):
+    """A run's dirty flag covers uncommitted changes anywhere under ioi_utils/, not only in finetuning/."""
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout="abc\n" if "rev-parse" in cmd else " M x.py\n")
+
+    monkeypatch.setattr(runs.subprocess, "run", fake_run)
+    runs.git_version.cache_clear()
+    try:
+        out = runs.git_version()
+    finally:
+        runs.git_version.cache_clear()
+    assert out["git_commit"] == "abc" and out["git_dirty"] is True
+    assert all(cmd[cmd.index("-C") + 1] == str(results.PACKAGE) for cmd in calls) and len(calls) == 2
 
 
 def test_sources_hash_sees_subpackages(tmp_path):

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
-from ioi_utils.storage import atomic_files, checked_files
+from ioi_utils.storage import atomic_files, checked_files, results
 from ioi_utils.finetuning import checkpoints, run_spec
 from ioi_utils.prompts import data
 from ioi_utils import models, __version__
@@ -84,9 +84,10 @@ def ensure_free_space(folder: str | Path, needed: int) -> None:
 
 @functools.lru_cache(maxsize=1)
 def git_version() -> dict[str, Any]:
-    """ioi_utils.__version__ and, when the package sits in a git checkout, its commit and dirty flag."""
+    """ioi_utils.__version__ and, when the package sits in a git checkout, its commit and dirty flag (uncommitted
+    changes anywhere under ioi_utils/)."""
     out: dict[str, Any] = {"ioi_utils": __version__, "git_commit": None, "git_dirty": None}
-    here = Path(__file__).resolve().parent
+    here = results.PACKAGE
     try:
         commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10)

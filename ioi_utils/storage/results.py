@@ -65,11 +65,14 @@ def sources_hash(folder: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+PACKAGE = Path(__file__).resolve().parents[1]  # ioi_utils/ (this module is ioi_utils/storage/results.py)
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """A short hash of the package's Python sources (every .py under ioi_utils/, subpackages included, by path
-    and content): memo keys and execution ids hold it."""
-    return sources_hash(Path(__file__).resolve().parent)
+    and content): memo keys and execution ids hold it, so a change anywhere in the package misses old memos."""
+    return sources_hash(PACKAGE)
 
 
 @torch.no_grad()
