@@ -1,6 +1,8 @@
 """Circuits: the reference circuit, discovery on a tiny model, and the values of faithfulness, completeness and
 minimality checked against an independent, hand-rolled knockout (loops and plain hooks, no shared helpers)."""
 
+import json
+
 import pytest
 import torch
 
@@ -137,6 +139,8 @@ def test_containment_and_role_transitions():
     base = C.Circuit({"NM": [(1, 0)], "NNM": [(1, 1)], "BNM": [(1, 2)], "SIN": [(0, 0)]})
     after = C.Circuit({"NM": [(1, 2)], "NNM": [(1, 0)], "SIN": [(0, 0)], "DT": [(0, 1)]})
     assert base.containment(after) == 0.75 and C.Circuit().containment(after) == 1.0
+    assert base.same_roles(after) == (1, 3) and after.same_roles(base) == (1, 3)  # (0, 0) SIN in both; (1, 0), (1, 2) moved
+    assert C.Circuit().same_roles(after) == (0, 0)
     got = {t["head"]: t["transition"] for t in C.role_transitions(base, after)}
     assert got == {(0, 0): "kept", (0, 1): "gained", (1, 0): "inverted", (1, 1): "lost", (1, 2): "changed"}
 
@@ -372,3 +376,27 @@ def test_smollm2_circuit_is_found_described_and_faithful_held_out(smollm2_discov
     # AVX2 kernels, 0.79 [0.73, 0.85] on 100 prompts here: Wang's four paths do not trace everything, chapter 2);
     # a knockout that ablates nothing (1.0) or everything (~0) fails
     assert f.f_model > 2 and f.ratio > 0.6 and lo > 0.5 and hi < 0.97, (f.ratio, lo, hi)
+
+
+def test_command_line_compares_prompt_seeds(tmp_path, monkeypatch, capsys):
+    """`python -m ioi_utils.circuits --seeds`: one discovery per prompt seed, pairwise agreement, and agreement with
+    a saved circuit (a seed's own circuit agrees with itself fully); a missing reference is a one-line error."""
+    from ioi_utils.circuits import __main__ as cli
+
+    monkeypatch.setenv("IOI_UTILS_RESULTS", str(tmp_path / "results"))
+    common = ["--model", "tiny", "--device", "cpu", "--n", "8", "--n-prompts", "16", "--n-eval", "8"]
+    cli.main(common + ["--seeds", "0", "1", "--out", str(tmp_path / "a")])
+    first = capsys.readouterr().out
+    assert first.count("\nseed ") + first.startswith("seed ") == 2 and "seeds 0, 1: Jaccard" in first
+    saved = json.loads((tmp_path / "a" / "seed0" / "circuit.json").read_text())
+    n0 = len(C.Circuit.from_json(saved).heads)
+    cli.main(common + ["--seeds", "0", "--reference", str(tmp_path / "a" / "seed0" / "circuit.json"),
+                       "--out", str(tmp_path / "b")])
+    line = [x for x in capsys.readouterr().out.splitlines() if "against the reference" in x]
+    assert line == [f"seed 0 against the reference: Jaccard {1:.2f}; finds 100% of its heads; {n0} of {n0} shared "
+                    "heads have the same role"]
+    one, two = C.Circuit({"NM": [(1, 0)]}), C.Circuit({"NM": [(1, 0)], "NNM": [(1, 1)]})
+    assert cli.agreement(one, two) == "Jaccard 0.50; finds 100% of its heads; 1 of 1 shared heads have the same role"
+    with pytest.raises(SystemExit) as e:
+        cli.main(common + ["--seeds", "0", "--reference", str(tmp_path / "nothing.json")])
+    assert e.value.code == 2 and "no such file" in capsys.readouterr().err

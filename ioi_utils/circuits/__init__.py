@@ -155,6 +155,11 @@ class Circuit:
         x, y = set(self.heads), set(other.heads)
         return len(x & y) / len(x | y) if x | y else 1.0
 
+    def same_roles(self, other: "Circuit") -> tuple[int, int]:
+        """(heads of both circuits that have the same class in each, heads of both circuits)."""
+        shared = set(self.heads) & set(other.heads)
+        return sum(self.class_of(h) == other.class_of(h) for h in shared), len(shared)
+
     def class_table(self, reference: "Circuit | None" = None) -> list[dict]:
         """Per class: its rule, how many heads this circuit and the reference (default: Wang et al.'s GPT-2 circuit,
         `wang_gpt2`) have in it."""
