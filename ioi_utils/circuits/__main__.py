@@ -17,6 +17,7 @@ from ioi_utils.circuits import checks
 from ioi_utils import circuits, models, study
 from ioi_utils.report import plotting
 from ioi_utils.storage import results
+from ioi_utils.study import analyses
 
 
 def save_maps(found: circuits.Discovery, folder: Path) -> list[Path]:
@@ -37,7 +38,8 @@ def save_maps(found: circuits.Discovery, folder: Path) -> list[Path]:
     return paths
 
 
-def _arguments(argv: list[str] | None) -> argparse.Namespace:
+def _arguments(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The parser (for one-line errors later) and the checked arguments."""
     ap = argparse.ArgumentParser(prog="python -m ioi_utils.circuits", description=main.__doc__)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--n", type=int, default=50, help="discovery prompts (and, by default, as many training and "
@@ -63,8 +65,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
             ap.error(f"--{name.replace('_', '-')} must be >= 2")
     if a.reference is not None and not a.reference.is_file():
         ap.error(f"--reference {a.reference}: no such file (write one with --out)")
-    a.parser = ap
-    return a
+    return ap, a
 
 
 def agreement(a: circuits.Circuit, b: circuits.Circuit) -> str:
@@ -77,12 +78,12 @@ def agreement(a: circuits.Circuit, b: circuits.Circuit) -> str:
 def compare_seeds(s: study.Study, a: argparse.Namespace, thresholds: circuits.Thresholds,
                   reference: circuits.Circuit | None, out: Path) -> None:
     """Discover on each prompt seed's draw (`study.discovery_seed_cached`), print each circuit with its held-out
-    faithfulness and time, then every pair's agreement and each circuit's agreement with the reference."""
+    faithfulness (`analyses.faithfulness_cached`: both memoised, as in chapter 2) and time, then every pair's agreement and each circuit's agreement with the reference."""
     found = {}
     for sd in a.seeds:
         t = time.perf_counter()
         found[sd] = study.discovery_seed_cached(s, sd, a.n, thresholds).circuit
-        faith = checks.faithfulness(s.model, s.test, s.abc, found[sd])
+        faith = analyses.faithfulness_cached(s, found[sd])
         heads = ", ".join(f"{l}.{h} {found[sd].class_of((l, h))}" for l, h in found[sd].heads)
         print(f"seed {sd}: {len(found[sd].heads)} heads ({time.perf_counter() - t:.0f} s with its check; "
               f"F(C)/F(M) {faith.ratio:.1%} on {len(s.test)} held-out prompts): {heads}", flush=True)
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     print it with its faithfulness and the time taken, save the heat maps. With --seeds: one discovery per prompt
     seed, compared pairwise (and with --reference): how much the circuit depends on the draw of --n prompts."""
     t0 = time.perf_counter()
-    a = _arguments(argv)
+    ap, a = _arguments(argv)
     try:
         thresholds = circuits.Thresholds(direct=a.direct, s_inhibition=a.direct, duplicate_induction=a.direct,
                                          previous_token=a.direct, level=a.level)
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         s = study.prepare(a.model, n_prompts=a.n_prompts or a.n, n_eval=a.n_eval or a.n, seed=a.seed,
                           device=a.device, n_discovery=a.n)
     except (models.ModelUnavailableError, ValueError) as e:
-        a.parser.exit(2, f"error: {e}\n")
+        ap.exit(2, f"error: {e}\n")
     out = a.out or results.results_root() / "circuits" / Path(a.model).name
     print(f"{a.model} loaded in {time.perf_counter() - t0:.0f} s; discovering on {len(s.disc)} prompts", file=sys.stderr)
     if a.seeds is not None:
